@@ -1,0 +1,133 @@
+"""``driftwarden`` command line: worker, demo, check-config, reference build, topics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from app.errors import DriftwardenError
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from app.settings import load_settings
+
+    return load_settings(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.file)
+    where = settings.kafka.bootstrap or "the embedded broker"
+    print(f"{args.file}: OK: {len(settings.models)} model(s), {len(settings.sources)} source(s), "
+          f"kafka at {where}")
+    for name, model in settings.models.items():
+        ref = model.reference.file or f"warm-up of {model.reference.warmup} events"
+        print(f"  {name}: {len(model.features)} features, task {model.task}, reference {ref}")
+    return 0
+
+
+def cmd_reference_build(args: argparse.Namespace) -> int:
+    from app.reference import build_reference, read_rows
+
+    settings = _load(args.config)
+    if args.model not in settings.models:
+        raise DriftwardenError(f"model {args.model!r} is not in {args.config}; "
+                               f"configured: {sorted(settings.models)}")
+    model = settings.models[args.model]
+    data = Path(args.data)
+    rows = read_rows(data, model.features)
+    ref = build_reference(rows, args.model, model, version=args.version,
+                          origin=f"file:{data.name}")
+    out = Path(args.out or f"{args.model}{'-' + args.version if args.version else ''}"
+               ".reference.json")
+    import orjson
+
+    out.write_bytes(orjson.dumps(ref.to_dict(), option=orjson.OPT_INDENT_2))
+    print(ref.summary())
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from app.kafka import ensure_topics
+
+    settings = _load(args.config)
+    bootstrap = args.bootstrap or settings.kafka.bootstrap
+    if not bootstrap:
+        raise DriftwardenError("no bootstrap server: set kafka.bootstrap or pass --bootstrap")
+    asyncio.run(ensure_topics(bootstrap, settings))
+    print(f"topics ready on {bootstrap}: {', '.join(settings.topics.all_names())}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.worker import run_worker
+
+    settings = _load(args.config)
+    return run_worker(settings, bootstrap=args.bootstrap, log_level=args.log_level)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo.run import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="driftwarden",
+                                description="Streaming monitoring and drift detection for ML "
+                                            "models on Kafka.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a stream-processing worker")
+    w.add_argument("-c", "--config", required=True, help="the monitor YAML file")
+    w.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap)")
+    w.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])
+    w.set_defaults(func=cmd_worker)
+
+    d = sub.add_parser("demo", help="end-to-end demo on the embedded broker")
+    d.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of producing (default 60; the whole demo takes ~20 s more)")
+    d.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
+    d.add_argument("--seed", type=int, default=7)
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("check-config", help="validate a monitor file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    r = sub.add_parser("reference", help="reference data")
+    rsub = r.add_subparsers(dest="reference_command", required=True)
+    rb = rsub.add_parser("build", help="build a reference from a CSV, JSON lines or Parquet file")
+    rb.add_argument("data")
+    rb.add_argument("-c", "--config", required=True)
+    rb.add_argument("--model", required=True)
+    rb.add_argument("--version")
+    rb.add_argument("--out", help="output file (default MODEL[-VERSION].reference.json)")
+    rb.set_defaults(func=cmd_reference_build)
+
+    t = sub.add_parser("topics", help="Kafka topics")
+    tsub = t.add_subparsers(dest="topics_command", required=True)
+    tc = tsub.add_parser("create", help="create every topic with its partition count")
+    tc.add_argument("-c", "--config", required=True)
+    tc.add_argument("--bootstrap")
+    tc.set_defaults(func=cmd_topics_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DriftwardenError as exc:
+        print(f"driftwarden: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The pure monitoring pipeline shared by the workers and ``driftwarden replay``."""

@@ -1,0 +1,1 @@
+"""The end-to-end demo: a synthetic churn model on the embedded broker."""

@@ -1,0 +1,261 @@
+"""``driftwarden demo``: broker, worker, producer and alert printer, end to end.
+
+1. writes a training sample and a monitor file into a temporary folder;
+2. starts the embedded broker and creates the topics;
+3. starts a real worker process (``driftwarden worker``);
+4. produces a churn model's predictions in JSON-array messages, shifting three named
+   features after 40 % of the stream, plus a few malformed messages;
+5. prints every alert as it arrives on ``mlmon.alerts``;
+6. ends with a summary read from the evaluations topic and the worker's /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from app.broker import EmbeddedBroker, _bind_to_parent, free_port
+from app.demo import synthetic
+from app.kafka import ensure_topics
+from app.settings import load_settings
+
+WINDOW_MS = 5 * 60 * 1000
+
+
+def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
+    rows = synthetic.training_rows(seed, 20_000)
+    with open(workdir / "churn_train.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sources = {"crm": ["tenure_months", "age", "region", "contract"],
+               "billing": ["monthly_charges", "plan", "payment_method", "discount_pct"],
+               "product": ["support_calls_90d", "avg_session_minutes", "days_since_last_login",
+                           "num_devices"]}
+    source_of = {f: s for s, fs in sources.items() for f in fs}
+    features: dict[str, Any] = {}
+    for name, (lo, hi) in synthetic.NUMERIC.items():
+        features[name] = {"type": "numeric", "source": source_of[name], "range": [lo, hi]}
+    for name, values in synthetic.CATEGORICAL.items():
+        features[name] = {"type": "categorical", "source": source_of[name],
+                          "values": list(values)}
+    config = {
+        "kafka": {"partitions": 2, "rebalance_timeout": "3s", "session_timeout": "6s"},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "worker": {"app_id": f"driftwarden-demo-{os.getpid()}",
+                   "data_dir": str(workdir / "data"), "batch_within": 0.1},
+        "defaults": {"window": "5m", "lateness": "2s", "min_samples": 500},
+        "sources": {"crm": {"owner": "data-eng", "freshness": "15m"},
+                    "billing": {"owner": "payments-data", "freshness": "1h"},
+                    "product": {"owner": "product-analytics", "freshness": "30m"}},
+        "models": {synthetic.MODEL: {
+            "owners": {"monitoring": "ml-platform", "on_call": "churn-oncall",
+                       "data": "data-eng"},
+            "task": "binary_classification",
+            "features": features,
+            "reference": {"file": "churn_train.csv"},
+            "drift": {"statistic": "psi", "warning": 0.1, "critical": 0.25},
+        }},
+    }
+    path = workdir / "monitor.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+BAD_MESSAGES = [
+    b"{not json",
+    b'{"prediction_id": "x1", "model": "churn", "model_version": "v3", '
+    b'"features": {"age": NaN}, "prediction": true}',
+    b'[{"prediction_id": "x2", "model": "fraud", "model_version": "v1", '
+    b'"features": {}, "prediction": 0}]',
+]
+
+
+class Demo:
+    def __init__(self, bootstrap: str, config: Path, duration: float, rate: int, seed: int,
+                 metrics_port: int) -> None:
+        self.bootstrap = bootstrap
+        self.settings = load_settings(config)
+        self.duration = duration
+        self.rate = rate
+        self.seed = seed
+        self.metrics_port = metrics_port
+        self.per_window = max(1000, int(rate * 6))  # a window about every 6 s
+        windows = max(5, round(rate * duration / self.per_window))
+        self.windows = windows
+        self.total = windows * self.per_window
+        self.shift_window = max(2, int(windows * 0.4))
+        self.produced = 0
+        self.alerts: list[dict[str, Any]] = []
+        self.evaluations: dict[str, dict[str, Any]] = {}
+        self.done = asyncio.Event()
+
+    async def produce(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        topics = self.settings.topics
+        now_ms = int(time.time() * 1000)
+        start_ms = (now_ms // WINDOW_MS - self.windows) * WINDOW_MS
+        spacing = WINDOW_MS // self.per_window
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
+                                    max_request_size=4 * 1024 * 1024)
+        await producer.start()
+        try:
+            for bad in BAD_MESSAGES:
+                await producer.send(topics.name("predictions"), bad, key=b"churn")
+            began = time.monotonic()
+            for chunk in synthetic.prediction_events(
+                    self.seed, self.total, start_ms=start_ms, spacing_ms=spacing,
+                    shift_at=self.shift_window * self.per_window, chunk=200):
+                await producer.send(topics.name("predictions"), orjson.dumps(chunk),
+                                    key=synthetic.MODEL.encode())
+                self.produced += len(chunk)
+                ahead = self.produced / self.rate - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def consume(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        topics = self.settings.topics
+        consumer = AIOKafkaConsumer(topics.name("alerts"), topics.name("evaluations"),
+                                    bootstrap_servers=self.bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            while not self.done.is_set():
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for rec in records:
+                        self.on_record(rec.topic, orjson.loads(rec.value))
+        finally:
+            await consumer.stop()
+
+    def on_record(self, topic: str, event: dict[str, Any]) -> None:
+        data = event["data"]
+        if topic == self.settings.topics.name("alerts"):
+            self.alerts.append(data)
+            ev = data["evidence"]
+            print(f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
+                  f"{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  "
+                  f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}  "
+                  f"({ev['reference']} -> {ev['window']})  owner {data['owners'].get('on_call')}",
+                  flush=True)
+        else:
+            self.evaluations[data["evaluation_id"]] = data
+            if len(self.evaluations) >= self.windows:
+                self.done.set()
+
+    async def run(self) -> None:
+        consumer = asyncio.create_task(self.consume())
+        try:
+            await self.produce()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), timeout=45)
+        finally:
+            self.done.set()
+            await consumer
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read()
+    except OSError:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, lab), v in metrics.items()
+                   if n == name and all((k, val) in lab for k, val in labels.items()))
+
+    processed = sum(e["n"] for e in demo.evaluations.values())
+    valid = total("driftwarden_events_total", outcome="valid")
+    busy = total("driftwarden_batch_processing_seconds_sum")
+    per_feature = Counter(a["feature"] for a in demo.alerts)
+    dead = {dict(lab).get("reason", "?"): v for (n, lab), v in metrics.items()
+            if n == "driftwarden_deadletters_total"}
+    print("\n== summary ==")
+    print(f"events produced:      {demo.produced} (+{len(BAD_MESSAGES)} malformed messages)")
+    print(f"events processed:     {int(valid)} valid; {processed} evaluated in closed windows")
+    print(f"dead letters:         " + (", ".join(f"{k} {int(v)}" for k, v in sorted(dead.items()))
+                                       or "none"))
+    print(f"windows closed:       {len(demo.evaluations)} of {demo.windows} "
+          f"(shift starts in window {demo.shift_window + 1})")
+    if busy > 0:
+        print(f"worker throughput:    {valid / busy:,.0f} events/s of batch processing time "
+              f"({busy:.2f} s busy)")
+    print("alerts per feature:   " + (", ".join(f"{f} {c}" for f, c in per_feature.most_common())
+                                      or "none"))
+    unshifted = sorted(set(per_feature) - set(synthetic.SHIFTED))
+    missed = sorted(set(synthetic.SHIFTED) - set(per_feature))
+    print(f"shifted features:     {', '.join(synthetic.SHIFTED)}; missed: "
+          f"{', '.join(missed) or 'none'}; false alarms on unshifted: "
+          f"{', '.join(unshifted) or 'none'}")
+    print(f"demo took {elapsed:.0f} s")
+
+
+def run_demo(duration: float = 60.0, rate: int = 2000, seed: int = 7) -> int:
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
+    metrics_port = free_port()
+    config = write_files(workdir, seed, metrics_port)
+    print(f"driftwarden demo: files in {workdir}")
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    print(f"embedded broker on {broker.bootstrap} (pid {broker.pid})")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        demo = Demo(broker.bootstrap, config, duration, rate, seed, metrics_port)
+        asyncio.run(ensure_topics(broker.bootstrap, demo.settings))
+        log = open(workdir / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "-c", str(config),
+             "--bootstrap", broker.bootstrap],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_bind_to_parent)  # noqa: PLW1509
+        log.close()
+        print(f"worker started (pid {worker.pid}, log {workdir / 'worker.log'}, metrics "
+              f"http://127.0.0.1:{metrics_port}/metrics)")
+        print(f"producing {demo.total} predictions of model '{synthetic.MODEL}' at "
+              f"~{rate}/s in {demo.windows} five-minute event-time windows; "
+              f"{', '.join(synthetic.SHIFTED)} shift from window {demo.shift_window + 1}\n")
+        asyncio.run(demo.run())
+        metrics = scrape(metrics_port)
+        summarise(demo, metrics, time.monotonic() - began)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the worker and the broker", file=sys.stderr)
+        return 130
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        broker.stop()

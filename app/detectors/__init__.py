@@ -1,0 +1,5 @@
+"""Drift statistics: numbers only; the policy layer judges them against thresholds."""
+
+from app.detectors.statistics import STATISTICS, psi
+
+__all__ = ["STATISTICS", "psi"]

@@ -1,0 +1,42 @@
+"""Durations written as ``500ms``, ``30s``, ``5m``, ``1h``, ``14d`` or plain seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds for a duration.
+
+    >>> parse_duration("1h"), parse_duration("500ms"), parse_duration(90)
+    (3600.0, 0.5, 90.0)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '5m' or a number of seconds, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration must not be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(
+        f"expected a duration like '500ms', '30s', '5m', '1h', '14d' or seconds, got {value!r}"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """Shortest exact spelling of a duration.
+
+    >>> format_duration(3600), format_duration(90), format_duration(0.25)
+    ('1h', '90s', '250ms')
+    """
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{round(seconds * 1000)}ms"

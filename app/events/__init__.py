@@ -1,0 +1,1 @@
+"""Decoding and validation of the input events (the contract in ``schemas/``)."""

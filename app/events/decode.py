@@ -1,0 +1,108 @@
+"""Turn a Kafka message value into valid events and rejected elements.
+
+A value is one event object or a JSON array of them. Each element is validated on its
+own; a bad element never rejects its neighbours. orjson decodes the common case; a
+value orjson refuses is retried with the standard library, which also reads ``NaN``
+and ``Infinity`` so that an element carrying them is rejected alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.events.checks import NonFinite, Spec, check_event
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected message or array element, with what the dead-letter record needs."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    index: int | None = None  # element index inside an array message
+
+
+@dataclass(slots=True)
+class Decoded:
+    events: list[dict[str, Any]]
+    rejections: list[Rejection]
+    positions: list[int] | None = None  # element index of each event; None: not an array
+
+
+def _lenient_loads(value: bytes) -> Any:
+    return json.loads(value.decode("utf-8"))
+
+
+def _raw_element(obj: Any) -> bytes:
+    """The element as JSON text, NaN and Infinity kept as they came (a rare, slow path)."""
+    return json.dumps(obj, allow_nan=True, ensure_ascii=False, separators=(",", ":"),
+                      default=str).encode()
+
+
+def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
+                   max_elements: int) -> Decoded:
+    """Decode and validate one message value against ``spec``.
+
+    >>> from app.events.checks import OUTCOME
+    >>> d = decode_message(b'[{"prediction_id":"a","model":"m","label":1}, 3]', OUTCOME,
+    ...                    max_bytes=1000, max_elements=10)
+    >>> len(d.events), [(r.reason, r.index) for r in d.rejections]
+    (1, [('schema_violation', 1)])
+    """
+    if value is None or len(value) == 0:
+        return Decoded([], [Rejection("empty_value", "the message has no value", value or b"")])
+    if len(value) > max_bytes:
+        return Decoded([], [Rejection(
+            "payload_too_large", f"{len(value)} bytes exceed the limit of {max_bytes}", value)])
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        try:
+            doc = _lenient_loads(value)
+        except UnicodeDecodeError as exc:
+            return Decoded([], [Rejection("invalid_json", f"not UTF-8: {exc.reason}", value)])
+        except (ValueError, RecursionError) as exc:
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            return Decoded([], [Rejection("invalid_json", detail[:200], value)])
+    if isinstance(doc, list):
+        if len(doc) > max_elements:
+            return Decoded([], [Rejection(
+                "too_many_elements", f"{len(doc)} elements exceed the limit of {max_elements}",
+                value)])
+        if not doc:
+            return Decoded([], [Rejection("empty_value", "an empty array", value)])
+        elements: list[Any] = doc
+        whole = False
+    else:
+        elements = [doc]
+        whole = True
+    events: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
+    positions: list[int] | None = None if whole else []
+    for i, obj in enumerate(elements):
+        try:
+            err = check_event(spec, obj)
+        except NonFinite:
+            rejections.append(Rejection(
+                "non_finite_number", "NaN or infinity where a finite number is required",
+                value if whole else _raw_element(obj), None if whole else i))
+            continue
+        if err is None:
+            events.append(obj)
+            if positions is not None:
+                positions.append(i)
+        else:
+            rejections.append(Rejection(
+                "schema_violation", err, value if whole else _raw_element(obj),
+                None if whole else i))
+    return Decoded(events, rejections, positions)
+
+
+def element_bytes(value: bytes, obj: Any, decoded: Decoded) -> bytes:
+    """The bytes to dead-letter for one decoded element: the message itself when whole."""
+    return value if decoded.positions is None else _raw_element(obj)

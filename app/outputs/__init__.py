@@ -1,0 +1,1 @@
+"""CloudEvents builders for everything driftwarden publishes."""

@@ -1,0 +1,100 @@
+"""CloudEvents 1.0 (structured mode) for alerts and evaluations.
+
+Ids are deterministic: an alert id is a hash of (model, kind, subject, window start),
+so a window closed again after a restart or a redelivery re-emits the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from app.core.evaluation import WindowEvaluation
+from app.policy.drift import AlertDecision
+from app.settings import ModelSettings
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents+json"
+ALERT_FIRING = "io.driftwarden.alert.firing"
+ALERT_RESOLVED = "io.driftwarden.alert.resolved"
+EVALUATION = "io.driftwarden.evaluation.completed"
+
+
+def stable_id(*parts: object) -> str:
+    """A deterministic 32-hex-digit id from its parts.
+
+    >>> stable_id("churn", "feature_drift", "plan", 0) == stable_id("churn", "feature_drift", "plan", 0)
+    True
+    """
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def envelope(*, type_: str, id_: str, source: str, subject: str, time_ms: int,
+             data: dict[str, Any]) -> dict[str, Any]:
+    return {"specversion": SPEC_VERSION, "type": type_, "source": source, "id": id_,
+            "subject": subject, "time": iso(time_ms), "datacontenttype": "application/json",
+            "data": data}
+
+
+def _owners(model: ModelSettings) -> dict[str, str]:
+    return {k: v for k, v in model.owners.model_dump().items() if v is not None}
+
+
+def alert_summary(d: AlertDecision, model: str) -> str:
+    ev = d.evidence
+    moved = f" ({ev.reference_summary} -> {ev.window_summary})" if ev.window_summary else ""
+    return (f"{model}: {d.kind.replace('_', ' ')} on {d.subject}: {d.statistic} "
+            f"{d.value:.3f} >= {d.threshold:g} ({d.severity}){moved}")
+
+
+def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
+                source: str) -> dict[str, Any]:
+    alert_id = stable_id(ev.model, d.kind, d.subject, ev.start_ms)
+    summary = alert_summary(d, ev.model)
+    owners = _owners(model)
+    labels = {"alertname": f"driftwarden_{d.kind}", "model": ev.model, "kind": d.kind,
+              "severity": d.severity, "feature": d.subject}
+    if ev.model_version:
+        labels["model_version"] = ev.model_version
+    if "on_call" in owners:
+        labels["team"] = owners["on_call"]
+    data = {
+        "alert_id": alert_id, "status": "firing", "severity": d.severity, "kind": d.kind,
+        "model": ev.model, "model_version": ev.model_version, "feature": d.subject,
+        "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms)},
+        "evidence": {"statistic": d.statistic, "value": d.value, "threshold": d.threshold,
+                     "reference_value": 0.0, "n": d.evidence.n,
+                     "reference_n": d.evidence.reference_n,
+                     "reference": d.evidence.reference_summary,
+                     "window": d.evidence.window_summary},
+        "owners": owners, "affected_models": [ev.model], "summary": summary,
+        "labels": labels,
+        "annotations": {"summary": summary,
+                        "description": f"Window {iso(ev.start_ms)}..{iso(ev.end_ms)}, "
+                                       f"n={ev.n}, reference {ev.reference_origin}."},
+        "startsAt": iso(ev.end_ms), "endsAt": None,
+    }
+    return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
+                    subject=f"{ev.model}/{d.subject}", time_ms=ev.end_ms, data=data)
+
+
+def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
+                     source: str) -> dict[str, Any]:
+    data = {
+        "evaluation_id": stable_id(ev.model, "evaluation", ev.start_ms),
+        "model": ev.model, "model_version": ev.model_version, "versions": ev.versions,
+        "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms),
+                   "start_ms": ev.start_ms, "end_ms": ev.end_ms},
+        "n": ev.n, "min_samples": ev.min_samples, "sufficient": ev.sufficient,
+        "late_events": ev.late_events, "reference": ev.reference_origin,
+        "features": [f.to_dict() for f in ev.features],
+        "alerts": [stable_id(ev.model, a.kind, a.subject, ev.start_ms) for a in alerts],
+    }
+    return envelope(type_=EVALUATION, id_=data["evaluation_id"], source=source,
+                    subject=ev.model, time_ms=ev.end_ms, data=data)

@@ -1,0 +1,254 @@
+"""References: what "normal" looks like for a model, feature by feature.
+
+A reference fixes each numeric feature's bin edges (quantiles of the reference data)
+and each categorical feature's vocabulary (its most frequent values), and holds the
+reference counts over them. Windows are sketched on the same bins, so comparing a
+window with its reference is a comparison of two count vectors.
+
+References come from a data file (CSV, JSON lines or Parquet) via
+``driftwarden reference build``, or from the first N events a worker sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import ReferenceDataError, StateError
+from app.settings import DriftSettings, FeatureSettings, ModelSettings
+from app.sketches import BinnedHistogram, CategoryCounts
+from app.sketches.categorical import as_category
+
+FORMAT = "driftwarden.reference"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class NumericReference:
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    missing: int
+    mean: float
+    std: float
+    quantiles: tuple[float, ...]  # 1 %, 5 %, 25 %, 50 %, 75 %, 95 %, 99 %
+
+    def sketch(self) -> BinnedHistogram:
+        return BinnedHistogram(list(self.edges))
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    categories: tuple[str, ...]
+    counts: tuple[int, ...]  # per category, then "other"
+    missing: int
+
+    def sketch(self) -> CategoryCounts:
+        return CategoryCounts(self.categories)
+
+
+FeatureReference = NumericReference | CategoricalReference
+
+
+@dataclass(frozen=True)
+class Reference:
+    model: str
+    version: str | None
+    origin: str
+    n: int
+    features: Mapping[str, FeatureReference]
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        feats: dict[str, Any] = {}
+        for name, ref in self.features.items():
+            if isinstance(ref, NumericReference):
+                feats[name] = {"type": "numeric", "edges": list(ref.edges),
+                               "counts": list(ref.counts), "missing": ref.missing,
+                               "mean": ref.mean, "std": ref.std,
+                               "quantiles": list(ref.quantiles)}
+            else:
+                feats[name] = {"type": "categorical", "categories": list(ref.categories),
+                               "counts": list(ref.counts), "missing": ref.missing}
+        return {"format": FORMAT, "v": VERSION, "model": self.model, "version": self.version,
+                "origin": self.origin, "n": self.n, "created_at": self.created_at,
+                "features": feats}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Reference:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StateError("not a driftwarden reference (missing format marker)")
+        if data.get("v") != VERSION:
+            raise StateError(f"reference format version {data.get('v')!r} is not supported "
+                             f"(this build reads {VERSION})")
+        try:
+            feats: dict[str, FeatureReference] = {}
+            for name, f in data["features"].items():
+                if f["type"] == "numeric":
+                    feats[name] = NumericReference(
+                        tuple(float(x) for x in f["edges"]), tuple(int(x) for x in f["counts"]),
+                        int(f["missing"]), float(f["mean"]), float(f["std"]),
+                        tuple(float(x) for x in f["quantiles"]))
+                else:
+                    feats[name] = CategoricalReference(
+                        tuple(str(x) for x in f["categories"]),
+                        tuple(int(x) for x in f["counts"]), int(f["missing"]))
+            return cls(str(data["model"]), data.get("version"), str(data["origin"]),
+                       int(data["n"]), feats, float(data["created_at"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"corrupt reference: {exc!r}") from None
+
+    def summary(self) -> str:
+        lines = [f"reference for model {self.model!r} version {self.version or '(any)'}: "
+                 f"{self.n} rows from {self.origin}"]
+        for name, ref in self.features.items():
+            if isinstance(ref, NumericReference):
+                q = ref.quantiles
+                lines.append(f"  {name:<24} numeric      mean {ref.mean:.4g}  std {ref.std:.4g}  "
+                             f"p5 {q[1]:.4g}  p50 {q[3]:.4g}  p95 {q[5]:.4g}  "
+                             f"bins {len(ref.edges) + 1}  missing {ref.missing}")
+            else:
+                total = max(sum(ref.counts), 1)
+                top = ", ".join(f"{c} {n / total:.0%}"
+                                for c, n in zip(ref.categories, ref.counts, strict=False))
+                lines.append(f"  {name:<24} categorical  {len(ref.categories)} values: {top}  "
+                             f"missing {ref.missing}")
+        return "\n".join(lines)
+
+
+_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+def numeric_reference(values: Sequence[Any], bins: int) -> NumericReference:
+    arr = np.array([np.nan if v is None or isinstance(v, str | bool) else v for v in values],
+                   dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    missing = int(np.isnan(arr).sum())
+    if finite.size == 0:
+        raise ReferenceDataError("no finite values to build numeric bins from")
+    cuts = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    edges = np.unique(cuts)
+    sketch = BinnedHistogram(edges)
+    sketch.update(finite)
+    qs = np.quantile(finite, _QUANTILES)
+    return NumericReference(tuple(edges.tolist()), tuple(sketch.counts.tolist()), missing,
+                            float(finite.mean()), float(finite.std()),
+                            tuple(float(q) for q in qs))
+
+
+def categorical_reference(values: Iterable[Any], max_categories: int,
+                          declared: Sequence[str] | None = None) -> CategoricalReference:
+    tally = Counter(None if v is None else as_category(v) for v in values)
+    missing = tally.pop(None, 0)
+    vocab = [c for c, _ in tally.most_common(max_categories)]
+    for c in declared or ():
+        if c not in vocab:
+            vocab.append(c)
+    sketch = CategoryCounts(vocab)
+    sketch.update(tally.elements())
+    return CategoricalReference(tuple(vocab), tuple(sketch.counts.tolist()), missing)
+
+
+def build_reference(rows: Sequence[Mapping[str, Any]], model: str, settings: ModelSettings,
+                    *, version: str | None = None, origin: str) -> Reference:
+    """Build a reference from rows of feature values (one mapping per row)."""
+    if not rows:
+        raise ReferenceDataError(f"no rows to build the reference of model {model!r} from")
+    feats: dict[str, FeatureReference] = {}
+    for name, fs in settings.features.items():
+        column = [row.get(name) for row in rows]
+        feats[name] = _feature_reference(name, column, fs, settings.drift)
+    return Reference(model, version, origin, len(rows), feats)
+
+
+def _feature_reference(name: str, column: Sequence[Any], fs: FeatureSettings,
+                       drift: DriftSettings) -> FeatureReference:
+    try:
+        if fs.type == "numeric":
+            return numeric_reference(column, drift.bins)
+        return categorical_reference(column, drift.max_categories, fs.values)
+    except ReferenceDataError as exc:
+        raise ReferenceDataError(f"feature {name!r}: {exc}") from None
+
+
+# -- reading data files -------------------------------------------------------------
+
+def _csv_value(text: str, fs: FeatureSettings | None) -> Any:
+    if text == "":
+        return None
+    if fs is not None and fs.type == "numeric":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[str, Any]]:
+    """Rows of feature values from CSV, JSON lines or Parquet.
+
+    JSON lines may hold flat rows or prediction events (their ``features`` are used).
+    """
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if not path.exists():
+        raise ReferenceDataError(f"{path}: no such file")
+    try:
+        if suffix in (".csv", ".csv.gz"):
+            import gzip
+
+            opener = gzip.open if suffix.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8", newline="") as fh:
+                return [{k: _csv_value(v, features.get(k)) for k, v in row.items()}
+                        for row in csv.DictReader(fh)]
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            rows = []
+            with open(path, "rb") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise ReferenceDataError(f"{path}:{lineno}: not JSON: {exc}") from None
+                    if isinstance(obj, dict) and isinstance(obj.get("features"), dict):
+                        obj = obj["features"]
+                    if not isinstance(obj, dict):
+                        raise ReferenceDataError(f"{path}:{lineno}: expected a JSON object")
+                    rows.append(obj)
+            return rows
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            cols = [c for c in pq.read_schema(path).names if c in features]
+            table = pq.read_table(path, columns=cols)
+            return table.to_pylist()
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReferenceDataError(f"{path}: cannot read: {exc}") from None
+    raise ReferenceDataError(
+        f"{path}: unknown data format {suffix!r}; use .csv, .jsonl or .parquet")
+
+
+def load_reference_file(path: Path, model: str, settings: ModelSettings,
+                        version: str | None = None) -> Reference:
+    """A saved reference (``*.reference.json``) or a data file to build one from."""
+    if path.name.endswith(".reference.json"):
+        try:
+            ref = Reference.from_dict(orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ReferenceDataError(f"{path}: cannot read reference: {exc}") from None
+        except StateError as exc:
+            raise ReferenceDataError(f"{path}: {exc}") from None
+        missing = set(settings.features) - set(ref.features)
+        if missing:
+            raise ReferenceDataError(
+                f"{path}: reference lacks configured features {sorted(missing)}")
+        return ref
+    rows = read_rows(path, settings.features)
+    return build_reference(rows, model, settings, version=version, origin=f"file:{path.name}")

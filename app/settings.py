@@ -1,0 +1,279 @@
+"""The monitor file: YAML loaded into one frozen, typed settings object.
+
+Every error names the file, the path inside it and what was expected::
+
+    monitor.yaml: models.churn.drift.warning: Input should be a valid number (got 'high')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from app.durations import parse_duration
+from app.errors import ConfigError
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """Where the brokers are. ``bootstrap`` absent: the embedded broker (dev and demo only)."""
+
+    bootstrap: str | None = None
+    partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = Field(
+        None, description="name of the environment variable holding the SASL password"
+    )
+    ssl_cafile: str | None = None
+    rebalance_timeout: Duration = 60.0
+    session_timeout: Duration = 30.0
+
+
+class TopicSettings(_Frozen):
+    prefix: str = ""
+    predictions: str = "mlmon.predictions"
+    outcomes: str = "mlmon.outcomes"
+    inputs: str = "mlmon.inputs"
+    model_events: str = "mlmon.model-events"
+    alerts: str = "mlmon.alerts"
+    retrain_triggers: str = "mlmon.retrain-triggers"
+    evaluations: str = "mlmon.evaluations"
+    deadletter: str = "mlmon.deadletter"
+
+    def name(self, field: str) -> str:
+        return f"{self.prefix}{getattr(self, field)}"
+
+    def all_names(self) -> list[str]:
+        return [self.name(f) for f in type(self).model_fields if f != "prefix"]
+
+
+class MetricsSettings(_Frozen):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    max_feature_series: int = Field(2000, ge=0)
+
+
+class WorkerSettings(_Frozen):
+    app_id: str = "driftwarden"
+    store: str = "memory://"
+    data_dir: str = ".driftwarden-data"
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_within: Duration = 0.2
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_array_elements: int = Field(100_000, ge=1)
+    tick_interval: Duration = 1.0
+
+
+class Defaults(_Frozen):
+    window: Duration = 3600.0
+    lateness: Duration = 300.0
+    min_samples: int = Field(200, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _positive_window(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("window must be longer than 0")
+        return v
+
+
+class SourceSettings(_Frozen):
+    owner: str | None = None
+    freshness: Duration | None = None
+
+
+class Owners(_Frozen):
+    monitoring: str | None = None
+    on_call: str | None = None
+    data: str | None = None
+
+
+class FeatureSettings(_Frozen):
+    type: Literal["numeric", "categorical"]
+    source: str | None = None
+    range: tuple[float, float] | None = None
+    values: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSettings:
+        if self.range is not None:
+            if self.type != "numeric":
+                raise ValueError("'range' applies to numeric features only")
+            if self.range[0] > self.range[1]:
+                raise ValueError(f"range must be [low, high] with low <= high, got {list(self.range)}")
+        if self.values is not None and self.type != "categorical":
+            raise ValueError("'values' applies to categorical features only")
+        return self
+
+
+class ReferenceSettings(_Frozen):
+    """Where a model's reference comes from: a data or reference file, or the first N events."""
+
+    file: str | None = None
+    warmup: int | None = Field(None, ge=10, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ReferenceSettings:
+        if (self.file is None) == (self.warmup is None):
+            raise ValueError("give exactly one of 'file' or 'warmup'")
+        return self
+
+
+class DriftSettings(_Frozen):
+    statistic: Literal["psi", "auto"] = "psi"
+    warning: float = Field(0.1, gt=0)
+    critical: float = Field(0.25, gt=0)
+    bins: int = Field(10, ge=2, le=100)
+    max_categories: int = Field(50, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSettings:
+        if self.critical < self.warning:
+            raise ValueError(
+                f"critical ({self.critical}) must be at least warning ({self.warning})"
+            )
+        return self
+
+
+class ModelSettings(_Frozen):
+    owners: Owners = Owners()
+    task: Literal["binary_classification", "multiclass_classification", "regression"] = (
+        "binary_classification"
+    )
+    features: dict[str, FeatureSettings]
+    reference: ReferenceSettings
+    segments: tuple[str, ...] = ()
+    drift: DriftSettings = DriftSettings()
+    window: Duration | None = None
+    lateness: Duration | None = None
+    min_samples: int | None = Field(None, ge=1)
+
+    @field_validator("features")
+    @classmethod
+    def _some_features(cls, v: dict[str, FeatureSettings]) -> dict[str, FeatureSettings]:
+        if not v:
+            raise ValueError("a model needs at least one feature")
+        return v
+
+
+class MonitorSettings(_Frozen):
+    """The whole monitor file."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    worker: WorkerSettings = WorkerSettings()
+    defaults: Defaults = Defaults()
+    sources: dict[str, SourceSettings] = {}
+    models: dict[str, ModelSettings]
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        if not v:
+            raise ValueError("at least one model must be configured")
+        for name in v:
+            if not MODEL_NAME_RE.match(name):
+                raise ValueError(f"model name {name!r} must match [A-Za-z0-9._-]{{1,64}}")
+        return v
+
+    @model_validator(mode="after")
+    def _sources_known(self) -> MonitorSettings:
+        for mname, model in self.models.items():
+            for fname, feat in model.features.items():
+                if feat.source is not None and feat.source not in self.sources:
+                    raise ValueError(
+                        f"models.{mname}.features.{fname}.source: unknown source "
+                        f"{feat.source!r}; known: {sorted(self.sources)}"
+                    )
+        return self
+
+    # -- effective per-model values -------------------------------------------------
+    def window_of(self, model: str) -> float:
+        return self.models[model].window or self.defaults.window
+
+    def lateness_of(self, model: str) -> float:
+        m = self.models[model]
+        return self.defaults.lateness if m.lateness is None else m.lateness
+
+    def min_samples_of(self, model: str) -> int:
+        return self.models[model].min_samples or self.defaults.min_samples
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = ".",
+                          env: Mapping[str, str] | None = None) -> MonitorSettings:
+    """Validate a mapping (parsed YAML) into settings; ``env`` overrides (tests pass their own)."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    env = os.environ if env is None else env
+    data = dict(data)
+    bootstrap = env.get("DRIFTWARDEN_BOOTSTRAP")
+    if bootstrap:
+        kafka = dict(data.get("kafka") or {})
+        kafka["bootstrap"] = bootstrap
+        data["kafka"] = kafka
+    data["base_dir"] = base_dir
+    try:
+        return MonitorSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("missing",) and not isinstance(
+                err["input"], dict | list
+            ):
+                msg = f"{msg} (got {err['input']!r})"
+            problems.append((_loc(err["loc"]), msg))
+        raise ConfigError(file, problems) from None
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> MonitorSettings:
+    """Load and validate a monitor file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"the file is not UTF-8 text: {exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [(where, f"not valid YAML: {problem}")]) from None
+    return settings_from_mapping(data, file=str(path), base_dir=str(path.parent), env=env)

@@ -1,0 +1,121 @@
+"""Histogram of a numeric feature on fixed, reference-derived bin edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.errors import StateError
+from app.sketches._state import check_state
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class BinnedHistogram:
+    """Counts of values per bin, plus missing (null) and non-finite values.
+
+    ``edges`` are the interior cut points: ``len(edges) + 1`` bins, the first open to
+    -inf and the last to +inf, so every finite value lands in a bin. Bin ``i`` holds
+    ``edges[i-1] < x <= edges[i]``. Merging is exact (counts add).
+
+    >>> h = BinnedHistogram([0.0, 1.0])
+    >>> h.update(np.array([-1.0, 0.5, 0.7, 3.0, np.nan]))
+    >>> h.counts.tolist(), h.missing
+    ([1, 2, 1], 1)
+    """
+
+    KIND = "histogram"
+    VERSION = 1
+    __slots__ = ("counts", "edges", "missing", "nonfinite", "total", "total_sq")
+
+    def __init__(self, edges: FloatArray | list[float]) -> None:
+        self.edges = np.asarray(edges, dtype=np.float64)
+        if self.edges.ndim != 1:
+            raise ValueError(f"edges must be one-dimensional, got shape {self.edges.shape}")
+        if self.edges.size and not np.all(np.diff(self.edges) > 0):
+            raise ValueError(f"edges must be strictly increasing, got {self.edges.tolist()}")
+        self.counts = np.zeros(self.edges.size + 1, dtype=np.int64)
+        self.missing = 0
+        self.nonfinite = 0
+        self.total = 0.0  # sum of finite values: the window mean for evidence
+        self.total_sq = 0.0
+
+    @property
+    def n(self) -> int:
+        """Finite values counted in the bins."""
+        return int(self.counts.sum())
+
+    def update(self, values: FloatArray) -> None:
+        """Add a batch; ``NaN`` marks a missing value, infinities count as non-finite."""
+        values = np.asarray(values, dtype=np.float64)
+        finite = np.isfinite(values)
+        nan = np.isnan(values)
+        self.missing += int(nan.sum())
+        self.nonfinite += int((~finite & ~nan).sum())
+        kept = values[finite]
+        idx = np.searchsorted(self.edges, kept, side="left")
+        self.counts += np.bincount(idx, minlength=self.counts.size)
+        self.total += float(kept.sum())
+        self.total_sq += float(np.dot(kept, kept))
+
+    @property
+    def mean(self) -> float | None:
+        n = self.n
+        return self.total / n if n else None
+
+    def merge(self, other: BinnedHistogram) -> BinnedHistogram:
+        if not np.array_equal(self.edges, other.edges):
+            raise ValueError("cannot merge histograms with different bin edges")
+        out = BinnedHistogram(self.edges)
+        out.counts = self.counts + other.counts
+        out.missing = self.missing + other.missing
+        out.nonfinite = self.nonfinite + other.nonfinite
+        out.total = self.total + other.total
+        out.total_sq = self.total_sq + other.total_sq
+        return out
+
+    def proportions(self) -> FloatArray:
+        total = self.counts.sum()
+        if total == 0:
+            return np.zeros(self.counts.size, dtype=np.float64)
+        return self.counts / float(total)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "v": self.VERSION,
+            "edges": self.edges.tolist(),
+            "counts": self.counts.tolist(),
+            "missing": self.missing,
+            "nonfinite": self.nonfinite,
+            "total": self.total,
+            "total_sq": self.total_sq,
+        }
+
+    @classmethod
+    def from_state(cls, state: Any) -> BinnedHistogram:
+        state = check_state(state, cls.KIND, frozenset({cls.VERSION}))
+        try:
+            out = cls(state["edges"])
+            counts = np.asarray(state["counts"], dtype=np.int64)
+            if counts.shape != out.counts.shape or (counts < 0).any():
+                raise StateError(
+                    f"histogram state has {counts.size} counts for {out.counts.size} bins")
+            out.counts = counts
+            out.missing = int(state["missing"])
+            out.nonfinite = int(state["nonfinite"])
+            out.total = float(state["total"])
+            out.total_sq = float(state["total_sq"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"corrupt histogram state: {exc}") from None
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, BinnedHistogram) and np.array_equal(self.edges, other.edges)
+                and np.array_equal(self.counts, other.counts)
+                and self.missing == other.missing and self.nonfinite == other.nonfinite)
+
+    def __repr__(self) -> str:
+        return f"BinnedHistogram(bins={self.counts.size}, n={self.n}, missing={self.missing})"

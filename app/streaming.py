@@ -1,0 +1,297 @@
+"""The faust app: topics, the state table, and thin agents around the pure core.
+
+Hot path (DESIGN §6, §9): the predictions agent takes events in batches
+(``take_events``), decodes each message with orjson and precompiled checks, groups the
+valid events by model, updates each model's window sketches with numpy over the batch,
+and writes each touched model's state to the table **once per batch**. Windows close by
+watermark plus lateness, or by wall clock when a stream is idle: a timer checks every
+``worker.tick_interval``; faust's ``on_window_close`` is not used (it does not fire for
+windows restored from the changelog).
+
+Table writes name their partition explicitly (the partition the model's events come
+from), so a batch mixing partitions, and the timer, write each key where it belongs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT, Message
+
+from app.core.evaluation import WindowEvaluation
+from app.core.monitor import ModelMonitor
+from app.errors import StateError
+from app.events.checks import PREDICTION, timestamp_ms
+from app.events.decode import Rejection, decode_message, element_bytes
+from app.observability import Metrics
+from app.outputs.cloudevents import CONTENT_TYPE, alert_event, evaluation_event
+from app.policy import decide_drift_alerts
+from app.reference import Reference
+from app.settings import MonitorSettings
+
+log = logging.getLogger("driftwarden")
+CE_HEADERS = [("content-type", CONTENT_TYPE.encode())]
+STATE_TABLE = "model-state"
+
+
+@dataclass
+class Pipeline:
+    """Prediction monitoring for the partitions this worker holds."""
+
+    settings: MonitorSettings
+    references: Mapping[str, Reference | None]
+    metrics: Metrics
+    table: Any  # faust Table[bytes, bytes]
+    alerts: Any  # faust topics
+    evaluations: Any
+    deadletter: Any
+    source: str
+    monitors: dict[str, ModelMonitor] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+    # -- state ------------------------------------------------------------------------
+    def monitor(self, model: str, partition: int | None = None) -> ModelMonitor:
+        m = self.monitors.get(model)
+        if m is None:
+            m = self._load(model)
+            self.monitors[model] = m
+        if partition is not None and m.partition != partition:
+            if m.partition is not None:
+                log.warning("model %r seen on partition %s and %s: producers must key "
+                            "predictions by model name", model, m.partition, partition)
+            m.partition = partition
+        return m
+
+    def _load(self, model: str) -> ModelMonitor:
+        raw = self.table.data.get(model.encode())
+        ref = self.references.get(model)
+        if raw is not None:
+            try:
+                return ModelMonitor.from_state(orjson.loads(raw), self.settings, ref)
+            except (StateError, orjson.JSONDecodeError) as exc:
+                self.metrics.state_errors.labels(model).inc()
+                log.error("cannot restore the state of model %r, starting afresh: %s", model, exc)
+        return ModelMonitor(model, self.settings, ref)
+
+    def save(self, m: ModelMonitor) -> None:
+        """One changelog record for this model (called once per batch, never per event)."""
+        if m.partition is None:
+            return
+        key = m.model.encode()
+        value = orjson.dumps(m.to_state(), option=orjson.OPT_SERIALIZE_NUMPY)
+        self.table.data[key] = value
+        self.table.send_changelog(m.partition, key, value)
+
+    def local_models(self) -> Iterable[str]:
+        names = set(self.monitors)
+        for key in list(self.table.data.keys()):
+            names.add(key.decode() if isinstance(key, bytes) else str(key))
+        return sorted(n for n in names if n in self.settings.models)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        for name in [n for n, m in self.monitors.items() if m.partition in partitions]:
+            del self.monitors[name]
+
+    # -- the batch path ----------------------------------------------------------------
+    async def process_batch(self, events: list[EventT], now: float | None = None) -> None:
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        wset = self.settings.worker
+        groups: dict[str, tuple[list[dict[str, Any]], list[int], int]] = {}
+        dead: list[tuple[Message, Rejection]] = []
+        topic = self.settings.topics.name("predictions")
+        n_valid = 0
+        for event in events:
+            msg = event.message
+            value = msg.value
+            decoded = decode_message(value, PREDICTION, max_bytes=wset.max_message_bytes,
+                                     max_elements=wset.max_array_elements)
+            dead.extend((msg, r) for r in decoded.rejections)
+            default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
+            for i, obj in enumerate(decoded.events):
+                model = obj["model"]
+                if model not in self.settings.models:
+                    index = None if decoded.positions is None else decoded.positions[i]
+                    dead.append((msg, Rejection(
+                        "unknown_model", f"model {model!r} is not configured",
+                        element_bytes(value, obj, decoded), index)))
+                    continue
+                group = groups.get(model)
+                if group is None:
+                    group = groups[model] = ([], [], msg.partition)
+                group[0].append(obj)
+                ts = obj.get("timestamp")
+                group[1].append(default_ms if ts is None else timestamp_ms(ts))
+                n_valid += 1
+        self.metrics.messages.labels(topic).inc(len(events))
+        self.metrics.events.labels(topic, "valid").inc(n_valid)
+        for model, (objs, times, partition) in groups.items():
+            m = self.monitor(model, partition)
+            result = m.ingest(objs, times, now)
+            if result.late:
+                self.metrics.late_events.labels(model).inc(result.late)
+                self.metrics.events.labels(topic, "late").inc(result.late)
+            if m.watermark_ms is not None:
+                self.metrics.watermark.labels(model).set(m.watermark_ms / 1000)
+            self.save(m)
+        await self._dead_letter(dead, topic)
+        self.metrics.batch_events.observe(n_valid + len(dead))
+        for model in groups:
+            await self.close_due(model, now)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _dead_letter(self, dead: list[tuple[Message, Rejection]], topic: str) -> None:
+        futures = []
+        for msg, rej in dead:
+            headers = [
+                ("dw-reason", rej.reason.encode()),
+                ("dw-error", rej.detail.encode("utf-8", "replace")[:512]),
+                ("dw-source-topic", msg.topic.encode()),
+                ("dw-source-partition", str(msg.partition).encode()),
+                ("dw-source-offset", str(msg.offset).encode()),
+            ]
+            if rej.index is not None:
+                headers.append(("dw-element-index", str(rej.index).encode()))
+            futures.append(await self.deadletter.send(key=msg.key, value=rej.raw,
+                                                      headers=headers))
+            outcome = "unknown_model" if rej.reason == "unknown_model" else "invalid"
+            self.metrics.events.labels(topic, outcome).inc()
+            self.metrics.deadletters.labels(topic, rej.reason).inc()
+        for fut in futures:
+            await fut
+
+    # -- closing windows ------------------------------------------------------------
+    async def close_due(self, model: str, now: float | None = None) -> int:
+        """Close every due window of ``model``; returns how many closed."""
+        closed = 0
+        async with self.locks[model]:
+            m = self.monitor(model)
+            now = time.time() if now is None else now
+            for start in m.due(now):
+                evaluation = m.begin_close(start)
+                try:
+                    await self._publish(evaluation)
+                except Exception:
+                    m.abort_close(start, evaluation)
+                    log.exception("publishing window %s of %r failed; will retry", start, model)
+                    break
+                m.finish_close(start)
+                self.save(m)
+                closed += 1
+        return closed
+
+    async def tick(self) -> None:
+        """Wall-clock pass: close windows of idle streams."""
+        now = time.time()
+        for model in self.local_models():
+            await self.close_due(model, now)
+
+    async def _publish(self, ev: WindowEvaluation) -> None:
+        model_settings = self.settings.models[ev.model]
+        decisions = decide_drift_alerts(ev, model_settings.drift)
+        key = ev.model.encode()
+        futures = []
+        for d in decisions:
+            payload = alert_event(d, ev, model_settings, source=self.source)
+            futures.append(await self.alerts.send(key=key, value=orjson.dumps(payload),
+                                                  headers=CE_HEADERS))
+        payload = evaluation_event(ev, decisions, source=self.source)
+        futures.append(await self.evaluations.send(key=key, value=orjson.dumps(payload),
+                                                   headers=CE_HEADERS))
+        for fut in futures:
+            await fut
+        for d in decisions:
+            self.metrics.alerts.labels(ev.model, d.kind, d.severity).inc()
+        self.metrics.windows_closed.labels(ev.model).inc()
+        self.metrics.window_events.labels(ev.model).set(ev.n)
+        for fe in ev.features:
+            if fe.value is not None:
+                self.metrics.set_drift(ev.model, fe.feature, fe.statistic, fe.value)
+
+
+def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
+    kafka, worker = settings.kafka, settings.worker
+    conf: dict[str, Any] = {
+        "broker": [f"kafka://{b.strip()}" for b in bootstrap.split(",")],
+        "store": worker.store,
+        "datadir": worker.data_dir,
+        "web_enabled": False,
+        "topic_partitions": kafka.partitions,
+        "topic_replication_factor": kafka.replication_factor,
+        "topic_disable_leader": True,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_max_request_size": worker.max_message_bytes + 64 * 1024,
+        "consumer_max_fetch_size": max(worker.max_message_bytes * 2, 4 * 1024 * 1024),
+        "broker_rebalance_timeout": kafka.rebalance_timeout,
+        "broker_session_timeout": kafka.session_timeout,
+        "broker_heartbeat_interval": min(3.0, kafka.session_timeout / 3),
+    }
+    if embedded:
+        # The embedded broker makes every group join wait the full rebalance timeout.
+        conf.update(broker_rebalance_timeout=3.0, broker_session_timeout=6.0,
+                    broker_heartbeat_interval=1.0)
+    if kafka.security_protocol != "PLAINTEXT":
+        conf["broker_credentials"] = _credentials(settings)
+    return conf
+
+
+def _credentials(settings: MonitorSettings) -> Any:
+    from app.kafka import client_kwargs
+
+    kw = client_kwargs(settings.kafka)
+    if settings.kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kw.get("sasl_plain_username"), password=kw.get("sasl_plain_password"),
+            mechanism=settings.kafka.sasl_mechanism, ssl_context=kw.get("ssl_context"))
+    return faust.SSLCredentials(kw["ssl_context"])
+
+
+def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str, Reference | None],
+              metrics: Metrics, *, embedded: bool = False) -> tuple[faust.App, Pipeline]:
+    """The faust app of one worker and the pipeline its agents drive."""
+    app = faust.App(settings.worker.app_id, **faust_settings(settings, bootstrap,
+                                                            embedded=embedded))
+    topics = settings.topics
+    parts = settings.kafka.partitions
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=parts)
+
+    predictions = raw_topic(topics.name("predictions"))
+    table = app.Table(STATE_TABLE, partitions=parts, key_type=bytes, value_type=bytes)
+    pipeline = Pipeline(settings, references, metrics, table,
+                        alerts=raw_topic(topics.name("alerts")),
+                        evaluations=raw_topic(topics.name("evaluations")),
+                        deadletter=raw_topic(topics.name("deadletter")),
+                        source=f"urn:driftwarden:{settings.worker.app_id}")
+    batch, within = settings.worker.batch_size, settings.worker.batch_within
+
+    async def predictions_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await pipeline.process_batch(list(events))
+
+    app.agent(predictions, name="driftwarden.predictions")(predictions_agent)
+
+    async def tick() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        await pipeline.tick()
+
+    app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
+        pipeline.forget_partitions({tp.partition for tp in revoked
+                                    if tp.topic == topics.name("predictions")})
+
+    return app, pipeline

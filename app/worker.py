@@ -1,0 +1,65 @@
+"""Running one worker process: references, metrics endpoint, topics, the faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from app.broker import EmbeddedBroker
+from app.kafka import ensure_topics
+from app.observability import Metrics
+from app.reference import Reference, load_reference_file
+from app.settings import MonitorSettings
+
+log = logging.getLogger("driftwarden")
+
+
+def load_references(settings: MonitorSettings) -> dict[str, Reference | None]:
+    refs: dict[str, Reference | None] = {}
+    for name, model in settings.models.items():
+        if model.reference.file:
+            path = settings.resolve_path(model.reference.file)
+            refs[name] = load_reference_file(path, name, model)
+        else:
+            refs[name] = None  # built from the first events (warm-up)
+    return refs
+
+
+def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
+               log_level: str = "warn") -> int:
+    import faust
+
+    from app.streaming import build_app
+
+    broker = None
+    bootstrap = bootstrap or settings.kafka.bootstrap
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+        print(f"driftwarden: no kafka.bootstrap configured: started the embedded broker on "
+              f"{bootstrap} (development only)", flush=True)
+    embedded = broker is not None
+    try:
+        references = load_references(settings)
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, max_feature_series=settings.metrics.max_feature_series)
+        for name, model in settings.models.items():
+            for sev in ("warning", "critical"):
+                metrics.drift_threshold.labels(name, "psi", sev).set(getattr(model.drift, sev))
+        if settings.metrics.enabled:
+            start_http_server(settings.metrics.port, addr=settings.metrics.host,
+                              registry=registry)
+        asyncio.run(ensure_topics(bootstrap, settings))
+        app, _ = build_app(settings, bootstrap, references, metrics, embedded=embedded)
+        worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True,
+                              redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
