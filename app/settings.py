@@ -84,6 +84,9 @@ class WorkerSettings(_Frozen):
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within: Duration = 0.2
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Rejected values up to this size are dead-lettered whole; larger ones are cut to it
+    # and carry their original size and SHA-256 in headers.
+    deadletter_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_array_elements: int = Field(100_000, ge=1)
     tick_interval: Duration = 1.0
 

@@ -15,6 +15,7 @@ from), so a batch mixing partitions, and the timer, write each key where it belo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -109,13 +110,16 @@ class Pipeline:
         dead: list[tuple[Message, Rejection]] = []
         topic = self.settings.topics.name("predictions")
         n_valid = 0
+        duplicates = 0
         for event in events:
             msg = event.message
             value = msg.value
+            position = f"{msg.topic}:{msg.partition}"
             decoded = decode_message(value, PREDICTION, max_bytes=wset.max_message_bytes,
                                      max_elements=wset.max_array_elements)
             dead.extend((msg, r) for r in decoded.rejections)
             default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
+            in_message: set[str] = set()
             for i, obj in enumerate(decoded.events):
                 model = obj["model"]
                 if model not in self.settings.models:
@@ -127,14 +131,23 @@ class Pipeline:
                 group = groups.get(model)
                 if group is None:
                     group = groups[model] = ([], [], msg.partition)
+                    self.monitor(model, msg.partition)
+                if self.monitors[model].applied(position, msg.offset):
+                    duplicates += 1  # redelivered: already in the saved state
+                    continue
+                in_message.add(model)
                 group[0].append(obj)
                 ts = obj.get("timestamp")
                 group[1].append(default_ms if ts is None else timestamp_ms(ts))
                 n_valid += 1
+            for model in in_message:
+                self.monitors[model].advance(position, msg.offset)
+        if duplicates:
+            self.metrics.events.labels(topic, "duplicate").inc(duplicates)
         self.metrics.messages.labels(topic).inc(len(events))
         self.metrics.events.labels(topic, "valid").inc(n_valid)
-        for model, (objs, times, partition) in groups.items():
-            m = self.monitor(model, partition)
+        for model, (objs, times, _partition) in groups.items():
+            m = self.monitors[model]
             result = m.ingest(objs, times, now)
             if result.late:
                 self.metrics.late_events.labels(model).inc(result.late)
@@ -150,7 +163,9 @@ class Pipeline:
 
     async def _dead_letter(self, dead: list[tuple[Message, Rejection]], topic: str) -> None:
         futures = []
+        limit = self.settings.worker.deadletter_max_bytes
         for msg, rej in dead:
+            value = rej.raw
             headers = [
                 ("dw-reason", rej.reason.encode()),
                 ("dw-error", rej.detail.encode("utf-8", "replace")[:512]),
@@ -160,7 +175,11 @@ class Pipeline:
             ]
             if rej.index is not None:
                 headers.append(("dw-element-index", str(rej.index).encode()))
-            futures.append(await self.deadletter.send(key=msg.key, value=rej.raw,
+            if len(value) > limit:
+                headers += [("dw-truncated-from", str(len(value)).encode()),
+                            ("dw-sha256", hashlib.sha256(value).hexdigest().encode())]
+                value = value[:limit]
+            futures.append(await self.deadletter.send(key=msg.key, value=value,
                                                       headers=headers))
             outcome = "unknown_model" if rej.reason == "unknown_model" else "invalid"
             self.metrics.events.labels(topic, outcome).inc()
@@ -229,7 +248,9 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
         "topic_disable_leader": True,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
-        "producer_max_request_size": worker.max_message_bytes + 64 * 1024,
+        # Dead letters can be as large as what arrived: allow up to the dead-letter cap.
+        "producer_max_request_size": max(worker.max_message_bytes,
+                                         worker.deadletter_max_bytes) + 64 * 1024,
         "consumer_max_fetch_size": max(worker.max_message_bytes * 2, 4 * 1024 * 1024),
         "broker_rebalance_timeout": kafka.rebalance_timeout,
         "broker_session_timeout": kafka.session_timeout,

@@ -57,6 +57,18 @@ class ModelMonitor:
         self.warmup_rows: list[dict[str, Any]] = []
         self.partition: int | None = None
         self.warmup_target = self.settings.reference.warmup
+        # Highest source position (e.g. "topic:partition" -> offset) already applied to
+        # this state. Saved with the state, so a message redelivered after a restart or a
+        # rebalance is recognised and not counted twice.
+        self.positions: dict[str, int] = {}
+
+    def applied(self, source: str, position: int) -> bool:
+        """True when the record at ``position`` of ``source`` is already in this state."""
+        return position <= self.positions.get(source, -1)
+
+    def advance(self, source: str, position: int) -> None:
+        if position > self.positions.get(source, -1):
+            self.positions[source] = position
 
     # -- ingest ---------------------------------------------------------------------
     def ingest(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
@@ -153,7 +165,7 @@ class ModelMonitor:
             "kind": STATE_KIND, "v": STATE_VERSION, "model": self.model,
             "partition": self.partition, "watermark": self.watermark_ms,
             "last_arrival": self.last_arrival, "closed_through": self.closed_through_ms,
-            "late_events": self.late_events,
+            "late_events": self.late_events, "positions": self.positions,
             "windows": [w.to_state() for w in self.windows.values()],
             "warmup_rows": self.warmup_rows,
             "reference": (self.reference.to_dict()
@@ -178,6 +190,7 @@ class ModelMonitor:
             m.last_arrival = state["last_arrival"]
             m.closed_through_ms = state["closed_through"]
             m.late_events = int(state["late_events"])
+            m.positions = {str(k): int(v) for k, v in state["positions"].items()}
             m.warmup_rows = list(state["warmup_rows"])
             for ws in state["windows"]:
                 w = Window.from_state(ws)

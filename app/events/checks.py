@@ -115,7 +115,7 @@ def any_object(v: Any) -> str | None:
 
 def enum(allowed: frozenset[str]) -> Check:
     def check(v: Any) -> str | None:
-        if v not in allowed or not isinstance(v, str):
+        if not isinstance(v, str) or v not in allowed:
             return f"must be one of {sorted(allowed)}"
         return None
 

@@ -57,8 +57,9 @@ class BinnedHistogram:
         kept = values[finite]
         idx = np.searchsorted(self.edges, kept, side="left")
         self.counts += np.bincount(idx, minlength=self.counts.size)
-        self.total += float(kept.sum())
-        self.total_sq += float(np.dot(kept, kept))
+        with np.errstate(over="ignore"):  # astronomically large values: the sums saturate
+            self.total += float(kept.sum())
+            self.total_sq += float(np.dot(kept, kept))
 
     @property
     def mean(self) -> float | None:

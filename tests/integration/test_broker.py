@@ -1,0 +1,78 @@
+"""The embedded broker answers Kafka metadata requests and never outlives its parent."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.broker import EmbeddedBroker, metadata_answers
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = """
+import time
+from app.broker import EmbeddedBroker
+b = EmbeddedBroker().start()
+print(b.pid, b.port, flush=True)
+time.sleep(120)
+"""
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            state = next(line for line in fh if line.startswith("State:"))
+    except FileNotFoundError:
+        return False
+    return "Z" not in state.split()[1]  # a zombie has exited
+
+
+def wait_gone(pid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def spawn_parent():
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pid, port = map(int, proc.stdout.readline().split())
+    assert alive(pid) and metadata_answers("127.0.0.1", port)
+    return proc, pid, port
+
+
+def test_start_probe_stop():
+    with EmbeddedBroker() as b:
+        assert metadata_answers(b.host, b.port)
+        pid = b.pid
+    assert wait_gone(pid)
+    assert not metadata_answers(b.host, b.port, timeout=0.3)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_broker_dies_with_its_parent(sig):
+    proc, pid, port = spawn_parent()
+    proc.send_signal(sig)
+    proc.wait(10)
+    assert wait_gone(pid), f"broker {pid} outlived its parent after signal {sig}"
+
+
+def test_broker_stops_on_normal_exit():
+    code = CHILD.replace("time.sleep(120)", "")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30, check=True)
+    pid = int(out.stdout.split()[0])
+    assert wait_gone(pid)
+
+
+def test_busy_port_is_a_clear_error():
+    from app.errors import BrokerError
+
+    with EmbeddedBroker() as b, pytest.raises(BrokerError, match="is in use"):
+        EmbeddedBroker(port=b.port, startup_timeout=5).start()

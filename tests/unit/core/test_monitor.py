@@ -1,0 +1,165 @@
+"""The pure window core: closing by watermark and wall clock, lateness, state, warm-up."""
+
+import numpy as np
+import orjson
+import pytest
+
+from app.core.monitor import ModelMonitor
+from app.errors import StateError
+from app.policy import decide_drift_alerts
+from app.reference import build_reference
+from app.settings import settings_from_mapping
+
+W = 60_000  # one-minute windows
+
+
+def make_settings(**model_extra):
+    model = {
+        "features": {"x": {"type": "numeric"}, "y": {"type": "numeric"},
+                     "c": {"type": "categorical"}, "d": {"type": "categorical"}},
+        "reference": {"warmup": 1000},
+        **model_extra,
+    }
+    return settings_from_mapping(
+        {"defaults": {"window": "1m", "lateness": "10s", "min_samples": 100},
+         "models": {"m": model}}, env={})
+
+
+def rows(rng, n, shift=False):
+    x = rng.normal(1.0 if shift else 0.0, 1, n)
+    y = rng.normal(5, 2, n)
+    c = rng.choice(["a", "b", "c"], n, p=(0.2, 0.3, 0.5) if shift else (0.5, 0.3, 0.2))
+    d = rng.choice(["u", "v"], n)
+    return [{"x": float(x[i]), "y": float(y[i]), "c": str(c[i]), "d": str(d[i])}
+            for i in range(n)]
+
+
+def events(feats, version="v1"):
+    return [{"model": "m", "model_version": version, "features": f, "prediction": 1}
+            for f in feats]
+
+
+@pytest.fixture
+def reference():
+    s = make_settings()
+    return build_reference(rows(np.random.default_rng(0), 5000), "m", s.models["m"],
+                           origin="test")
+
+
+def test_window_closes_when_watermark_passes_end_plus_lateness(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    rng = np.random.default_rng(1)
+    m.ingest(events(rows(rng, 300)), [1_000 + i * 100 for i in range(300)], now=100.0)
+    assert m.due(now=100.0) == []  # watermark 30.9 s: window [0, 60 s) still open
+    m.ingest(events(rows(rng, 1)), [W + 9_000], now=100.0)
+    assert m.due(now=100.0) == []  # 69 s < 60 s + 10 s lateness
+    m.ingest(events(rows(rng, 1)), [W + 10_000], now=100.0)
+    assert m.due(now=100.0) == [0]
+    ev = m.begin_close(0)
+    assert ev.n == 300 and ev.start_ms == 0 and ev.end_ms == W
+    m.finish_close(0)
+    assert m.due(now=100.0) == [] and list(m.windows) == [W]
+
+
+def test_idle_stream_closes_by_wall_clock(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    m.ingest(events(rows(np.random.default_rng(2), 10)), [W - 1] * 10, now=1000.0)
+    assert m.due(now=1000.0) == []
+    assert m.due(now=1010.0) == []  # effective watermark W - 1 + 10 s < W + 10 s
+    assert m.due(now=1010.002) == [0]
+
+
+def test_late_events_are_counted_not_dropped(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    rng = np.random.default_rng(3)
+    m.ingest(events(rows(rng, 5)), [10] * 5, now=0.0)
+    m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
+    for ws in m.due(now=0.0):
+        m.begin_close(ws)
+        m.finish_close(ws)
+    r = m.ingest(events(rows(rng, 4)), [20] * 4, now=0.0)
+    assert r.late == 4 and r.accepted == 0
+    m.ingest(events(rows(rng, 1)), [5 * W], now=0.0)
+    ev = m.begin_close(3 * W)
+    assert ev.late_events == 4
+
+
+def test_state_round_trip_mid_window_continues_the_same_window(reference):
+    s = make_settings()
+    rng = np.random.default_rng(4)
+    first, second = rows(rng, 150), rows(rng, 150)
+    m = ModelMonitor("m", s, reference)
+    m.partition = 3
+    m.ingest(events(first), [1000] * 150, now=5.0)
+    restored = ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), s, reference)
+    assert restored.partition == 3 and restored.watermark_ms == 1000
+    restored.ingest(events(second), [2000] * 150, now=6.0)
+    restored.ingest(events(rows(rng, 1)), [W + 10_000], now=6.0)
+    assert restored.due(now=6.0) == [0]
+    ev = restored.begin_close(0)
+    one_pass = ModelMonitor("m", s, reference)
+    one_pass.ingest(events(first + second), [1000] * 300, now=5.0)
+    expected = one_pass.begin_close(0)
+    assert ev.n == 300
+    assert [f.value for f in ev.features] == [f.value for f in expected.features]
+
+
+def test_unknown_state_version_fails_clearly(reference):
+    s = make_settings()
+    state = ModelMonitor("m", s, reference).to_state()
+    state["v"] = 7
+    with pytest.raises(StateError, match="version 7 is not supported"):
+        ModelMonitor.from_state(state, s, reference)
+
+
+def test_warmup_builds_the_reference_from_the_first_events():
+    s = make_settings()
+    m = ModelMonitor("m", s, None)
+    rng = np.random.default_rng(5)
+    r = m.ingest(events(rows(rng, 800)), [0] * 800, now=0.0)
+    assert r.warmup == 800 and m.reference is None and not m.windows
+    state = orjson.loads(orjson.dumps(m.to_state()))
+    m = ModelMonitor.from_state(state, s, None)  # a restart during warm-up keeps the rows
+    r = m.ingest(events(rows(rng, 400)), [W] * 400, now=0.0)
+    assert r.warmup == 200 and r.accepted == 200
+    assert m.reference is not None and m.reference.n == 1000
+    assert m.reference.origin == "warmup:1000"
+    again = ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), s, None)
+    assert again.reference is not None and again.reference.n == 1000
+    assert again.windows[W].n == 200
+
+
+def test_shifted_features_alert_and_unshifted_do_not(reference):
+    s = make_settings()
+    rng = np.random.default_rng(6)
+    m = ModelMonitor("m", s, reference)
+    m.ingest(events(rows(rng, 3000)), [10] * 3000, now=0.0)
+    m.ingest(events(rows(rng, 3000, shift=True)), [W + 10] * 3000, now=0.0)
+    m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
+    drift = s.models["m"].drift
+    clean = decide_drift_alerts(m.begin_close(0), drift)
+    shifted = decide_drift_alerts(m.begin_close(W), drift)
+    assert clean == []
+    assert {a.subject for a in shifted} == {"x", "c"}
+    assert all(a.kind == "feature_drift" and a.value >= a.threshold for a in shifted)
+
+
+def test_small_windows_report_but_never_alert(reference):
+    s = make_settings()
+    rng = np.random.default_rng(7)
+    m = ModelMonitor("m", s, reference)
+    m.ingest(events(rows(rng, 99, shift=True)), [10] * 99, now=0.0)
+    m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
+    ev = m.begin_close(0)
+    assert not ev.sufficient and ev.n == 99
+    assert any(f.value and f.value > 0.25 for f in ev.features)  # figures are reported
+    assert decide_drift_alerts(ev, s.models["m"].drift) == []
+
+
+def test_versions_are_counted_per_window(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    rng = np.random.default_rng(8)
+    m.ingest(events(rows(rng, 3), "v1") + events(rows(rng, 5), "v2"), [10] * 8, now=0.0)
+    m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
+    ev = m.begin_close(0)
+    assert ev.versions == {"v1": 3, "v2": 5} and ev.model_version == "v2"

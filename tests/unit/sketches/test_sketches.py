@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.errors import StateError
+from app.sketches import SKETCHES, BinnedHistogram, CategoryCounts
+
+EDGES = [-1.0, 0.0, 0.5, 2.0]
+CATS = ["a", "b", "c"]
+
+floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+values = st.lists(st.one_of(floats, st.floats(-5, 5)), max_size=200)
+labels = st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "zz", "q"]),
+                            st.integers(0, 3), st.booleans()), max_size=200)
+
+
+def make(kind):
+    return BinnedHistogram(EDGES) if kind == "histogram" else CategoryCounts(CATS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(left=values, right=values)
+def test_histogram_merge_of_halves_equals_one_pass(left, right):
+    a, b, whole = BinnedHistogram(EDGES), BinnedHistogram(EDGES), BinnedHistogram(EDGES)
+    a.update(np.array(left, dtype=float))
+    b.update(np.array(right, dtype=float))
+    whole.update(np.array(left + right, dtype=float))
+    merged = a.merge(b)
+    assert np.array_equal(merged.counts, whole.counts)
+    assert merged.missing == whole.missing and merged.nonfinite == whole.nonfinite
+    if np.isfinite(whole.total):  # sums of values near the float limit saturate
+        assert merged.total == pytest.approx(whole.total, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(left=labels, right=labels)
+def test_categories_merge_of_halves_equals_one_pass(left, right):
+    a, b, whole = CategoryCounts(CATS), CategoryCounts(CATS), CategoryCounts(CATS)
+    a.update(left)
+    b.update(right)
+    whole.update(left + right)
+    assert a.merge(b) == whole
+    assert whole.n + whole.missing == len(left) + len(right)
+
+
+@pytest.mark.parametrize("kind", sorted(SKETCHES))
+def test_state_round_trips(kind):
+    s = make(kind)
+    s.update(np.array([0.1, 3.0, -2.0, np.nan]) if kind == "histogram" else ["a", "x", None])
+    again = SKETCHES[kind].from_state(s.to_state())
+    assert again == s
+    assert repr(again) == repr(s)
+
+
+@pytest.mark.parametrize("kind", sorted(SKETCHES))
+def test_unknown_state_version_fails_clearly(kind):
+    state = make(kind).to_state()
+    state["v"] = 99
+    with pytest.raises(StateError, match="version 99 is not supported"):
+        SKETCHES[kind].from_state(state)
+
+
+@pytest.mark.parametrize("kind", sorted(SKETCHES))
+def test_wrong_kind_and_corrupt_states_fail_clearly(kind):
+    state = make(kind).to_state()
+    with pytest.raises(StateError, match="expected a"):
+        SKETCHES[kind].from_state({**state, "kind": "other"})
+    with pytest.raises(StateError):
+        SKETCHES[kind].from_state({**state, "counts": [1]})
+    with pytest.raises(StateError):
+        SKETCHES[kind].from_state("nonsense")
+
+
+def test_histogram_bins_are_left_open_right_closed():
+    h = BinnedHistogram([0.0, 1.0])
+    h.update(np.array([0.0, 1.0, 1.0000001, -np.inf, np.inf]))
+    assert h.counts.tolist() == [1, 1, 1]
+    assert h.nonfinite == 2
+
+
+def test_histogram_rejects_bad_edges():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        BinnedHistogram([1.0, 1.0])
+
+
+def test_merge_requires_same_bins():
+    with pytest.raises(ValueError, match="different bin edges"):
+        BinnedHistogram([0.0]).merge(BinnedHistogram([1.0]))
+    with pytest.raises(ValueError, match="different vocabularies"):
+        CategoryCounts(["a"]).merge(CategoryCounts(["b"]))
+
+
+def test_category_spelling_of_non_strings():
+    c = CategoryCounts(["true", "2"])
+    c.update([True, 2, 2.0, "2", 3])
+    assert c.counts.tolist() == [1, 3, 1]
+
+
+def test_memory_is_bounded_by_vocabulary():
+    c = CategoryCounts(CATS)
+    c.update([f"user-{i}" for i in range(10_000)])
+    assert c.counts.size == len(CATS) + 1 and c.other == 10_000

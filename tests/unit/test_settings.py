@@ -1,0 +1,86 @@
+import textwrap
+
+import pytest
+
+from app.cli import main
+from app.errors import ConfigError
+from app.settings import load_settings, settings_from_mapping
+
+GOOD = """
+defaults: {window: 1h, lateness: 5m, min_samples: 200}
+sources:
+  crm: {owner: data-eng, freshness: 15m}
+models:
+  churn:
+    owners: {monitoring: ml-platform, on_call: churn-oncall}
+    features:
+      tenure_months: {type: numeric, source: crm, range: [0, 600]}
+      plan: {type: categorical, values: [free, pro]}
+    reference: {warmup: 500}
+    drift: {warning: 0.1, critical: 0.25}
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "monitor.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_file_loads_into_frozen_settings(tmp_path):
+    s = load_settings(write(tmp_path, GOOD), env={})
+    assert s.window_of("churn") == 3600 and s.lateness_of("churn") == 300
+    assert s.models["churn"].features["tenure_months"].range == (0, 600)
+    assert s.kafka.bootstrap is None
+    with pytest.raises(Exception, match="frozen"):
+        s.defaults.window = 5  # type: ignore[misc]
+
+
+def test_env_overrides_bootstrap(tmp_path):
+    s = load_settings(write(tmp_path, GOOD), env={"DRIFTWARDEN_BOOTSTRAP": "kafka:9092"})
+    assert s.kafka.bootstrap == "kafka:9092"
+
+
+@pytest.mark.parametrize(("patch", "path", "expected"), [
+    ("drift: {warning: high}", "models.churn.drift.warning", "valid number"),
+    ("drift: {warning: 0.3, critical: 0.2}", "models.churn.drift", "must be at least warning"),
+    ("window: soon", "models.churn.window", "duration"),
+    ("reference: {}", "models.churn.reference", "exactly one of 'file' or 'warmup'"),
+    ("task: ranking", "models.churn.task", "binary_classification"),
+    ("colour: blue", "models.churn.colour", "Extra inputs are not permitted"),
+])
+def test_errors_name_file_path_and_expectation(tmp_path, patch, path, expected):
+    text = GOOD.replace("    drift: {warning: 0.1, critical: 0.25}", "    " + patch)
+    if patch.startswith("reference"):
+        text = text.replace("    reference: {warmup: 500}\n", "")
+    f = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    message = str(err.value)
+    assert str(f) in message and path in message and expected in message
+
+
+def test_unknown_source_is_named(tmp_path):
+    f = write(tmp_path, GOOD.replace("source: crm", "source: billing"))
+    with pytest.raises(ConfigError, match="unknown source 'billing'"):
+        load_settings(f, env={})
+
+
+def test_bad_model_name_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="must match"):
+        settings_from_mapping({"models": {"bad name": {"features": {"a": {"type": "numeric"}},
+                                                        "reference": {"warmup": 100}}}})
+    f = write(tmp_path, "models: [unclosed")
+    with pytest.raises(ConfigError, match="line 1.*not valid YAML"):
+        load_settings(f)
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_check_config_command(tmp_path, capsys):
+    assert main(["check-config", str(write(tmp_path, GOOD))]) == 0
+    assert "OK: 1 model(s)" in capsys.readouterr().out
+    bad = write(tmp_path, GOOD.replace("min_samples: 200", "min_samples: -3"))
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "defaults.min_samples" in err and "greater than or equal to 1" in err
