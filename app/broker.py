@@ -75,7 +75,7 @@ def metadata_answers(host: str, port: int, timeout: float = 1.0) -> bool:
             s.sendall(struct.pack(">i", len(body)) + body)
             head = _recv_exact(s, 8)
             size, got = struct.unpack(">ii", head)
-            return got == correlation and size >= 8
+            return bool(got == correlation and size >= 8)
     except (OSError, struct.error):
         return False
 
@@ -122,16 +122,15 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL,
-                                            preexec_fn=_bind_to_parent)  # noqa: PLW1509
+            with contextlib.ExitStack() as stack:
+                out = (stack.enter_context(open(self.log_path, "ab")) if self.log_path
+                       else subprocess.DEVNULL)
+                self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL,
+                                                preexec_fn=_bind_to_parent)
         except OSError as exc:
             raise BrokerError(f"cannot start the embedded broker: {exc}") from exc
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

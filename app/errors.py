@@ -8,7 +8,10 @@ class DriftwardenError(Exception):
 
 
 class ConfigError(DriftwardenError):
-    """A monitor file that does not load: names the file, the path inside it and what was expected."""
+    """A monitor file that does not load.
+
+    The message names the file, the path inside it and what was expected.
+    """
 
     def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
         self.file = file

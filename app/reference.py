@@ -145,8 +145,13 @@ def numeric_reference(values: Sequence[Any], bins: int) -> NumericReference:
 
 def categorical_reference(values: Iterable[Any], max_categories: int,
                           declared: Sequence[str] | None = None) -> CategoricalReference:
-    tally = Counter(None if v is None else as_category(v) for v in values)
-    missing = tally.pop(None, 0)
+    tally: Counter[str] = Counter()
+    missing = 0
+    for v in values:
+        if v is None:
+            missing += 1
+        else:
+            tally[as_category(v)] += 1
     vocab = [c for c, _ in tally.most_common(max_categories)]
     for c in declared or ():
         if c not in vocab:
@@ -228,7 +233,8 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
 
             cols = [c for c in pq.read_schema(path).names if c in features]
             table = pq.read_table(path, columns=cols)
-            return table.to_pylist()
+            parquet_rows: list[dict[str, Any]] = table.to_pylist()
+            return parquet_rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReferenceDataError(f"{path}: cannot read: {exc}") from None
     raise ReferenceDataError(

@@ -127,7 +127,8 @@ class FeatureSettings(_Frozen):
             if self.type != "numeric":
                 raise ValueError("'range' applies to numeric features only")
             if self.range[0] > self.range[1]:
-                raise ValueError(f"range must be [low, high] with low <= high, got {list(self.range)}")
+                raise ValueError(
+                    f"range must be [low, high] with low <= high, got {list(self.range)}")
         if self.values is not None and self.type != "categorical":
             raise ValueError("'values' applies to categorical features only")
         return self
@@ -169,7 +170,6 @@ class ModelSettings(_Frozen):
     )
     features: dict[str, FeatureSettings]
     reference: ReferenceSettings
-    segments: tuple[str, ...] = ()
     drift: DriftSettings = DriftSettings()
     window: Duration | None = None
     lateness: Duration | None = None
@@ -240,7 +240,8 @@ def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = 
                           env: Mapping[str, str] | None = None) -> MonitorSettings:
     """Validate a mapping (parsed YAML) into settings; ``env`` overrides (tests pass their own)."""
     if not isinstance(data, dict):
-        raise ConfigError(file, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+        raise ConfigError(
+            file, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     env = os.environ if env is None else env
     data = dict(data)
     bootstrap = env.get("DRIFTWARDEN_BOOTSTRAP")
@@ -269,7 +270,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Mon
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        raise ConfigError(
+            str(path), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [("", f"the file is not UTF-8 text: {exc}")]) from None
     try:

@@ -102,7 +102,7 @@ class Pipeline:
             del self.monitors[name]
 
     # -- the batch path ----------------------------------------------------------------
-    async def process_batch(self, events: list[EventT], now: float | None = None) -> None:
+    async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
         started = time.perf_counter()
         now = time.time() if now is None else now
         wset = self.settings.worker
@@ -113,7 +113,7 @@ class Pipeline:
         duplicates = 0
         for event in events:
             msg = event.message
-            value = msg.value
+            value: bytes = msg.value or b""
             position = f"{msg.topic}:{msg.partition}"
             decoded = decode_message(value, PREDICTION, max_bytes=wset.max_message_bytes,
                                      max_elements=wset.max_array_elements)
@@ -304,13 +304,14 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     app.agent(predictions, name="driftwarden.predictions")(predictions_agent)
 
     async def tick() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if app.rebalancing or not recovery.completed.is_set():
             return
         await pipeline.tick()
 
     app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
         pipeline.forget_partitions({tp.partition for tp in revoked
                                     if tp.topic == topics.name("predictions")})

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from app.core.windows import Window
 from app.detectors import STATISTICS
 from app.reference import CategoricalReference, NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts
 from app.sketches.categorical import OTHER
-from app.core.windows import Window
 
 
 @dataclass(frozen=True)

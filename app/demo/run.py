@@ -202,7 +202,7 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
     print("\n== summary ==")
     print(f"events produced:      {demo.produced} (+{len(BAD_MESSAGES)} malformed messages)")
     print(f"events processed:     {int(valid)} valid; {processed} evaluated in closed windows")
-    print(f"dead letters:         " + (", ".join(f"{k} {int(v)}" for k, v in sorted(dead.items()))
+    print("dead letters:         " + (", ".join(f"{k} {int(v)}" for k, v in sorted(dead.items()))
                                        or "none"))
     print(f"windows closed:       {len(demo.evaluations)} of {demo.windows} "
           f"(shift starts in window {demo.shift_window + 1})")
@@ -236,7 +236,7 @@ def run_demo(duration: float = 60.0, rate: int = 2000, seed: int = 7) -> int:
             [sys.executable, "-m", "app", "worker", "-c", str(config),
              "--bootstrap", broker.bootstrap],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_bind_to_parent)  # noqa: PLW1509
+            preexec_fn=_bind_to_parent)
         log.close()
         print(f"worker started (pid {worker.pid}, log {workdir / 'worker.log'}, metrics "
               f"http://127.0.0.1:{metrics_port}/metrics)")

@@ -19,9 +19,10 @@ Statistic = Callable[[Counts, Counts], float]
 SMOOTHING = 0.5
 
 
-def _smoothed(counts: Counts) -> npt.NDArray[np.float64]:
+def _smoothed(counts: npt.ArrayLike) -> npt.NDArray[np.float64]:
     c = np.asarray(counts, dtype=np.float64) + SMOOTHING
-    return c / c.sum()
+    out: npt.NDArray[np.float64] = c / c.sum()
+    return out
 
 
 def psi(expected: Counts, actual: Counts) -> float:

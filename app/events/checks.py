@@ -42,9 +42,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _finite(v: Any) -> bool:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise NonFinite
+    if isinstance(v, float) and not math.isfinite(v):
+        raise NonFinite
     return True
 
 

@@ -24,8 +24,9 @@ EVALUATION = "io.driftwarden.evaluation.completed"
 def stable_id(*parts: object) -> str:
     """A deterministic 32-hex-digit id from its parts.
 
-    >>> stable_id("churn", "feature_drift", "plan", 0) == stable_id("churn", "feature_drift", "plan", 0)
-    True
+    >>> stable_id("churn", "feature_drift", "plan", 0)
+    '872e5ee4be6f7346eeaaadd3e83ffbda'
+
     """
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
@@ -86,8 +87,9 @@ def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
 
 def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
                      source: str) -> dict[str, Any]:
+    evaluation_id = stable_id(ev.model, "evaluation", ev.start_ms)
     data = {
-        "evaluation_id": stable_id(ev.model, "evaluation", ev.start_ms),
+        "evaluation_id": evaluation_id,
         "model": ev.model, "model_version": ev.model_version, "versions": ev.versions,
         "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms),
                    "start_ms": ev.start_ms, "end_ms": ev.end_ms},
@@ -96,5 +98,5 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
         "features": [f.to_dict() for f in ev.features],
         "alerts": [stable_id(ev.model, a.kind, a.subject, ev.start_ms) for a in alerts],
     }
-    return envelope(type_=EVALUATION, id_=data["evaluation_id"], source=source,
+    return envelope(type_=EVALUATION, id_=evaluation_id, source=source,
                     subject=ev.model, time_ms=ev.end_ms, data=data)

@@ -89,7 +89,9 @@ class Worker:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app", "worker", "-c", str(run_cfg),
-                 "--bootstrap", self.bootstrap, "--log-level", os.environ.get("DW_TEST_LOG_LEVEL", "warn")], stdout=out, stderr=subprocess.STDOUT,
+                 "--bootstrap", self.bootstrap,
+                 "--log-level", os.environ.get("DW_TEST_LOG_LEVEL", "warn")],
+                stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
         return self
 

@@ -57,7 +57,7 @@ def test_start_probe_stop():
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_broker_dies_with_its_parent(sig):
-    proc, pid, port = spawn_parent()
+    proc, pid, _ = spawn_parent()
     proc.send_signal(sig)
     proc.wait(10)
     assert wait_gone(pid), f"broker {pid} outlived its parent after signal {sig}"

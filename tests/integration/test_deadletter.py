@@ -3,6 +3,7 @@ every valid one is counted, and the worker keeps running."""
 
 import math
 
+import numpy as np
 import orjson
 from support import (
     MODEL,
@@ -16,7 +17,6 @@ from support import (
     settings_of,
     write_config,
 )
-import numpy as np
 
 
 def headers(record):

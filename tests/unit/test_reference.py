@@ -93,7 +93,7 @@ def test_unreadable_files_are_clear_errors(tmp_path, model):
     with pytest.raises(ReferenceDataError, match="unknown data format"):
         read_rows(tmp_path / "a.xlsx", model.features)
     (tmp_path / "b.jsonl").write_text("{not json\n")
-    with pytest.raises(ReferenceDataError, match="b.jsonl:1: not JSON"):
+    with pytest.raises(ReferenceDataError, match=r"b\.jsonl:1: not JSON"):
         read_rows(tmp_path / "b.jsonl", model.features)
     with pytest.raises(ReferenceDataError, match="feature 'x'"):
         build_reference([{"x": None, "plan": "a"}], "m", model, origin="t")

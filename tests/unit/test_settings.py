@@ -71,7 +71,7 @@ def test_bad_model_name_and_broken_yaml(tmp_path):
         settings_from_mapping({"models": {"bad name": {"features": {"a": {"type": "numeric"}},
                                                         "reference": {"warmup": 100}}}})
     f = write(tmp_path, "models: [unclosed")
-    with pytest.raises(ConfigError, match="line 1.*not valid YAML"):
+    with pytest.raises(ConfigError, match=r"line 1.*not valid YAML"):
         load_settings(f)
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_settings(tmp_path / "missing.yaml")
@@ -84,3 +84,11 @@ def test_check_config_command(tmp_path, capsys):
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "defaults.min_samples" in err and "greater than or equal to 1" in err
+
+
+def test_shipped_example_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "monitor.yaml"
+    s = load_settings(example, env={})
+    assert "churn" in s.models and s.kafka.bootstrap == "localhost:9092"

@@ -46,4 +46,4 @@ def test_empty_window_gives_zero():
 
 
 def test_registry_is_explicit():
-    assert STATISTICS == {"psi": psi}
+    assert {"psi": psi} == STATISTICS
