@@ -22,8 +22,14 @@ def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[A
     """A float column; missing, null and non-numeric values become NaN."""
     out = np.empty(len(rows), dtype=np.float64)
     for i, row in enumerate(rows):
-        v = row.get(name)
-        out[i] = v if type(v) in _NUMERIC_TYPES else np.nan
+        v: Any = row.get(name)
+        if type(v) in _NUMERIC_TYPES:
+            try:
+                out[i] = v
+            except OverflowError:  # an integer beyond the float range
+                out[i] = np.inf if v > 0 else -np.inf
+        else:
+            out[i] = np.nan
     return out
 
 

@@ -16,10 +16,12 @@ from typing import Any
 
 # The same patterns as the schemas ($defs), applied with re.search like the
 # reference validator does.
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+# ``$(?!\n)`` ends at the end of the string in every regex dialect (Python's ``$`` alone
+# also matches before a final newline); ``[0-9]`` is ASCII-only everywhere (``\d`` is not).
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$(?!\n)"
 RFC3339_PATTERN = (
-    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-    r"(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]"
+    r":[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)"
 )
 MAX_FEATURES = 4096
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
@@ -133,6 +135,8 @@ def timestamp(v: Any) -> str | None:
             return "epoch milliseconds must be an integer"
         if v < 0:
             return "epoch milliseconds must be >= 0"
+        if v > MAX_EPOCH_MS:
+            return f"epoch milliseconds must be <= {MAX_EPOCH_MS}"
         return None
     return "expected an RFC 3339 date-time or epoch milliseconds"
 
@@ -211,7 +215,9 @@ def check_event(spec: Spec, obj: Any) -> str | None:
             return f"{field}: {err}"
     if "timestamp" in obj and isinstance(obj["timestamp"], str):
         try:
-            timestamp_ms(obj["timestamp"])
+            ms = timestamp_ms(obj["timestamp"])
         except (ValueError, OverflowError):
             return "timestamp: not a valid calendar date-time"
+        if ms > MAX_EPOCH_MS:  # 9999-12-31 with a negative offset is past year 9999 in UTC
+            return "timestamp: later than 9999-12-31T23:59:59.999Z"
     return None

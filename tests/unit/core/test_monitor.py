@@ -163,3 +163,12 @@ def test_versions_are_counted_per_window(reference):
     m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
     ev = m.begin_close(0)
     assert ev.versions == {"v1": 3, "v2": 5} and ev.model_version == "v2"
+
+
+def test_numeric_column_never_raises_on_odd_values():
+    from app.core.windows import numeric_column
+
+    col = numeric_column([{"x": 10**400}, {"x": -(10**400)}, {"x": "7"}, {"x": None}, {},
+                          {"x": True}, {"x": 2.5}], "x")
+    assert col[0] == np.inf and col[1] == -np.inf
+    assert np.isnan(col[2:5]).all() and col[5] == 1.0 and col[6] == 2.5
