@@ -91,11 +91,10 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 
 class EmbeddedBroker:
-    """Start, probe and stop one in-memory broker.
+    """Start, probe and stop one in-memory broker::
 
-    >>> with EmbeddedBroker() as broker:            # doctest: +SKIP
-    ...     print(broker.bootstrap)
-    127.0.0.1:40123
+        with EmbeddedBroker() as broker:
+            run_something_against(broker.bootstrap)   # e.g. "127.0.0.1:40123"
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None,

@@ -195,6 +195,7 @@ class Pipeline:
             m = self.monitor(model)
             now = time.time() if now is None else now
             for start in m.due(now):
+                due_since = m.due_since(start)
                 evaluation = m.begin_close(start)
                 try:
                     await self._publish(evaluation)
@@ -205,6 +206,8 @@ class Pipeline:
                 m.finish_close(start)
                 self.save(m)
                 closed += 1
+                if due_since is not None:
+                    self.metrics.window_close_lag.observe(max(0.0, time.time() - due_since))
         return closed
 
     async def tick(self) -> None:

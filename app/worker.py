@@ -27,19 +27,25 @@ def load_references(settings: MonitorSettings) -> dict[str, Reference | None]:
     return refs
 
 
+def resolve_bootstrap(settings: MonitorSettings,
+                      override: str | None = None) -> tuple[str, EmbeddedBroker | None]:
+    """The bootstrap servers to use; starts the embedded broker only when none is named."""
+    bootstrap = override or settings.kafka.bootstrap
+    if bootstrap:
+        return bootstrap, None
+    broker = EmbeddedBroker().start()
+    print(f"driftwarden: no kafka.bootstrap configured: started the embedded broker on "
+          f"{broker.bootstrap} (development only)", flush=True)
+    return broker.bootstrap, broker
+
+
 def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
                log_level: str = "warn") -> int:
     import faust
 
     from app.streaming import build_app
 
-    broker = None
-    bootstrap = bootstrap or settings.kafka.bootstrap
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-        print(f"driftwarden: no kafka.bootstrap configured: started the embedded broker on "
-              f"{bootstrap} (development only)", flush=True)
+    bootstrap, broker = resolve_bootstrap(settings, bootstrap)
     embedded = broker is not None
     try:
         references = load_references(settings)

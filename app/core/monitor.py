@@ -129,6 +129,13 @@ class ModelMonitor:
             return self.watermark_ms
         return self.watermark_ms + max(0, int((now - self.last_arrival) * 1000))
 
+    def due_since(self, start_ms: int) -> float | None:
+        """Wall-clock time at which the window became due (for the close-lag metric)."""
+        if self.watermark_ms is None or self.last_arrival is None:
+            return None
+        end = self.windows[start_ms].end_ms + self.lateness_ms
+        return self.last_arrival + max(0, end - self.watermark_ms) / 1000
+
     def due(self, now: float) -> list[int]:
         """Starts of open windows ready to close, oldest first."""
         wm = self.effective_watermark(now)

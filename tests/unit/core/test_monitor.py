@@ -172,3 +172,12 @@ def test_numeric_column_never_raises_on_odd_values():
                           {"x": True}, {"x": 2.5}], "x")
     assert col[0] == np.inf and col[1] == -np.inf
     assert np.isnan(col[2:5]).all() and col[5] == 1.0 and col[6] == 2.5
+
+
+def test_due_since_dates_the_moment_a_window_became_due(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    m.ingest(events(rows(np.random.default_rng(9), 10)), [W - 1_000] * 10, now=500.0)
+    # end (60 s) + lateness (10 s) - watermark (59 s) = 11 s after the last arrival
+    assert m.due_since(0) == pytest.approx(511.0)
+    m.ingest(events(rows(np.random.default_rng(9), 1)), [3 * W], now=520.0)
+    assert m.due_since(0) == pytest.approx(520.0)  # the watermark passed it on arrival
