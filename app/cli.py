@@ -69,6 +69,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, bootstrap=args.bootstrap, log_level=args.log_level)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from app.replay import run_replay
+
+    settings = _load(args.config)
+    predictions = Path(args.predictions)
+    if not predictions.is_file():
+        raise DriftwardenError(f"{predictions}: no such file")
+    out = Path(args.out)
+    summary = run_replay(settings, predictions, out, progress=not args.no_progress)
+    print(f"replayed {summary.lines} lines: {summary.events} events, {summary.rejected} "
+          f"rejected; {summary.windows} windows closed, {summary.alerts} alerts")
+    for feature, count in sorted(summary.alerts_by_feature.items(), key=lambda kv: -kv[1]):
+        print(f"  {feature}: {count} alerts")
+    print(f"outputs in {out}/: alerts.jsonl, evaluations.jsonl, retrain-triggers.jsonl, "
+          "deadletter.jsonl")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo.run import run_demo
 
@@ -93,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
     d.add_argument("--seed", type=int, default=7)
     d.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("replay", help="run the monitoring engine offline over JSON-lines files")
+    rp.add_argument("-c", "--config", required=True)
+    rp.add_argument("--predictions", required=True,
+                    help="JSON lines: one prediction event, or an array of them, per line")
+    rp.add_argument("--out", required=True, help="folder for the output JSON-lines files")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(func=cmd_replay)
 
     c = sub.add_parser("check-config", help="validate a monitor file")
     c.add_argument("file")

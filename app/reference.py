@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from app.errors import ReferenceDataError, StateError
-from app.settings import DriftSettings, FeatureSettings, ModelSettings
+from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
 from app.sketches import BinnedHistogram, CategoryCounts
 from app.sketches.categorical import as_category
 
@@ -258,3 +258,15 @@ def load_reference_file(path: Path, model: str, settings: ModelSettings,
         return ref
     rows = read_rows(path, settings.features)
     return build_reference(rows, model, settings, version=version, origin=f"file:{path.name}")
+
+
+def load_references(settings: MonitorSettings) -> dict[str, Reference | None]:
+    """Each model's reference from its file; ``None`` for models that warm up."""
+    refs: dict[str, Reference | None] = {}
+    for name, model in settings.models.items():
+        if model.reference.file:
+            path = settings.resolve_path(model.reference.file)
+            refs[name] = load_reference_file(path, name, model)
+        else:
+            refs[name] = None  # built from the first events (warm-up)
+    return refs

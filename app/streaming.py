@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +27,12 @@ import faust
 import orjson
 from faust.types import EventT, Message
 
-from app.core.evaluation import WindowEvaluation
-from app.core.monitor import ModelMonitor
+from app.core.engine import ClosedWindow, Engine
 from app.errors import StateError
-from app.events.checks import PREDICTION, timestamp_ms
+from app.events.checks import PREDICTION
 from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
-from app.outputs.cloudevents import CONTENT_TYPE, alert_event, evaluation_event
-from app.policy import decide_drift_alerts
+from app.outputs.cloudevents import CONTENT_TYPE
 from app.reference import Reference
 from app.settings import MonitorSettings
 
@@ -45,72 +43,64 @@ STATE_TABLE = "model-state"
 
 @dataclass
 class Pipeline:
-    """Prediction monitoring for the partitions this worker holds."""
+    """The faust side of prediction monitoring: Kafka records in, Kafka records out.
+
+    Decisions are the engine's (``app.core.engine``); this adapter decodes messages,
+    saves each touched model's state to the table once per batch, dead-letters what the
+    engine refuses, and publishes what it produces.
+    """
 
     settings: MonitorSettings
-    references: Mapping[str, Reference | None]
+    engine: Engine
     metrics: Metrics
     table: Any  # faust Table[bytes, bytes]
     alerts: Any  # faust topics
     evaluations: Any
     deadletter: Any
-    source: str
-    monitors: dict[str, ModelMonitor] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
 
     # -- state ------------------------------------------------------------------------
-    def monitor(self, model: str, partition: int | None = None) -> ModelMonitor:
-        m = self.monitors.get(model)
-        if m is None:
-            m = self._load(model)
-            self.monitors[model] = m
-        if partition is not None and m.partition != partition:
-            if m.partition is not None:
-                log.warning("model %r seen on partition %s and %s: producers must key "
-                            "predictions by model name", model, m.partition, partition)
-            m.partition = partition
-        return m
-
-    def _load(self, model: str) -> ModelMonitor:
+    def load_state(self, model: str) -> Any:
         raw = self.table.data.get(model.encode())
-        ref = self.references.get(model)
-        if raw is not None:
-            try:
-                return ModelMonitor.from_state(orjson.loads(raw), self.settings, ref)
-            except (StateError, orjson.JSONDecodeError) as exc:
-                self.metrics.state_errors.labels(model).inc()
-                log.error("cannot restore the state of model %r, starting afresh: %s", model, exc)
-        return ModelMonitor(model, self.settings, ref)
+        if raw is None:
+            return None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"saved state is not JSON: {exc}") from None
 
-    def save(self, m: ModelMonitor) -> None:
+    def on_state_error(self, model: str, exc: StateError) -> None:
+        self.metrics.state_errors.labels(model).inc()
+        log.error("cannot restore the state of model %r, starting afresh: %s", model, exc)
+
+    def save(self, model: str) -> None:
         """One changelog record for this model (called once per batch, never per event)."""
+        m = self.engine.monitor(model)
         if m.partition is None:
             return
-        key = m.model.encode()
+        key = model.encode()
         value = orjson.dumps(m.to_state(), option=orjson.OPT_SERIALIZE_NUMPY)
         self.table.data[key] = value
         self.table.send_changelog(m.partition, key, value)
 
-    def local_models(self) -> Iterable[str]:
-        names = set(self.monitors)
+    def local_models(self) -> list[str]:
+        names = set(self.engine.monitors)
         for key in list(self.table.data.keys()):
             names.add(key.decode() if isinstance(key, bytes) else str(key))
         return sorted(n for n in names if n in self.settings.models)
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        for name in [n for n, m in self.monitors.items() if m.partition in partitions]:
-            del self.monitors[name]
+        self.engine.forget(n for n, m in self.engine.monitors.items()
+                           if m.partition in partitions)
 
     # -- the batch path ----------------------------------------------------------------
     async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
         started = time.perf_counter()
         now = time.time() if now is None else now
         wset = self.settings.worker
-        groups: dict[str, tuple[list[dict[str, Any]], list[int], int]] = {}
-        dead: list[tuple[Message, Rejection]] = []
         topic = self.settings.topics.name("predictions")
-        n_valid = 0
-        duplicates = 0
+        batch = self.engine.batch()
+        dead: list[tuple[Message, Rejection]] = []
         for event in events:
             msg = event.message
             value: bytes = msg.value or b""
@@ -119,45 +109,28 @@ class Pipeline:
                                      max_elements=wset.max_array_elements)
             dead.extend((msg, r) for r in decoded.rejections)
             default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
-            in_message: set[str] = set()
             for i, obj in enumerate(decoded.events):
-                model = obj["model"]
-                if model not in self.settings.models:
+                if batch.add(obj, default_ms, position=(position, msg.offset),
+                             partition=msg.partition) is not None:
                     index = None if decoded.positions is None else decoded.positions[i]
                     dead.append((msg, Rejection(
-                        "unknown_model", f"model {model!r} is not configured",
+                        "unknown_model", f"model {obj['model']!r} is not configured",
                         element_bytes(value, obj, decoded), index)))
-                    continue
-                group = groups.get(model)
-                if group is None:
-                    group = groups[model] = ([], [], msg.partition)
-                    self.monitor(model, msg.partition)
-                if self.monitors[model].applied(position, msg.offset):
-                    duplicates += 1  # redelivered: already in the saved state
-                    continue
-                in_message.add(model)
-                group[0].append(obj)
-                ts = obj.get("timestamp")
-                group[1].append(default_ms if ts is None else timestamp_ms(ts))
-                n_valid += 1
-            for model in in_message:
-                self.monitors[model].advance(position, msg.offset)
-        if duplicates:
-            self.metrics.events.labels(topic, "duplicate").inc(duplicates)
         self.metrics.messages.labels(topic).inc(len(events))
-        self.metrics.events.labels(topic, "valid").inc(n_valid)
-        for model, (objs, times, _partition) in groups.items():
-            m = self.monitors[model]
-            result = m.ingest(objs, times, now)
+        self.metrics.events.labels(topic, "valid").inc(batch.accepted)
+        if batch.duplicates:
+            self.metrics.events.labels(topic, "duplicate").inc(batch.duplicates)
+        for model, result in self.engine.apply(batch, now).items():
             if result.late:
                 self.metrics.late_events.labels(model).inc(result.late)
                 self.metrics.events.labels(topic, "late").inc(result.late)
+            m = self.engine.monitor(model)
             if m.watermark_ms is not None:
                 self.metrics.watermark.labels(model).set(m.watermark_ms / 1000)
-            self.save(m)
+            self.save(model)
         await self._dead_letter(dead, topic)
-        self.metrics.batch_events.observe(n_valid + len(dead))
-        for model in groups:
+        self.metrics.batch_events.observe(batch.accepted + len(dead))
+        for model in batch.models:
             await self.close_due(model, now)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -192,22 +165,21 @@ class Pipeline:
         """Close every due window of ``model``; returns how many closed."""
         closed = 0
         async with self.locks[model]:
-            m = self.monitor(model)
             now = time.time() if now is None else now
-            for start in m.due(now):
-                due_since = m.due_since(start)
-                evaluation = m.begin_close(start)
+            for start in self.engine.due(model, now):
+                result = self.engine.begin_close(model, start, now)
                 try:
-                    await self._publish(evaluation)
+                    await self._publish(model, result)
                 except Exception:
-                    m.abort_close(start, evaluation)
+                    self.engine.abort_close(model, start, result)
                     log.exception("publishing window %s of %r failed; will retry", start, model)
                     break
-                m.finish_close(start)
-                self.save(m)
+                self.engine.finish_close(model, start)
+                self.save(model)
                 closed += 1
-                if due_since is not None:
-                    self.metrics.window_close_lag.observe(max(0.0, time.time() - due_since))
+                if result.due_since is not None:
+                    self.metrics.window_close_lag.observe(
+                        max(0.0, time.time() - result.due_since))
         return closed
 
     async def tick(self) -> None:
@@ -216,27 +188,22 @@ class Pipeline:
         for model in self.local_models():
             await self.close_due(model, now)
 
-    async def _publish(self, ev: WindowEvaluation) -> None:
-        model_settings = self.settings.models[ev.model]
-        decisions = decide_drift_alerts(ev, model_settings.drift)
-        key = ev.model.encode()
-        futures = []
-        for d in decisions:
-            payload = alert_event(d, ev, model_settings, source=self.source)
-            futures.append(await self.alerts.send(key=key, value=orjson.dumps(payload),
-                                                  headers=CE_HEADERS))
-        payload = evaluation_event(ev, decisions, source=self.source)
-        futures.append(await self.evaluations.send(key=key, value=orjson.dumps(payload),
-                                                   headers=CE_HEADERS))
+    async def _publish(self, model: str, closed: ClosedWindow) -> None:
+        key = model.encode()
+        futures = [await self.alerts.send(key=key, value=orjson.dumps(a), headers=CE_HEADERS)
+                   for a in closed.alerts]
+        futures.append(await self.evaluations.send(
+            key=key, value=orjson.dumps(closed.evaluation_event), headers=CE_HEADERS))
         for fut in futures:
             await fut
-        for d in decisions:
-            self.metrics.alerts.labels(ev.model, d.kind, d.severity).inc()
-        self.metrics.windows_closed.labels(ev.model).inc()
-        self.metrics.window_events.labels(ev.model).set(ev.n)
+        ev = closed.evaluation
+        for d in closed.decisions:
+            self.metrics.alerts.labels(model, d.kind, d.severity).inc()
+        self.metrics.windows_closed.labels(model).inc()
+        self.metrics.window_events.labels(model).set(ev.n)
         for fe in ev.features:
             if fe.value is not None:
-                self.metrics.set_drift(ev.model, fe.feature, fe.statistic, fe.value)
+                self.metrics.set_drift(model, fe.feature, fe.statistic, fe.value)
 
 
 def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
@@ -293,11 +260,13 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     predictions = raw_topic(topics.name("predictions"))
     table = app.Table(STATE_TABLE, partitions=parts, key_type=bytes, value_type=bytes)
-    pipeline = Pipeline(settings, references, metrics, table,
+    engine = Engine(settings, references, source=f"urn:driftwarden:{settings.worker.app_id}")
+    pipeline = Pipeline(settings, engine, metrics, table,
                         alerts=raw_topic(topics.name("alerts")),
                         evaluations=raw_topic(topics.name("evaluations")),
-                        deadletter=raw_topic(topics.name("deadletter")),
-                        source=f"urn:driftwarden:{settings.worker.app_id}")
+                        deadletter=raw_topic(topics.name("deadletter")))
+    engine.load_state = pipeline.load_state
+    engine.on_state_error = pipeline.on_state_error
     batch, within = settings.worker.batch_size, settings.worker.batch_within
 
     async def predictions_agent(stream: Any) -> None:

@@ -10,21 +10,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from app.broker import EmbeddedBroker
 from app.kafka import ensure_topics
 from app.observability import Metrics
-from app.reference import Reference, load_reference_file
+from app.reference import load_references
 from app.settings import MonitorSettings
 
 log = logging.getLogger("driftwarden")
-
-
-def load_references(settings: MonitorSettings) -> dict[str, Reference | None]:
-    refs: dict[str, Reference | None] = {}
-    for name, model in settings.models.items():
-        if model.reference.file:
-            path = settings.resolve_path(model.reference.file)
-            refs[name] = load_reference_file(path, name, model)
-        else:
-            refs[name] = None  # built from the first events (warm-up)
-    return refs
 
 
 def resolve_bootstrap(settings: MonitorSettings,

@@ -72,12 +72,16 @@ class ModelMonitor:
 
     # -- ingest ---------------------------------------------------------------------
     def ingest(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
-               now: float) -> IngestResult:
-        """Add a batch of validated prediction events with their event times (epoch ms)."""
+               now: float | None) -> IngestResult:
+        """Add a batch of validated prediction events with their event times (epoch ms).
+
+        ``now`` is the wall-clock arrival time (``None`` offline: no idle close).
+        """
         result = IngestResult()
         if not events:
             return result
-        self.last_arrival = now
+        if now is not None:
+            self.last_arrival = now
         times = np.asarray(times_ms, dtype=np.int64)
         top = int(times.max())
         self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
@@ -138,7 +142,13 @@ class ModelMonitor:
 
     def due(self, now: float) -> list[int]:
         """Starts of open windows ready to close, oldest first."""
-        wm = self.effective_watermark(now)
+        return self._due(self.effective_watermark(now))
+
+    def due_by_watermark(self) -> list[int]:
+        """Like :meth:`due` without a wall clock (offline replay): event time only."""
+        return self._due(self.watermark_ms)
+
+    def _due(self, wm: int | None) -> list[int]:
         if wm is None:
             return []
         return sorted(ws for ws, w in self.windows.items()

@@ -1,0 +1,166 @@
+"""The monitoring engine: validated prediction events in, CloudEvents out.
+
+Pure (no faust, no Kafka): the workers' faust agents and ``driftwarden replay`` drive the
+same engine, so every decision a worker makes can be reproduced offline.
+
+One batch goes through three steps::
+
+    batch = engine.batch()
+    batch.add(event, default_ms, position=("mlmon.predictions:0", 1234))  # per event
+    engine.apply(batch, now)                                              # per batch
+    for model in batch.models:
+        for start in engine.due(model, now):
+            closed = engine.begin_close(model, start)    # figures, alerts, CloudEvents
+            ...publish closed.alerts and closed.evaluation...
+            engine.finish_close(model, start)            # or abort_close on failure
+
+``now`` is wall-clock seconds in a worker (idle streams close by wall clock), and
+``None`` offline, where only event time moves windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.evaluation import WindowEvaluation
+from app.core.monitor import IngestResult, ModelMonitor
+from app.errors import StateError
+from app.events.checks import timestamp_ms
+from app.outputs.cloudevents import alert_event, evaluation_event
+from app.policy.drift import AlertDecision, decide_drift_alerts
+from app.reference import Reference
+from app.settings import MonitorSettings
+
+StateLoader = Callable[[str], Any]  # model -> saved state (parsed JSON) or None
+StateErrorHook = Callable[[str, StateError], None]
+
+
+@dataclass
+class Batch:
+    """Valid events of one batch grouped by model, with what was refused."""
+
+    engine: Engine
+    groups: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+    positions: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> source -> offset
+    duplicates: int = 0
+    accepted: int = 0
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.groups)
+
+    def add(self, event: dict[str, Any], default_ms: int, *,
+            position: tuple[str, int] | None = None, partition: int | None = None) -> str | None:
+        """Route one validated event; returns a rejection reason or ``None``.
+
+        ``position`` (source, offset) lets a redelivered record be recognised: an event
+        whose position is already applied to its model's saved state is skipped. Several
+        events may share a position (the elements of one array message); positions are
+        applied to the state with the batch, in :meth:`Engine.apply`.
+        """
+        model = event["model"]
+        if model not in self.engine.settings.models:
+            self.unknown.append(event)
+            return "unknown_model"
+        m = self.engine.monitor(model, partition)
+        if position is not None and m.applied(*position):
+            self.duplicates += 1
+            return None
+        group = self.groups.get(model)
+        if group is None:
+            group = self.groups[model] = ([], [])
+        group[0].append(event)
+        ts = event.get("timestamp")
+        group[1].append(default_ms if ts is None else timestamp_ms(ts))
+        if position is not None:
+            self.positions.setdefault(model, {})[position[0]] = position[1]
+        self.accepted += 1
+        return None
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    evaluation: WindowEvaluation
+    decisions: list[AlertDecision]
+    alerts: list[dict[str, Any]]  # CloudEvents
+    evaluation_event: dict[str, Any]
+    due_since: float | None
+
+
+class Engine:
+    def __init__(self, settings: MonitorSettings, references: Mapping[str, Reference | None],
+                 *, source: str, load_state: StateLoader | None = None,
+                 on_state_error: StateErrorHook | None = None) -> None:
+        self.settings = settings
+        self.references = references
+        self.source = source
+        self.load_state = load_state
+        self.on_state_error = on_state_error
+        self.monitors: dict[str, ModelMonitor] = {}
+
+    # -- state ----------------------------------------------------------------------
+    def monitor(self, model: str, partition: int | None = None) -> ModelMonitor:
+        m = self.monitors.get(model)
+        if m is None:
+            m = self.monitors[model] = self._restore(model)
+        if partition is not None:
+            m.partition = partition
+        return m
+
+    def _restore(self, model: str) -> ModelMonitor:
+        ref = self.references.get(model)
+        try:
+            saved = self.load_state(model) if self.load_state else None
+            if saved is not None:
+                return ModelMonitor.from_state(saved, self.settings, ref)
+        except StateError as exc:
+            # A state this build cannot read: say so loudly, then start the model afresh
+            # rather than stop monitoring every model of the partition.
+            if self.on_state_error is not None:
+                self.on_state_error(model, exc)
+        return ModelMonitor(model, self.settings, ref)
+
+    def forget(self, models: Iterable[str]) -> None:
+        for model in list(models):
+            self.monitors.pop(model, None)
+
+    # -- the batch path -------------------------------------------------------------
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def apply(self, batch: Batch, now: float | None) -> dict[str, IngestResult]:
+        """Update each model's windows with its events of the batch (numpy over the batch)."""
+        results = {}
+        for model, (events, times) in batch.groups.items():
+            m = self.monitors[model]
+            results[model] = m.ingest(events, times, now)
+            for source, offset in batch.positions.get(model, {}).items():
+                m.advance(source, offset)
+        return results
+
+    # -- closing --------------------------------------------------------------------
+    def due(self, model: str, now: float | None) -> list[int]:
+        m = self.monitor(model)
+        return m.due_by_watermark() if now is None else m.due(now)
+
+    def begin_close(self, model: str, start_ms: int, now: float | None = None) -> ClosedWindow:
+        m = self.monitor(model)
+        due_since = m.due_since(start_ms) if now is not None else None
+        ev = m.begin_close(start_ms)
+        model_settings = self.settings.models[model]
+        decisions = decide_drift_alerts(ev, model_settings.drift)
+        alerts = [alert_event(d, ev, model_settings, source=self.source) for d in decisions]
+        return ClosedWindow(ev, decisions, alerts,
+                            evaluation_event(ev, decisions, source=self.source), due_since)
+
+    def abort_close(self, model: str, start_ms: int, closed: ClosedWindow) -> None:
+        self.monitor(model).abort_close(start_ms, closed.evaluation)
+
+    def finish_close(self, model: str, start_ms: int) -> None:
+        self.monitor(model).finish_close(start_ms)
+
+    def open_windows(self, model: str) -> list[int]:
+        return sorted(self.monitor(model).windows)

@@ -1,0 +1,167 @@
+"""``driftwarden replay``: the workers' engine over JSON-lines files, without a broker.
+
+Each line of the predictions file is one prediction event or a JSON array of them (the
+same values a producer would write to Kafka). Events are processed in file order in
+batches; windows close by event time only (there is no wall clock offline) and, at the
+end of the input, every window still open is closed. The outputs are the CloudEvents a
+worker publishes, one per line:
+
+- ``DIR/alerts.jsonl`` and ``DIR/evaluations.jsonl``;
+- ``DIR/retrain-triggers.jsonl`` (retrain triggers are not decided yet: the file is
+  written, empty, so downstream tooling can rely on it);
+- ``DIR/deadletter.jsonl``: what was refused, with the reason, the line and the value.
+
+Events without a ``timestamp`` are refused (``missing_timestamp``): offline there is no
+Kafka record time to fall back on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from app.core.engine import ClosedWindow, Engine
+from app.events.checks import PREDICTION
+from app.events.decode import decode_message
+from app.reference import Reference, load_references
+from app.settings import MonitorSettings
+
+LINES_PER_BATCH = 1000
+
+
+@dataclass
+class ReplaySummary:
+    lines: int = 0
+    events: int = 0
+    rejected: int = 0
+    windows: int = 0
+    alerts: int = 0
+    alerts_by_feature: dict[str, int] = field(default_factory=dict)
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, total_bytes: int, enabled: bool) -> None:
+        self.total = max(total_bytes, 1)
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def show(self, done_bytes: int, events: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.2):
+            return
+        self.last = now
+        share = min(done_bytes / self.total, 1.0)
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\rreplay [{bar:<30}] {share:4.0%}  {events:,} events")
+        if force:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line, bytes read so far) of a JSON-lines file."""
+    done = 0
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            done += len(line)
+            if line.strip():
+                yield lineno, line.rstrip(b"\r\n"), done
+
+
+class Replay:
+    def __init__(self, settings: MonitorSettings, out: Path,
+                 references: dict[str, Reference | None] | None = None) -> None:
+        self.settings = settings
+        self.engine = Engine(settings, load_references(settings) if references is None
+                             else references,
+                             source=f"urn:driftwarden:{settings.worker.app_id}")
+        out.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, IO[bytes]] = {
+            name: open(out / f"{name}.jsonl", "wb")  # noqa: SIM115
+            for name in ("alerts", "evaluations", "retrain-triggers", "deadletter")}
+        self.summary = ReplaySummary()
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def _write(self, name: str, doc: dict[str, Any]) -> None:
+        self.files[name].write(orjson.dumps(doc) + b"\n")
+
+    def _reject(self, lineno: int, reason: str, detail: str, value: bytes,
+                index: int | None) -> None:
+        self.summary.rejected += 1
+        self._write("deadletter", {"reason": reason, "detail": detail, "line": lineno,
+                                   "index": index, "value": value.decode("utf-8", "replace")})
+
+    def _emit(self, model: str, start: int) -> None:
+        closed: ClosedWindow = self.engine.begin_close(model, start)
+        for alert in closed.alerts:
+            self._write("alerts", alert)
+            feature = alert["data"]["feature"]
+            self.summary.alerts_by_feature[feature] = \
+                self.summary.alerts_by_feature.get(feature, 0) + 1
+        self._write("evaluations", closed.evaluation_event)
+        self.engine.finish_close(model, start)
+        self.summary.windows += 1
+        self.summary.alerts += len(closed.alerts)
+
+    def run(self, predictions: Path, *, progress: bool = True) -> ReplaySummary:
+        wset = self.settings.worker
+        bar = Progress(os.path.getsize(predictions), progress)
+        batch = self.engine.batch()
+        pending = 0
+        done = 0
+        for lineno, line, done in _lines(predictions):
+            self.summary.lines += 1
+            decoded = decode_message(line, PREDICTION, max_bytes=wset.max_message_bytes,
+                                     max_elements=wset.max_array_elements)
+            for r in decoded.rejections:
+                self._reject(lineno, r.reason, r.detail, r.raw, r.index)
+            for i, obj in enumerate(decoded.events):
+                index = None if decoded.positions is None else decoded.positions[i]
+                if "timestamp" not in obj:
+                    self._reject(lineno, "missing_timestamp",
+                                 "offline, every event needs a timestamp", orjson.dumps(obj),
+                                 index)
+                    continue
+                if batch.add(obj, 0) is not None:
+                    self._reject(lineno, "unknown_model",
+                                 f"model {obj['model']!r} is not configured",
+                                 orjson.dumps(obj), index)
+            pending += 1
+            if pending >= LINES_PER_BATCH:
+                self._flush(batch)
+                batch, pending = self.engine.batch(), 0
+                bar.show(done, self.summary.events)
+        self._flush(batch)
+        for model in list(self.engine.monitors):  # end of input: close what is open
+            for start in self.engine.open_windows(model):
+                self._emit(model, start)
+        bar.show(done, self.summary.events, force=True)
+        return self.summary
+
+    def _flush(self, batch: Any) -> None:
+        self.engine.apply(batch, None)
+        self.summary.events += batch.accepted
+        for model in batch.models:
+            for start in self.engine.due(model, None):
+                self._emit(model, start)
+
+
+def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
+               progress: bool = True) -> ReplaySummary:
+    replay = Replay(settings, out)
+    try:
+        return replay.run(predictions, progress=progress)
+    finally:
+        replay.close()
