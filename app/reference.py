@@ -11,6 +11,7 @@ References come from a data file (CSV, JSON lines or Parquet) via
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.core.signals import PREDICTION, SCORES, signal_rows
 from app.errors import ReferenceDataError, StateError
 from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
 from app.sketches import BinnedHistogram, CategoryCounts
@@ -170,7 +172,31 @@ def build_reference(rows: Sequence[Mapping[str, Any]], model: str, settings: Mod
     for name, fs in settings.features.items():
         column = [row.get(name) for row in rows]
         feats[name] = _feature_reference(name, column, fs, settings.drift)
+    if settings.prediction_drift:
+        feats.update(_output_references(rows, settings))
     return Reference(model, version, origin, len(rows), feats)
+
+
+def _output_references(rows: Sequence[Mapping[str, Any]],
+                       settings: ModelSettings) -> dict[str, FeatureReference]:
+    """References of the model's outputs, when the rows carry them.
+
+    The predicted class (classification) or value (regression) is ``@prediction``; each
+    class probability in ``scores`` is ``@scores.<class>`` (at most
+    ``max_score_classes``, the most frequent first).
+    """
+    out: dict[str, FeatureReference] = {}
+    predictions = [row.get(PREDICTION) for row in rows]
+    if any(p is not None for p in predictions):
+        kind = "numeric" if settings.task == "regression" else "categorical"
+        with contextlib.suppress(ReferenceDataError):  # e.g. no numeric predictions at all
+            out[PREDICTION] = _feature_reference(
+                "prediction", predictions, FeatureSettings(type=kind), settings.drift)
+    classes: Counter[str] = Counter(k for row in rows for k in row if k.startswith(SCORES))
+    for name, _ in classes.most_common(settings.max_score_classes):
+        with contextlib.suppress(ReferenceDataError):
+            out[name] = numeric_reference([row.get(name) for row in rows], settings.drift.bins)
+    return out
 
 
 def _feature_reference(name: str, column: Sequence[Any], fs: FeatureSettings,
@@ -196,10 +222,46 @@ def _csv_value(text: str, fs: FeatureSettings | None) -> Any:
     return text
 
 
+def _output_column(column: str, features: Mapping[str, FeatureSettings]) -> str | None:
+    """The output signal a flat data column holds: ``prediction``, ``score.<c>``/``scores.<c>``."""
+    if column in features:
+        return None
+    if column == "prediction":
+        return PREDICTION
+    for prefix in ("scores.", "score."):
+        if column.startswith(prefix) and len(column) > len(prefix):
+            return SCORES + column[len(prefix):]
+    return None
+
+
+def _text_value(text: Any) -> Any:
+    """A CSV cell holding a model output: a number or a boolean where it reads as one."""
+    if not isinstance(text, str):
+        return text
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _output_columns(row: dict[str, Any], features: Mapping[str, FeatureSettings], *,
+                    text: bool = False) -> dict[str, Any]:
+    for column in [c for c in row if c not in features]:
+        signal = _output_column(column, features)
+        if signal is not None:
+            value = row.pop(column)
+            row[signal] = _text_value(value) if text else value
+    return row
+
+
 def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[str, Any]]:
     """Rows of feature values from CSV, JSON lines or Parquet.
 
-    JSON lines may hold flat rows or prediction events (their ``features`` are used).
+    JSON lines may hold flat rows or prediction events. Besides the features, a column
+    ``prediction`` and columns ``score.<class>`` (or, in events, ``prediction`` and
+    ``scores``) give the reference of the model's outputs, for prediction drift.
     """
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if not path.exists():
@@ -210,7 +272,8 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
 
             opener = gzip.open if suffix.endswith(".gz") else open
             with opener(path, "rt", encoding="utf-8", newline="") as fh:
-                return [{k: _csv_value(v, features.get(k)) for k, v in row.items()}
+                return [_output_columns({k: _csv_value(v, features.get(k))
+                                         for k, v in row.items()}, features, text=True)
                         for row in csv.DictReader(fh)]
         if suffix in (".jsonl", ".ndjson", ".json"):
             rows = []
@@ -223,18 +286,19 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
                     except orjson.JSONDecodeError as exc:
                         raise ReferenceDataError(f"{path}:{lineno}: not JSON: {exc}") from None
                     if isinstance(obj, dict) and isinstance(obj.get("features"), dict):
-                        obj = obj["features"]
-                    if not isinstance(obj, dict):
+                        rows.append(dict(signal_rows([obj], [PREDICTION])[0]))
+                    elif isinstance(obj, dict):
+                        rows.append(_output_columns(obj, features))
+                    else:
                         raise ReferenceDataError(f"{path}:{lineno}: expected a JSON object")
-                    rows.append(obj)
             return rows
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            cols = [c for c in pq.read_schema(path).names if c in features]
+            cols = [c for c in pq.read_schema(path).names
+                    if c in features or _output_column(c, features)]
             table = pq.read_table(path, columns=cols)
-            parquet_rows: list[dict[str, Any]] = table.to_pylist()
-            return parquet_rows
+            return [_output_columns(r, features) for r in table.to_pylist()]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReferenceDataError(f"{path}: cannot read: {exc}") from None
     raise ReferenceDataError(

@@ -171,6 +171,10 @@ class ModelSettings(_Frozen):
     features: dict[str, FeatureSettings]
     reference: ReferenceSettings
     drift: DriftSettings = DriftSettings()
+    # Drift of the model's outputs (classes or values, and class scores), compared with
+    # the reference's predictions when the reference has them.
+    prediction_drift: bool = True
+    max_score_classes: int = Field(20, ge=1, le=1000)
     window: Duration | None = None
     lateness: Duration | None = None
     min_samples: int | None = Field(None, ge=1)

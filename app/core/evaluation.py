@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.signals import is_output_signal, public_name
 from app.core.windows import Window
 from app.detectors import STATISTICS
 from app.reference import CategoricalReference, NumericReference, Reference
@@ -28,7 +29,9 @@ class FeatureEvaluation:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"feature": self.feature, "type": self.type, "statistic": self.statistic,
+        return {"feature": public_name(self.feature),
+                "signal": "prediction" if is_output_signal(self.feature) else "feature",
+                "type": self.type, "statistic": self.statistic,
                 "value": self.value, "n": self.n, "missing": self.missing,
                 "reference_n": self.reference_n, "reference": self.reference_summary,
                 "window": self.window_summary, "note": self.note}

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.core.evaluation import WindowEvaluation, evaluate_window
+from app.core.signals import PREDICTION, signal_rows
 from app.core.windows import Window
 from app.errors import StateError
 from app.reference import Reference, build_reference
@@ -103,8 +104,7 @@ class ModelMonitor:
                 assert self.reference is not None
                 window = self.windows[ws] = Window.open(ws, self.window_ms, self.reference)
             rows = [events[i] for i in idx.tolist()]
-            window.update([r["features"] for r in rows], [r["model_version"] for r in rows],
-                          times[idx])
+            window.update(rows, [r["model_version"] for r in rows], times[idx])
             result.accepted += idx.size
         self.late_events += result.late
         return result
@@ -118,7 +118,7 @@ class ModelMonitor:
     def _warm_up(self, events: Sequence[Mapping[str, Any]]) -> int:
         assert self.warmup_target is not None
         take = min(len(events), self.warmup_target - len(self.warmup_rows))
-        self.warmup_rows.extend(dict(e["features"]) for e in events[:take])
+        self.warmup_rows.extend(dict(r) for r in signal_rows(events[:take], [PREDICTION]))
         if len(self.warmup_rows) >= self.warmup_target:
             version = events[take - 1]["model_version"] if take else None
             self.reference = build_reference(self.warmup_rows, self.model, self.settings,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.signals import signal_rows
 from app.errors import StateError
 from app.reference import Reference
 from app.sketches import BinnedHistogram, CategoryCounts
@@ -16,7 +17,6 @@ from app.sketches import BinnedHistogram, CategoryCounts
 Sketch = BinnedHistogram | CategoryCounts
 
 _NUMERIC_TYPES = (int, float, bool)
-
 
 def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[Any, Any]:
     """A float column; missing, null and non-numeric values become NaN."""
@@ -48,9 +48,10 @@ class Window:
         return cls(start_ms, start_ms + size_ms,
                    {name: ref.sketch() for name, ref in reference.features.items()})
 
-    def update(self, features: Sequence[Mapping[str, Any]], versions: Sequence[str],
+    def update(self, events: Sequence[Mapping[str, Any]], versions: Sequence[str],
                times_ms: np.ndarray[Any, Any]) -> None:
-        """Add a batch of events (their feature maps, versions and event times)."""
+        """Add a batch of events (with their versions and event times)."""
+        features = signal_rows(events, list(self.sketches))
         self.n += len(features)
         self.versions.update(versions)
         lo, hi = int(times_ms.min()), int(times_ms.max())

@@ -154,6 +154,7 @@ class Demo:
             self.alerts.append(data)
             ev = data["evidence"]
             print(f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
+                  f"{data['kind']:<17}"
                   f"{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  "
                   f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}  "
                   f"({ev['reference']} -> {ev['window']})  owner {data['owners'].get('on_call')}",
@@ -196,7 +197,8 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
     processed = sum(e["n"] for e in demo.evaluations.values())
     valid = total("driftwarden_events_total", outcome="valid")
     busy = total("driftwarden_batch_processing_seconds_sum")
-    per_feature = Counter(a["feature"] for a in demo.alerts)
+    per_feature = Counter(a["feature"] for a in demo.alerts if a["kind"] == "feature_drift")
+    outputs = Counter(a["feature"] for a in demo.alerts if a["kind"] == "prediction_drift")
     dead = {dict(lab).get("reason", "?"): v for (n, lab), v in metrics.items()
             if n == "driftwarden_deadletters_total"}
     print("\n== summary ==")
@@ -211,6 +213,8 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
               f"({busy:.2f} s busy)")
     print("alerts per feature:   " + (", ".join(f"{f} {c}" for f, c in per_feature.most_common())
                                       or "none"))
+    print("prediction drift:     " + (", ".join(f"{f} {c}" for f, c in outputs.most_common())
+                                      or "none") + "  (the inputs moved the churn scores)")
     unshifted = sorted(set(per_feature) - set(synthetic.SHIFTED))
     missed = sorted(set(synthetic.SHIFTED) - set(per_feature))
     print(f"shifted features:     {', '.join(synthetic.SHIFTED)}; missed: "

@@ -96,5 +96,10 @@ def prediction_events(seed: int, total: int, *, start_ms: int, spacing_ms: int,
 
 
 def training_rows(seed: int, n: int) -> list[dict[str, Any]]:
-    """Rows like the model's training data (no shift)."""
-    return rows(feature_columns(np.random.default_rng(seed + 1000), n, shifted=False))
+    """Rows like the model's validation data (no shift), with its outputs: the predicted
+    class and the churn score, so prediction drift has a reference too."""
+    cols = feature_columns(np.random.default_rng(seed + 1000), n, shifted=False)
+    scores = churn_score(cols).round(4)
+    cols["prediction"] = scores >= 0.5
+    cols["score.churn"] = scores
+    return rows(cols)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.core.evaluation import FeatureEvaluation, WindowEvaluation
+from app.core.signals import is_output_signal, public_name
 from app.settings import DriftSettings
 
 
@@ -35,7 +36,8 @@ def severity_of(value: float, drift: DriftSettings) -> tuple[str, float] | None:
 
 
 def decide_drift_alerts(evaluation: WindowEvaluation, drift: DriftSettings) -> list[AlertDecision]:
-    """One ``feature_drift`` alert per feature whose statistic crosses a threshold.
+    """One alert per signal whose statistic crosses a threshold: ``feature_drift`` for an
+    input feature, ``prediction_drift`` for the predicted class or value or a class score.
 
     A window with fewer than ``min_samples`` events reports its figures but never
     alerts: small samples make distances noisy.
@@ -50,6 +52,7 @@ def decide_drift_alerts(evaluation: WindowEvaluation, drift: DriftSettings) -> l
         if hit is None:
             continue
         severity, threshold = hit
-        out.append(AlertDecision("feature_drift", severity, fe.feature, fe.statistic, fe.value,
-                                 threshold, fe))
+        kind = "prediction_drift" if is_output_signal(fe.feature) else "feature_drift"
+        out.append(AlertDecision(kind, severity, public_name(fe.feature), fe.statistic,
+                                 fe.value, threshold, fe))
     return out

@@ -36,8 +36,11 @@ def test_demo_alerts_on_exactly_the_shifted_features():
     proc = start_demo("--duration", "12", "--rate", "1000")
     out, _ = proc.communicate(timeout=150)
     assert proc.returncode == 0, out
-    alerted = set(re.findall(r"ALERT \w+ +churn/(\w+)", out))
+    alerted = set(re.findall(r"ALERT \w+ +churn/(\S+) +feature_drift", out))
     assert alerted == set(synthetic.SHIFTED), out
+    # the shifted inputs move the churn score: prediction drift, on the outputs only
+    outputs = set(re.findall(r"ALERT \w+ +churn/(\S+) +prediction_drift", out))
+    assert outputs == {"prediction", "scores.churn"}, out
     assert "false alarms on unshifted: none" in out and "missed: none" in out
     assert re.search(r"windows closed: +5 of 5", out), out
     assert "invalid_json 1, non_finite_number 1, unknown_model 1" in out

@@ -1,0 +1,36 @@
+"""What a monitored signal is: an input feature, or one of the model's outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: Monitored signals that are not input features carry this prefix: ``@prediction``
+#: (the predicted class or value) and ``@scores.<class>`` (a class probability).
+PREDICTION = "@prediction"
+SCORES = "@scores."
+
+
+def is_output_signal(name: str) -> bool:
+    return name.startswith("@")
+
+
+def public_name(name: str) -> str:
+    """How a signal is named in outputs: ``prediction``, ``scores.churn`` or the feature."""
+    return name[1:] if is_output_signal(name) else name
+
+
+def signal_rows(events: Sequence[Mapping[str, Any]], names: Sequence[str]
+                ) -> list[Mapping[str, Any]]:
+    """The rows sketches read: the feature maps, extended with output signals if needed."""
+    features = [e["features"] for e in events]
+    if not any(is_output_signal(n) for n in names):
+        return features
+    out: list[Mapping[str, Any]] = []
+    for e, f in zip(events, features, strict=True):
+        row = dict(f)
+        row[PREDICTION] = e.get("prediction")
+        for cls, p in (e.get("scores") or {}).items():
+            row[SCORES + cls] = p
+        out.append(row)
+    return out
