@@ -93,6 +93,7 @@ class WorkerSettings(_Frozen):
 
 class Defaults(_Frozen):
     window: Duration = 3600.0
+    hop: Duration | None = None
     lateness: Duration = 300.0
     min_samples: int = Field(200, ge=1)
 
@@ -176,6 +177,7 @@ class ModelSettings(_Frozen):
     prediction_drift: bool = True
     max_score_classes: int = Field(20, ge=1, le=1000)
     window: Duration | None = None
+    hop: Duration | None = None
     lateness: Duration | None = None
     min_samples: int | None = Field(None, ge=1)
 
@@ -210,6 +212,17 @@ class MonitorSettings(_Frozen):
         return v
 
     @model_validator(mode="after")
+    def _hops_divide_windows(self) -> MonitorSettings:
+        for name in self.models:
+            window, hop = self.window_of(name), self.hop_of(name)
+            w_ms, h_ms = round(window * 1000), round(hop * 1000)
+            if h_ms <= 0 or h_ms > w_ms or w_ms % h_ms:
+                raise ValueError(
+                    f"models.{name}: hop ({hop:g}s) must divide the window ({window:g}s) "
+                    "and be no longer than it")
+        return self
+
+    @model_validator(mode="after")
     def _sources_known(self) -> MonitorSettings:
         for mname, model in self.models.items():
             for fname, feat in model.features.items():
@@ -223,6 +236,11 @@ class MonitorSettings(_Frozen):
     # -- effective per-model values -------------------------------------------------
     def window_of(self, model: str) -> float:
         return self.models[model].window or self.defaults.window
+
+    def hop_of(self, model: str) -> float:
+        """How often a window starts: the window itself (tumbling) unless ``hop`` is set."""
+        m = self.models[model]
+        return m.hop or self.defaults.hop or self.window_of(model)
 
     def lateness_of(self, model: str) -> float:
         m = self.models[model]

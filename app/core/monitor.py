@@ -33,7 +33,9 @@ class IngestResult:
 class ModelMonitor:
     """Window state of one model.
 
-    A window ``[start, end)`` closes when the watermark (the latest event time seen,
+    Windows are tumbling (``hop`` = ``window``) or hopping (a new window every ``hop``,
+    each ``window`` long, so an event belongs to ``window / hop`` windows). A window
+    ``[start, end)`` closes when the watermark (the latest event time seen,
     advanced by the wall-clock time elapsed since the last event arrived, so idle
     streams close too) passes ``end + lateness``. Events for a window that has closed
     are counted as late, never silently dropped.
@@ -46,6 +48,7 @@ class ModelMonitor:
         self.model = model
         self.settings = settings.models[model]
         self.window_ms = int(settings.window_of(model) * 1000)
+        self.hop_ms = int(settings.hop_of(model) * 1000)
         self.lateness_ms = int(settings.lateness_of(model) * 1000)
         self.min_samples = settings.min_samples_of(model)
         self.reference = reference
@@ -93,19 +96,23 @@ class ModelMonitor:
             if self.reference is None:
                 return result
         events, times = events[start:], times[start:]
-        starts = (times // self.window_ms) * self.window_ms
-        for ws in np.unique(starts).tolist():
-            idx = np.flatnonzero(starts == ws)
-            if self._is_closed(ws):
-                result.late += idx.size
-                continue
-            window = self.windows.get(ws)
-            if window is None:
-                assert self.reference is not None
-                window = self.windows[ws] = Window.open(ws, self.window_ms, self.reference)
-            rows = [events[i] for i in idx.tolist()]
-            window.update(rows, [r["model_version"] for r in rows], times[idx])
-            result.accepted += idx.size
+        latest = (times // self.hop_ms) * self.hop_ms  # the newest window holding each event
+        for back in range(self.window_ms // self.hop_ms):  # 1 pass when tumbling
+            starts = latest - back * self.hop_ms
+            for ws in np.unique(starts).tolist():
+                idx = np.flatnonzero(starts == ws)
+                if self._is_closed(ws):
+                    if back == 0:  # its newest window is closed: so are all the others
+                        result.late += idx.size
+                    continue
+                window = self.windows.get(ws)
+                if window is None:
+                    assert self.reference is not None
+                    window = self.windows[ws] = Window.open(ws, self.window_ms, self.reference)
+                rows = [events[i] for i in idx.tolist()]
+                window.update(rows, [r["model_version"] for r in rows], times[idx])
+                if back == 0:
+                    result.accepted += idx.size
         self.late_events += result.late
         return result
 

@@ -181,3 +181,29 @@ def test_due_since_dates_the_moment_a_window_became_due(reference):
     assert m.due_since(0) == pytest.approx(511.0)
     m.ingest(events(rows(np.random.default_rng(9), 1)), [3 * W], now=520.0)
     assert m.due_since(0) == pytest.approx(520.0)  # the watermark passed it on arrival
+
+
+def test_hopping_windows_hold_each_event_window_over_hop_times(reference):
+    s = make_settings(window="3m", hop="1m")
+    m = ModelMonitor("m", s, reference)
+    rng = np.random.default_rng(10)
+    # one event per minute-long slot: minutes 0, 1, 2, 3
+    m.ingest(events(rows(rng, 4)), [10, W + 10, 2 * W + 10, 3 * W + 10], now=None)
+    assert sorted(m.windows) == [-2 * W, -W, 0, W, 2 * W, 3 * W]
+    assert m.windows[0].n == 3 and m.windows[W].n == 3 and m.windows[3 * W].n == 1
+    m.ingest(events(rows(rng, 1)), [10 * W], now=None)
+    assert m.due_by_watermark() == [-2 * W, -W, 0, W, 2 * W, 3 * W]
+    for ws in m.due_by_watermark():
+        m.begin_close(ws)
+        m.finish_close(ws)
+    r = m.ingest(events(rows(rng, 1)), [2 * W + 5], now=None)
+    assert r.late == 1 and r.accepted == 0
+
+
+def test_hop_must_divide_the_window():
+    from app.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"hop .* must divide the window"):
+        make_settings(window="1h", hop="7m")
+    with pytest.raises(ConfigError, match="no longer than it"):
+        make_settings(window="1m", hop="2m")
