@@ -1,28 +1,55 @@
-"""Distribution-distance statistics over binned counts.
+"""Drift statistics: numbers only; the policy layer judges them against thresholds.
 
-Every statistic takes the reference counts and the window counts over the same bins
-and returns a float. One explicit registry maps names to functions.
+Two kinds of input, named by :attr:`StatisticSpec.input`:
+
+``"counts"``
+    Reference counts and window counts over the same bins: reference-quantile bins for
+    a numeric feature, the vocabulary plus a last "other" bucket for a categorical one.
+``"quantiles"``
+    A reference and a window :class:`~app.sketches.QuantileSketch` on the same grid.
+
+Every statistic is 0 for identical distributions, non-negative, does not grow with the
+sample size (only its noise shrinks), and is 0 when either side is empty.
+:data:`STATISTICS` is the one registry; :func:`choose_statistic` serves
+``statistic: auto``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from app.sketches.quantile import QuantileSketch, aligned
+
 Counts = npt.NDArray[np.int64] | npt.NDArray[np.float64]
-Statistic = Callable[[Counts, Counts], float]
+FloatArray = npt.NDArray[np.float64]
 
 #: Additive smoothing per bin, in counts: keeps empty bins from making PSI infinite
 #: while vanishing as samples grow.
 SMOOTHING = 0.5
 
+#: IQR of the standard normal: ``IQR / IQR_NORMAL`` is the sd for normal data.
+IQR_NORMAL = 1.3489795003921634
 
-def _smoothed(counts: npt.ArrayLike) -> npt.NDArray[np.float64]:
+
+def _smoothed(counts: npt.ArrayLike) -> FloatArray:
     c = np.asarray(counts, dtype=np.float64) + SMOOTHING
-    out: npt.NDArray[np.float64] = c / c.sum()
+    out: FloatArray = c / c.sum()
     return out
+
+
+def _proportions(expected: Counts, actual: Counts) -> tuple[FloatArray, FloatArray] | None:
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.shape != a.shape:
+        raise ValueError(f"bins differ: reference has {e.shape}, window has {a.shape}")
+    if a.sum() == 0 or e.sum() == 0:
+        return None
+    return e / e.sum(), a / a.sum()
 
 
 def psi(expected: Counts, actual: Counts) -> float:
@@ -46,6 +73,280 @@ def psi(expected: Counts, actual: Counts) -> float:
     return float(np.sum((pa - pe) * np.log(pa / pe)))
 
 
-STATISTICS: dict[str, Statistic] = {
-    "psi": psi,
+def jensen_shannon(expected: Counts, actual: Counts) -> float:
+    """Jensen-Shannon distance (square root of the divergence, log base 2), in [0, 1].
+
+    Computed on the raw proportions (no smoothing: empty bins are harmless here), so it
+    equals ``scipy.spatial.distance.jensenshannon(p, q, base=2)``.
+
+    >>> jensen_shannon(np.array([500, 500]), np.array([500, 500]))
+    0.0
+    >>> round(jensen_shannon(np.array([500, 500]), np.array([200, 800])), 3)
+    0.27
+    """
+    props = _proportions(expected, actual)
+    if props is None:
+        return 0.0
+    p, q = props
+    m = (p + q) / 2
+
+    def kl(x: FloatArray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
+
+
+def hellinger(expected: Counts, actual: Counts) -> float:
+    """Hellinger distance ``sqrt(sum((sqrt(p) - sqrt(q))**2) / 2)``, in [0, 1].
+
+    >>> hellinger(np.array([500, 500]), np.array([500, 500]))
+    0.0
+    >>> round(hellinger(np.array([500, 500]), np.array([200, 800])), 3)
+    0.227
+    """
+    props = _proportions(expected, actual)
+    if props is None:
+        return 0.0
+    p, q = props
+    return float(np.sqrt(np.sum((np.sqrt(p) - np.sqrt(q)) ** 2) / 2))
+
+
+def chi2(expected: Counts, actual: Counts) -> float:
+    """Cramér's V of the 2 x k table (reference, window), rows weighted equally; in [0, 1].
+
+    ``V = sqrt(chi2 / N)`` for a 2-row table. On the raw table V also measures how
+    unequal the two sample sizes are: with a reference ten times the window, a category
+    moving from 20% to 35% gives V = 0.097, with a hundred times 0.034, and for a fixed
+    reference V grows with the window size. So both rows are rescaled to the same total
+    first, which makes V a function of the two distributions only:
+    ``V**2 = sum((p - q)**2 / (p + q)) / 2`` (half the triangular discrimination). It
+    equals the usual Cramér's V whenever the two samples have the same size. The
+    significance of the difference is a separate question
+    (:func:`app.detectors.significance.p_value` runs the chi-square test on the raw
+    counts).
+
+    >>> chi2(np.array([500, 500]), np.array([5, 5]))
+    0.0
+    >>> round(chi2(np.array([500, 500]), np.array([200, 800])), 3)
+    0.314
+    """
+    props = _proportions(expected, actual)
+    if props is None:
+        return 0.0
+    p, q = props
+    s = p + q
+    nz = s > 0
+    return float(np.sqrt(np.sum((p[nz] - q[nz]) ** 2 / s[nz]) / 2))
+
+
+def unseen_rate(expected: Counts, actual: Counts) -> float:
+    """Share of the window in the "other" bucket (the last one) beyond the reference's.
+
+    ``max(0, other_window / n_window - other_reference / n_reference)``: categories the
+    reference never had, net of the reference's own long tail.
+
+    >>> unseen_rate(np.array([90, 10]), np.array([75, 25]))
+    0.15
+    >>> unseen_rate(np.array([90, 10]), np.array([95, 5]))
+    0.0
+    """
+    props = _proportions(expected, actual)
+    if props is None:
+        return 0.0
+    p, q = props
+    return float(max(0.0, round(q[-1] - p[-1], 15)))
+
+
+def ks_with_bound(reference: QuantileSketch, window: QuantileSketch) -> tuple[float, float]:
+    """Bounds ``(low, high)`` on the two-sample Kolmogorov-Smirnov D of the raw data.
+
+    Both sketches share one bucket grid, so their CDFs are exact at bucket boundaries;
+    ``low`` is the largest CDF gap over those boundaries, and inside a bucket each CDF
+    stays between its values at the two edges, which gives ``high``. The true D (what
+    ``scipy.stats.ks_2samp`` computes on the raw values) lies in ``[low, high]``;
+    ``high - low`` is at most the largest share either sample has in one bucket.
+    """
+    cells, wc = aligned(reference, window)
+    rc = cells.counts
+    if rc.sum() == 0 or wc.sum() == 0:
+        return 0.0, 0.0
+    ra, wa = np.cumsum(rc) / rc.sum(), np.cumsum(wc) / wc.sum()
+    rb, wb = ra - rc / rc.sum(), wa - wc / wc.sum()
+    low = float(np.max(np.abs(ra - wa)))
+    high = float(max(low, np.max(ra - wb), np.max(wa - rb)))
+    return low, high
+
+
+def ks(reference: QuantileSketch, window: QuantileSketch) -> float:
+    """Two-sample Kolmogorov-Smirnov D from two quantile sketches, in [0, 1].
+
+    The largest gap between the two CDFs at the bucket boundaries, where they are exact:
+    the lower end of :func:`ks_with_bound`, never above the D of the raw data.
+
+    >>> rng = np.random.default_rng(3)
+    >>> ref, win = QuantileSketch(), QuantileSketch()
+    >>> ref.update(rng.normal(size=20_000)); win.update(rng.normal(0.5, 1, 20_000))
+    >>> round(ks(ref, win), 2)
+    0.2
+    """
+    return ks_with_bound(reference, window)[0]
+
+
+def reference_spread(reference: QuantileSketch) -> float:
+    """Robust spread of a sketch: ``IQR / 1.349`` (the sd for normal data).
+
+    Falls back to the sd of the bucket representatives when the IQR is 0 (a feature
+    with one dominant value); 0 for a constant or empty sketch.
+    """
+    if reference.n == 0:
+        return 0.0
+    q25, q75 = reference.quantile(np.array([0.25, 0.75]))
+    spread = float(q75 - q25) / IQR_NORMAL
+    if spread > 0:
+        return spread
+    c = reference.cells()
+    mean = float(np.dot(c.counts, c.value)) / reference.n
+    return float(np.sqrt(np.dot(c.counts, (c.value - mean) ** 2) / reference.n))
+
+
+def _w1_cells(reference: QuantileSketch,
+              window: QuantileSketch) -> tuple[float, float, float] | None:
+    """Unnormalised W1 as ``(estimate, low, high)``; ``None`` when a side is empty."""
+    cells, wc = aligned(reference, window)
+    rc = cells.counts
+    if rc.sum() == 0 or wc.sum() == 0:
+        return None
+    ra, wa = np.cumsum(rc) / rc.sum(), np.cumsum(wc) / wc.sum()
+    rb, wb = ra - rc / rc.sum(), wa - wc / wc.sum()
+    gap = np.abs(ra - wa)
+    estimate = float(np.dot(gap[:-1], np.diff(cells.value)))
+    between = float(np.dot(gap[:-1], cells.lower[1:] - cells.upper[:-1]))
+    width = cells.upper - cells.lower
+    inside_hi = np.maximum(ra - wb, wa - rb)
+    inside_lo = np.maximum(0.0, np.maximum(rb - wa, wb - ra))
+    return (estimate, between + float(np.dot(inside_lo, width)),
+            between + float(np.dot(inside_hi, width)))
+
+
+def _normalised(value: float, spread: float) -> float:
+    if value == 0:
+        return 0.0
+    return value / spread if spread > 0 else float("inf")
+
+
+def wasserstein_with_bound(reference: QuantileSketch,
+                           window: QuantileSketch) -> tuple[float, float]:
+    """Bounds ``(low, high)`` on the raw data's W1, in units of :func:`reference_spread`.
+
+    ``W1 = integral |F_ref - F_window| dx``; between buckets both CDFs are exact, inside a
+    bucket each stays between its edge values. The interval is at most
+    ``alpha * (E|X_ref| + E|X_window|)`` wide (usually far less).
+    """
+    w = _w1_cells(reference, window)
+    if w is None:
+        return 0.0, 0.0
+    spread = reference_spread(reference)
+    return _normalised(w[1], spread), _normalised(w[2], spread)
+
+
+def wasserstein(reference: QuantileSketch, window: QuantileSketch) -> float:
+    """Wasserstein-1 distance in reference spreads (``IQR / 1.349``: sds for normal data).
+
+    Computed between the two sketches' bucket representatives, which lie inside the
+    bounds of :func:`wasserstein_with_bound`; divided by :func:`reference_spread`, a
+    robust spread (one outlier in the reference does not mute the statistic as it would
+    the sd; float sums would also break the sketch's exact, order-free merge). ``inf``
+    when the reference is constant and the window is not. A mean shift of ``d`` sds of a
+    normal feature reads ``d``.
+
+    >>> rng = np.random.default_rng(3)
+    >>> ref, win = QuantileSketch(), QuantileSketch()
+    >>> ref.update(rng.normal(size=20_000)); win.update(rng.normal(0.5, 1, 20_000))
+    >>> round(wasserstein(ref, win), 1)
+    0.5
+    """
+    w = _w1_cells(reference, window)
+    if w is None:
+        return 0.0
+    return _normalised(w[0], reference_spread(reference))
+
+
+Input = Literal["counts", "quantiles"]
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+BOTH = frozenset({NUMERIC, CATEGORICAL})
+
+
+@dataclass(frozen=True)
+class StatisticSpec:
+    """A registered statistic: ``spec(reference, window) -> float``.
+
+    ``input`` says what both arguments are (``"counts"``: arrays over the same bins;
+    ``"quantiles"``: :class:`~app.sketches.QuantileSketch`), ``feature_types`` where it
+    applies, ``warning``/``critical`` its default thresholds.
+    """
+
+    function: Callable[[Any, Any], float]
+    input: Input
+    feature_types: frozenset[str]
+    warning: float
+    critical: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warning < self.critical:
+            raise ValueError(f"thresholds must satisfy 0 < warning < critical, got "
+                             f"{self.warning} and {self.critical}")
+        if not self.feature_types or not self.feature_types <= BOTH:
+            raise ValueError(f"feature_types must be a subset of {sorted(BOTH)}, got "
+                             f"{sorted(self.feature_types)}")
+
+    def __call__(self, reference: Any, window: Any) -> float:
+        return self.function(reference, window)
+
+    @property
+    def name(self) -> str:
+        return self.function.__name__
+
+
+# Default thresholds. Each warning level catches the product's "modest shift" cases: a
+# 0.3 sd mean shift of a numeric feature (PSI ~0.08 on decile bins, KS 0.12, W1 0.3) and
+# a category moving from 20% to 35% (PSI 0.11, JS 0.14, Hellinger 0.12, V 0.17). PSI's
+# usual 0.1 misses the first, hence 0.05; undrifted windows stay far below every level
+# at large n (the noise shrinks as 1/sqrt(n)), and at small n the significance gate
+# (app.detectors.significance) keeps them quiet.
+STATISTICS: dict[str, StatisticSpec] = {
+    "psi": StatisticSpec(psi, "counts", BOTH, 0.05, 0.25),
+    "jensen_shannon": StatisticSpec(jensen_shannon, "counts", BOTH, 0.1, 0.2),
+    "hellinger": StatisticSpec(hellinger, "counts", BOTH, 0.1, 0.2),
+    "chi2": StatisticSpec(chi2, "counts", BOTH, 0.1, 0.2),
+    "unseen_rate": StatisticSpec(unseen_rate, "counts", frozenset({CATEGORICAL}), 0.01, 0.05),
+    "ks": StatisticSpec(ks, "quantiles", frozenset({NUMERIC}), 0.1, 0.2),
+    "wasserstein": StatisticSpec(wasserstein, "quantiles", frozenset({NUMERIC}), 0.1, 0.25),
 }
+
+#: Window size from which ``statistic: auto`` switches to the large-sample statistic.
+LARGE_N = 1000
+
+
+def choose_statistic(feature_type: str, n: int) -> str:
+    """The statistic ``statistic: auto`` uses for a feature type and window size.
+
+    Numeric: ``ks`` below :data:`LARGE_N` values, else ``wasserstein``. Categorical:
+    ``chi2`` below, else ``jensen_shannon``. KS and Cramér's V come with the classical
+    tests whose p-values gate small windows, and neither needs many values per bin. With
+    many values every test is significant and what matters is how far the distribution
+    moved: W1 reads in reference sds ("the feature moved by 0.4 sd") and JS is a bounded
+    metric on the category shares whose plug-in bias (from empty or sparse categories)
+    has faded by then.
+
+    >>> choose_statistic("numeric", 300), choose_statistic("categorical", 50_000)
+    ('ks', 'jensen_shannon')
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if feature_type == NUMERIC:
+        return "ks" if n < LARGE_N else "wasserstein"
+    if feature_type == CATEGORICAL:
+        return "chi2" if n < LARGE_N else "jensen_shannon"
+    raise ValueError(f"feature_type must be {NUMERIC!r} or {CATEGORICAL!r}, got "
+                     f"{feature_type!r}")

@@ -6,7 +6,9 @@ and ``to_state()``/``from_state()`` carrying a format version.
 
 from app.sketches.categorical import CategoryCounts
 from app.sketches.histogram import BinnedHistogram
+from app.sketches.quantile import QuantileSketch
 
-SKETCHES = {"histogram": BinnedHistogram, "categories": CategoryCounts}
+SKETCHES = {"histogram": BinnedHistogram, "categories": CategoryCounts,
+            "quantile": QuantileSketch}
 
-__all__ = ["SKETCHES", "BinnedHistogram", "CategoryCounts"]
+__all__ = ["SKETCHES", "BinnedHistogram", "CategoryCounts", "QuantileSketch"]
