@@ -106,14 +106,17 @@ class Replay:
     def _emit(self, model: str, start: int) -> None:
         closed: ClosedWindow = self.engine.begin_close(model, start)
         for alert in closed.alerts:
-            self._write("alerts", alert)
-            feature = alert["data"]["feature"]
-            self.summary.alerts_by_feature[feature] = \
-                self.summary.alerts_by_feature.get(feature, 0) + 1
+            self._count_alert(alert)
         self._write("evaluations", closed.evaluation_event)
         self.engine.finish_close(model, start)
         self.summary.windows += 1
-        self.summary.alerts += len(closed.alerts)
+
+    def _count_alert(self, alert: dict[str, Any]) -> None:
+        self._write("alerts", alert)
+        feature = alert["data"]["feature"]
+        self.summary.alerts_by_feature[feature] = \
+            self.summary.alerts_by_feature.get(feature, 0) + 1
+        self.summary.alerts += 1
 
     def run(self, predictions: Path, *, progress: bool = True) -> ReplaySummary:
         wset = self.settings.worker
@@ -154,6 +157,10 @@ class Replay:
         self.engine.apply(batch, None)
         self.summary.events += batch.accepted
         for model in batch.models:
+            alerts = self.engine.detections(model)
+            for alert in alerts:
+                self._count_alert(alert)
+            self.engine.ack_detections(model, len(alerts))
             for start in self.engine.due(model, None):
                 self._emit(model, start)
 

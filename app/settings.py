@@ -164,6 +164,31 @@ class DriftSettings(_Frozen):
         return self
 
 
+class ChangeDetectorSettings(_Frozen):
+    """A streaming change detector on one per-event signal."""
+
+    signal: str = Field(description="feature.<name>, prediction, or scores.<class>")
+    detector: Literal["adwin", "page_hinkley", "kswin"] = "adwin"
+    params: dict[str, float | int | bool] = {}
+    every: int = Field(1, ge=1, le=1_000_000,
+                       description="feed every Nth value (KSWIN costs ~0.3 ms a value)")
+    severity: Literal["warning", "critical"] = "warning"
+
+    @field_validator("signal")
+    @classmethod
+    def _signal_form(cls, v: str) -> str:
+        if v == "prediction" or (v.startswith(("feature.", "scores.")) and v[-1] != "."):
+            return v
+        raise ValueError("signal must be feature.<name>, prediction or scores.<class>")
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> ChangeDetectorSettings:
+        from app.detectors.streaming import make_detector
+
+        make_detector(self.detector, **self.params)  # ValueError names the bad value
+        return self
+
+
 class ModelSettings(_Frozen):
     owners: Owners = Owners()
     task: Literal["binary_classification", "multiclass_classification", "regression"] = (
@@ -176,6 +201,7 @@ class ModelSettings(_Frozen):
     # the reference's predictions when the reference has them.
     prediction_drift: bool = True
     max_score_classes: int = Field(20, ge=1, le=1000)
+    change_detectors: tuple[ChangeDetectorSettings, ...] = ()
     window: Duration | None = None
     hop: Duration | None = None
     lateness: Duration | None = None
@@ -187,6 +213,19 @@ class ModelSettings(_Frozen):
         if not v:
             raise ValueError("a model needs at least one feature")
         return v
+
+    @model_validator(mode="after")
+    def _detector_signals_known(self) -> ModelSettings:
+        for i, cd in enumerate(self.change_detectors):
+            if cd.signal.startswith("feature."):
+                name = cd.signal[8:]
+                feature = self.features.get(name)
+                if feature is None:
+                    raise ValueError(f"change_detectors.{i}.signal: unknown feature {name!r}")
+                if feature.type != "numeric":
+                    raise ValueError(f"change_detectors.{i}.signal: feature {name!r} is not "
+                                     "numeric")
+        return self
 
 
 class MonitorSettings(_Frozen):

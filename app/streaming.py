@@ -131,6 +131,7 @@ class Pipeline:
         await self._dead_letter(dead, topic)
         self.metrics.batch_events.observe(batch.accepted + len(dead))
         for model in batch.models:
+            await self.publish_detections(model)
             await self.close_due(model, now)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -182,10 +183,26 @@ class Pipeline:
                         max(0.0, time.time() - result.due_since))
         return closed
 
+    async def publish_detections(self, model: str) -> None:
+        """Alerts for streaming change detections; acknowledged in the state once sent."""
+        alerts = self.engine.detections(model)
+        if not alerts:
+            return
+        key = model.encode()
+        futures = [await self.alerts.send(key=key, value=orjson.dumps(a), headers=CE_HEADERS)
+                   for a in alerts]
+        for fut in futures:
+            await fut
+        for a in alerts:
+            self.metrics.alerts.labels(model, a["data"]["kind"], a["data"]["severity"]).inc()
+        self.engine.ack_detections(model, len(alerts))
+        self.save(model)
+
     async def tick(self) -> None:
         """Wall-clock pass: close windows of idle streams."""
         now = time.time()
         for model in self.local_models():
+            await self.publish_detections(model)  # left over from before a restart
             await self.close_due(model, now)
 
     async def _publish(self, model: str, closed: ClosedWindow) -> None:

@@ -28,7 +28,7 @@ from app.core.evaluation import WindowEvaluation
 from app.core.monitor import IngestResult, ModelMonitor
 from app.errors import StateError
 from app.events.checks import timestamp_ms
-from app.outputs.cloudevents import alert_event, evaluation_event
+from app.outputs.cloudevents import alert_event, change_alert_event, evaluation_event
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.reference import Reference
 from app.settings import MonitorSettings
@@ -155,6 +155,16 @@ class Engine:
         alerts = [alert_event(d, ev, model_settings, source=self.source) for d in decisions]
         return ClosedWindow(ev, decisions, alerts,
                             evaluation_event(ev, decisions, source=self.source), due_since)
+
+    def detections(self, model: str) -> list[dict[str, Any]]:
+        """Alerts (CloudEvents) for the change detections waiting to be published."""
+        m = self.monitor(model)
+        return [change_alert_event(d, model, self.settings.models[model], m.window_ms,
+                                   source=self.source) for d in m.pending_detections]
+
+    def ack_detections(self, model: str, count: int) -> None:
+        """The first ``count`` pending detections are published."""
+        del self.monitor(model).pending_detections[:count]
 
     def abort_close(self, model: str, start_ms: int, closed: ClosedWindow) -> None:
         self.monitor(model).abort_close(start_ms, closed.evaluation)

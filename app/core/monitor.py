@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.signals import PREDICTION, signal_rows
 from app.core.windows import Window
@@ -65,6 +66,8 @@ class ModelMonitor:
         # this state. Saved with the state, so a message redelivered after a restart or a
         # rebalance is recognised and not counted twice.
         self.positions: dict[str, int] = {}
+        self.changes = [ChangeTracker(cfg) for cfg in self.settings.change_detectors]
+        self.pending_detections: list[Detection] = []
 
     def applied(self, source: str, position: int) -> bool:
         """True when the record at ``position`` of ``source`` is already in this state."""
@@ -87,6 +90,8 @@ class ModelMonitor:
         if now is not None:
             self.last_arrival = now
         times = np.asarray(times_ms, dtype=np.int64)
+        for tracker in self.changes:  # every event, in arrival order
+            self.pending_detections += tracker.feed(events, times.tolist())
         top = int(times.max())
         self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
         start = 0
@@ -190,6 +195,8 @@ class ModelMonitor:
             "partition": self.partition, "watermark": self.watermark_ms,
             "last_arrival": self.last_arrival, "closed_through": self.closed_through_ms,
             "late_events": self.late_events, "positions": self.positions,
+            "changes": [t.to_state() for t in self.changes],
+            "pending_detections": [d.to_dict() for d in self.pending_detections],
             "windows": [w.to_state() for w in self.windows.values()],
             "warmup_rows": self.warmup_rows,
             "reference": (self.reference.to_dict()
@@ -215,6 +222,12 @@ class ModelMonitor:
             m.closed_through_ms = state["closed_through"]
             m.late_events = int(state["late_events"])
             m.positions = {str(k): int(v) for k, v in state["positions"].items()}
+            saved_changes = state.get("changes", [])
+            if len(saved_changes) == len(m.changes):  # else: configuration changed
+                for tracker, saved in zip(m.changes, saved_changes, strict=True):
+                    tracker.load(saved)
+            m.pending_detections = [Detection.from_dict(d)
+                                    for d in state.get("pending_detections", [])]
             m.warmup_rows = list(state["warmup_rows"])
             for ws in state["windows"]:
                 w = Window.from_state(ws)

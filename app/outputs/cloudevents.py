@@ -10,6 +10,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from app.core.changes import Detection
 from app.core.evaluation import WindowEvaluation
 from app.policy.drift import AlertDecision
 from app.settings import ModelSettings
@@ -83,6 +84,43 @@ def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
     }
     return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
                     subject=f"{ev.model}/{d.subject}", time_ms=ev.end_ms, data=data)
+
+
+def change_alert_event(det: Detection, model_name: str, model: ModelSettings, window_ms: int,
+                       *, source: str) -> dict[str, Any]:
+    """An alert for a streaming change detection on one per-event signal."""
+    subject = det.signal[8:] if det.signal.startswith("feature.") else det.signal
+    kind = "feature_drift" if det.signal.startswith("feature.") else "prediction_drift"
+    alert_id = stable_id(model_name, kind, subject, det.detector, det.index)
+    start = det.event_ms // window_ms * window_ms
+    before = "n/a" if det.before_mean is None else f"{det.before_mean:.4g}"
+    recent = "n/a" if det.recent_mean is None else f"{det.recent_mean:.4g}"
+    summary = (f"{model_name}: change in {subject} detected by {det.detector} at value "
+               f"{det.index} (mean {before} -> recent {recent}) ({det.severity})")
+    owners = _owners(model)
+    labels = {"alertname": f"driftwarden_{kind}", "model": model_name, "kind": kind,
+              "severity": det.severity, "feature": subject, "statistic": det.detector,
+              "model_version": det.model_version}
+    if "on_call" in owners:
+        labels["team"] = owners["on_call"]
+    data = {
+        "alert_id": alert_id, "status": "firing", "severity": det.severity, "kind": kind,
+        "model": model_name, "model_version": det.model_version, "feature": subject,
+        "window": {"start": iso(start), "end": iso(start + window_ms)},
+        "evidence": {"statistic": det.detector, "value": det.recent_mean or 0.0,
+                     "threshold": det.before_mean or 0.0,
+                     "reference_value": det.before_mean, "n": det.index,
+                     "reference": f"mean {before}", "window": f"recent mean {recent}",
+                     "detected_at": iso(det.event_ms)},
+        "owners": owners, "affected_models": [model_name], "summary": summary,
+        "labels": labels,
+        "annotations": {"summary": summary,
+                        "description": f"Streaming {det.detector} on {det.signal}: a change "
+                                       f"in its mean, detected at {iso(det.event_ms)}."},
+        "startsAt": iso(det.event_ms), "endsAt": None,
+    }
+    return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
+                    subject=f"{model_name}/{subject}", time_ms=det.event_ms, data=data)
 
 
 def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,

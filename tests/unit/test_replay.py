@@ -80,3 +80,19 @@ def test_replay_command(tmp_path, capsys):
     assert "2000 events, 3 rejected; 4 windows closed, 4 alerts" in out
     assert main(["replay", "-c", str(tmp_path / "monitor.yaml"), "--predictions",
                  str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_replay_publishes_change_detections(tmp_path):
+    setup(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "monitor.yaml").read_text())
+    cfg["models"]["m"]["change_detectors"] = [{"signal": "feature.x", "detector": "adwin"}]
+    (tmp_path / "monitor.yaml").write_text(yaml.safe_dump(cfg))
+    settings = load_settings(tmp_path / "monitor.yaml")
+    summary = run_replay(settings, tmp_path / "p.jsonl", tmp_path / "out", progress=False)
+    alerts = read(tmp_path / "out" / "alerts.jsonl")
+    changes = [a for a in alerts if a["data"]["evidence"]["statistic"] == "adwin"]
+    assert changes and all(a["data"]["feature"] == "x" for a in changes)
+    # the shift starts with the third window (event 1000): ADWIN sees it soon after
+    first = changes[0]["data"]["evidence"]["n"]
+    assert 1000 < first < 1300
+    assert summary.alerts == len(alerts)

@@ -1,0 +1,116 @@
+"""Streaming change detection on per-event signals, inside a model's state.
+
+Each configured detector reads one signal — a feature (``feature.<name>``), the
+predicted value (``prediction``) or a class score (``scores.<class>``) — from every
+event in arrival order (every ``every``-th value, for costly detectors such as KSWIN),
+and reports the values at which it detects a change. Detections wait in the state until
+their alerts are published, so a worker that dies in between publishes them after its
+restart, with the same deterministic ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.detectors.streaming import RiverDetector, detector_from_state, make_detector
+from app.errors import StateError
+from app.settings import ChangeDetectorSettings
+
+RECENT_ALPHA = 0.05  # weight of the newest value in the "recent" mean shown as evidence
+
+
+@dataclass(frozen=True)
+class Detection:
+    detector: str  # registry name, e.g. "adwin"
+    signal: str  # as configured: feature.x, prediction, scores.churn
+    index: int  # the detector's value count at the detection (deterministic)
+    event_ms: int
+    model_version: str
+    before_mean: float | None  # mean of the signal since the previous detection
+    recent_mean: float | None  # exponentially weighted recent mean (evidence)
+    severity: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detector": self.detector, "signal": self.signal, "index": self.index,
+                "event_ms": self.event_ms, "model_version": self.model_version,
+                "before_mean": self.before_mean, "recent_mean": self.recent_mean,
+                "severity": self.severity}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Detection:
+        return cls(str(d["detector"]), str(d["signal"]), int(d["index"]), int(d["event_ms"]),
+                   str(d["model_version"]), d["before_mean"], d["recent_mean"],
+                   str(d["severity"]))
+
+
+def signal_value(event: Mapping[str, Any], signal: str) -> float | None:
+    """The numeric value of ``signal`` in a prediction event, or None when absent."""
+    if signal.startswith("feature."):
+        v = event["features"].get(signal[8:])
+    elif signal == "prediction":
+        v = event.get("prediction")
+    else:  # scores.<class>
+        v = (event.get("scores") or {}).get(signal[7:])
+    if isinstance(v, bool):
+        return 1.0 if v else 0.0
+    if isinstance(v, int | float):
+        try:
+            f = float(v)
+        except OverflowError:
+            return None
+        return f if f == f and abs(f) != float("inf") else None
+    return None
+
+
+class ChangeTracker:
+    """One configured detector with its sampling counter and evidence means."""
+
+    def __init__(self, cfg: ChangeDetectorSettings) -> None:
+        self.cfg = cfg
+        self.detector: RiverDetector = make_detector(cfg.detector, **cfg.params)
+        self.seen = 0  # values of the signal seen (the sampling counter)
+        self.since_sum = 0.0
+        self.since_n = 0
+        self.recent: float | None = None
+
+    def feed(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int]
+             ) -> list[Detection]:
+        found = []
+        every = self.cfg.every
+        for event, t in zip(events, times_ms, strict=True):
+            x = signal_value(event, self.cfg.signal)
+            if x is None:
+                continue
+            self.seen += 1
+            if self.seen % every:
+                continue
+            self.recent = x if self.recent is None else \
+                self.recent + RECENT_ALPHA * (x - self.recent)
+            if self.detector.update(x):
+                before = self.since_sum / self.since_n if self.since_n else None
+                found.append(Detection(self.cfg.detector, self.cfg.signal, self.detector.n,
+                                       int(t), str(event["model_version"]), before,
+                                       self.recent, self.cfg.severity))
+                self.since_sum, self.since_n = 0.0, 0
+            self.since_sum += x
+            self.since_n += 1
+        return found
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": self.detector.to_state(), "seen": self.seen,
+                "since_sum": self.since_sum, "since_n": self.since_n, "recent": self.recent}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        try:
+            restored = detector_from_state(state["detector"])
+            if restored.name != self.cfg.detector or restored.params != self.detector.params:
+                return  # the configuration changed: start this detector afresh
+            self.detector = restored
+            self.seen = int(state["seen"])
+            self.since_sum = float(state["since_sum"])
+            self.since_n = int(state["since_n"])
+            self.recent = state["recent"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"corrupt change-detector state: {exc!r}") from None
