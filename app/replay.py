@@ -107,7 +107,8 @@ class Replay:
         closed: ClosedWindow = self.engine.begin_close(model, start)
         for alert in closed.alerts:
             self._count_alert(alert)
-        self._write("evaluations", closed.evaluation_event)
+        for event in closed.evaluation_events:
+            self._write("evaluations", event)
         self.engine.finish_close(model, start)
         self.summary.windows += 1
 

@@ -28,6 +28,7 @@ import orjson
 from faust.types import EventT, Message
 
 from app.core.engine import ClosedWindow, Engine
+from app.core.signals import public_name
 from app.errors import StateError
 from app.events.checks import PREDICTION
 from app.events.decode import Rejection, decode_message, element_bytes
@@ -209,18 +210,20 @@ class Pipeline:
         key = model.encode()
         futures = [await self.alerts.send(key=key, value=orjson.dumps(a), headers=CE_HEADERS)
                    for a in closed.alerts]
-        futures.append(await self.evaluations.send(
-            key=key, value=orjson.dumps(closed.evaluation_event), headers=CE_HEADERS))
+        futures += [await self.evaluations.send(key=key, value=orjson.dumps(e),
+                                                headers=CE_HEADERS)
+                    for e in closed.evaluation_events]
         for fut in futures:
             await fut
-        ev = closed.evaluation
         for d in closed.decisions:
             self.metrics.alerts.labels(model, d.kind, d.severity).inc()
         self.metrics.windows_closed.labels(model).inc()
-        self.metrics.window_events.labels(model).set(ev.n)
-        for fe in ev.features:
-            if fe.value is not None:
-                self.metrics.set_drift(model, fe.feature, fe.statistic, fe.value)
+        self.metrics.window_events.labels(model).set(sum(ev.n for ev in closed.evaluations))
+        for ev in closed.evaluations:
+            for fe in ev.features:
+                if fe.value is not None:
+                    self.metrics.set_drift(model, ev.model_version, public_name(fe.feature),
+                                           fe.statistic, fe.value)
 
 
 def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:

@@ -83,10 +83,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class ClosedWindow:
-    evaluation: WindowEvaluation
+    """A closed window's outputs: per model version, its evaluation and alerts."""
+
+    evaluations: list[WindowEvaluation]
     decisions: list[AlertDecision]
     alerts: list[dict[str, Any]]  # CloudEvents
-    evaluation_event: dict[str, Any]
+    evaluation_events: list[dict[str, Any]]
     due_since: float | None
 
 
@@ -149,12 +151,15 @@ class Engine:
     def begin_close(self, model: str, start_ms: int, now: float | None = None) -> ClosedWindow:
         m = self.monitor(model)
         due_since = m.due_since(start_ms) if now is not None else None
-        ev = m.begin_close(start_ms)
+        evaluations = m.begin_close(start_ms)
         model_settings = self.settings.models[model]
-        decisions = decide_drift_alerts(ev, model_settings.drift)
-        alerts = [alert_event(d, ev, model_settings, source=self.source) for d in decisions]
-        return ClosedWindow(ev, decisions, alerts,
-                            evaluation_event(ev, decisions, source=self.source), due_since)
+        decisions, alerts, events = [], [], []
+        for ev in evaluations:
+            found = decide_drift_alerts(ev, model_settings.drift)
+            decisions += found
+            alerts += [alert_event(d, ev, model_settings, source=self.source) for d in found]
+            events.append(evaluation_event(ev, found, source=self.source))
+        return ClosedWindow(evaluations, decisions, alerts, events, due_since)
 
     def detections(self, model: str) -> list[dict[str, Any]]:
         """Alerts (CloudEvents) for the change detections waiting to be published."""
@@ -167,10 +172,13 @@ class Engine:
         del self.monitor(model).pending_detections[:count]
 
     def abort_close(self, model: str, start_ms: int, closed: ClosedWindow) -> None:
-        self.monitor(model).abort_close(start_ms, closed.evaluation)
+        self.monitor(model).abort_close(start_ms, closed.evaluations)
 
     def finish_close(self, model: str, start_ms: int) -> None:
         self.monitor(model).finish_close(start_ms)
+
+    def install_reference(self, model: str, version: str, reference: Reference) -> None:
+        self.monitor(model).install_reference(version, reference)
 
     def open_windows(self, model: str) -> list[int]:
         return sorted(self.monitor(model).windows)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from app.core.signals import is_output_signal, public_name
-from app.core.windows import Window
+from app.core.windows import Slice, Window
 from app.detectors import STATISTICS
 from app.reference import CategoricalReference, NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts
@@ -39,15 +39,19 @@ class FeatureEvaluation:
 
 @dataclass(frozen=True)
 class WindowEvaluation:
+    """One model version's figures for one closed window."""
+
     model: str
-    model_version: str | None
-    versions: dict[str, int]
+    model_version: str
+    versions: dict[str, int]  # every version's event count in the window
     start_ms: int
     end_ms: int
-    n: int
+    n: int  # this version's events
     min_samples: int
-    late_events: int
+    late_events: int  # the model's events that arrived after their window closed
     reference_origin: str
+    reference_version: str | None = None  # whose reference: this version's, another's
+    fallback: bool = False  # compared with another version's (or the configured) reference
     features: list[FeatureEvaluation] = field(default_factory=list)
 
     @property
@@ -71,12 +75,22 @@ def _categorical_evidence(ref: CategoricalReference, sketch: CategoryCounts) -> 
     return f"{label} {pr[i]:.0%}", f"{label} {pw[i]:.0%}"
 
 
-def evaluate_window(model: str, window: Window, reference: Reference, *, min_samples: int,
-                    late_events: int, statistic: str = "psi") -> WindowEvaluation:
+def evaluate_window(model: str, window: Window, version: str, sl: Slice,
+                    reference: Reference | None, *, min_samples: int, late_events: int,
+                    statistic: str = "psi") -> WindowEvaluation:
+    """Compare one version's slice of a window with the reference it was binned for."""
     stat = STATISTICS[statistic]
     feats: list[FeatureEvaluation] = []
+    ref_key = sl.reference
+    if reference is None:  # the reference this slice was binned for is gone
+        feats = [FeatureEvaluation(name, "unknown", statistic, None, s.n, s.missing, 0, "", "",
+                                   f"reference {ref_key!r} is no longer available")
+                 for name, s in sl.sketches.items()]
+        return WindowEvaluation(model, version, window.versions, window.start_ms,
+                                window.end_ms, sl.n, min_samples, late_events, "unavailable",
+                                ref_key, ref_key != version, feats)
     for name, ref in reference.features.items():
-        sketch = window.sketches.get(name)
+        sketch = sl.sketches.get(name)
         ref_n = int(sum(ref.counts))
         if sketch is None:
             feats.append(FeatureEvaluation(name, "unknown", statistic, None, 0, 0, ref_n, "", "",
@@ -100,6 +114,7 @@ def evaluate_window(model: str, window: Window, reference: Reference, *, min_sam
         value = stat(np.asarray(ref.counts), sketch.counts) if sketch.n else None
         feats.append(FeatureEvaluation(name, ftype, statistic, value, sketch.n, sketch.missing,
                                        ref_n, *evidence))
-    return WindowEvaluation(model, window.dominant_version(), dict(window.versions),
-                            window.start_ms, window.end_ms, window.n, min_samples, late_events,
-                            reference.origin, feats)
+    return WindowEvaluation(model, version, window.versions, window.start_ms, window.end_ms,
+                            sl.n, min_samples, late_events, reference.origin,
+                            reference.version if ref_key == "*" else ref_key,
+                            ref_key != version, feats)

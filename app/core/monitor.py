@@ -1,4 +1,4 @@
-"""Per-model monitoring state: the reference, open windows, watermark and lateness.
+"""Per-model monitoring state: references, open windows, watermark and lateness.
 
 Pure and explicit: :meth:`ModelMonitor.to_state` is plain JSON-able data with a format
 version, written once per batch by the workers and restored after a restart.
@@ -21,7 +21,8 @@ from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
 
 STATE_KIND = "model-monitor"
-STATE_VERSION = 1
+STATE_VERSION = 2
+MAX_SAVED_REFERENCES = 16  # per model: the newest versions' own references are kept
 
 
 @dataclass
@@ -40,6 +41,12 @@ class ModelMonitor:
     advanced by the wall-clock time elapsed since the last event arrived, so idle
     streams close too) passes ``end + lateness``. Events for a window that has closed
     are counted as late, never silently dropped.
+
+    References are per model version. A version's own reference is built from its first
+    ``warmup`` events, or installed (a file, or the references topic). A version without
+    one is compared with the newest earlier version's reference, else with the model's
+    configured reference, and its evaluations say so (``fallback``). Only the model's
+    very first warm-up leaves events unwindowed: there is nothing to compare them with.
     """
 
     def __init__(self, model: str, settings: MonitorSettings,
@@ -52,14 +59,16 @@ class ModelMonitor:
         self.hop_ms = int(settings.hop_of(model) * 1000)
         self.lateness_ms = int(settings.lateness_of(model) * 1000)
         self.min_samples = settings.min_samples_of(model)
-        self.reference = reference
+        self.default_reference = reference  # the configured one (a file), if any
+        self.references: dict[str, Reference] = {}  # version -> its own reference
+        self.versions_seen: list[str] = []  # in order of first appearance
+        self.warmups: dict[str, list[dict[str, Any]]] = {}  # version -> rows so far
         self.windows: dict[int, Window] = {}
         self.closing: set[int] = set()
         self.watermark_ms: int | None = None
         self.last_arrival: float | None = None
         self.closed_through_ms: int | None = None
         self.late_events = 0
-        self.warmup_rows: list[dict[str, Any]] = []
         self.partition: int | None = None
         self.warmup_target = self.settings.reference.warmup
         # Highest source position (e.g. "topic:partition" -> offset) already applied to
@@ -68,6 +77,36 @@ class ModelMonitor:
         self.positions: dict[str, int] = {}
         self.changes = [ChangeTracker(cfg) for cfg in self.settings.change_detectors]
         self.pending_detections: list[Detection] = []
+
+    # -- references -----------------------------------------------------------------
+    @property
+    def reference(self) -> Reference | None:
+        """The reference the newest version is compared with."""
+        found = self.reference_for(self.versions_seen[-1]) if self.versions_seen else None
+        return found[1] if found else self.default_reference
+
+    def reference_for(self, version: str) -> tuple[str, Reference] | None:
+        """(key, reference) to compare ``version`` with: its own, the newest earlier
+        version's, or the configured one (key ``*``); None before any exists."""
+        own = self.references.get(version)
+        if own is not None:
+            return version, own
+        earlier = self.versions_seen[:self.versions_seen.index(version)] \
+            if version in self.versions_seen else self.versions_seen
+        for v in reversed(earlier):
+            if v in self.references:
+                return v, self.references[v]
+        if self.default_reference is not None:
+            return "*", self.default_reference
+        return None
+
+    def reference_by_key(self, key: str) -> Reference | None:
+        return self.default_reference if key == "*" else self.references.get(key)
+
+    def install_reference(self, version: str, reference: Reference) -> None:
+        """A version's own reference (from a file or the references topic)."""
+        self.references[version] = reference
+        self.warmups.pop(version, None)
 
     def applied(self, source: str, position: int) -> bool:
         """True when the record at ``position`` of ``source`` is already in this state."""
@@ -94,13 +133,18 @@ class ModelMonitor:
             self.pending_detections += tracker.feed(events, times.tolist())
         top = int(times.max())
         self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
-        start = 0
-        if self.reference is None:
-            start = self._warm_up(events)
-            result.warmup = start
-            if self.reference is None:
-                return result
-        events, times = events[start:], times[start:]
+        seen = set(self.versions_seen)
+        for e in events:  # in order of first appearance: replay and workers agree
+            if e["model_version"] not in seen:
+                seen.add(e["model_version"])
+                self.versions_seen.append(e["model_version"])
+        if self.warmup_target:
+            result.warmup, held = self._warm_up(events)
+            if held:
+                keep = [i for i in range(len(events)) if i not in held]
+                events, times = [events[i] for i in keep], times[keep]
+                if not events:
+                    return result
         latest = (times // self.hop_ms) * self.hop_ms  # the newest window holding each event
         for back in range(self.window_ms // self.hop_ms):  # 1 pass when tumbling
             starts = latest - back * self.hop_ms
@@ -112,12 +156,13 @@ class ModelMonitor:
                     continue
                 window = self.windows.get(ws)
                 if window is None:
-                    assert self.reference is not None
-                    window = self.windows[ws] = Window.open(ws, self.window_ms, self.reference)
+                    window = self.windows[ws] = Window(ws, ws + self.window_ms)
                 rows = [events[i] for i in idx.tolist()]
-                window.update(rows, [r["model_version"] for r in rows], times[idx])
+                added = window.update(rows, times[idx], self.reference_for)
+                if not window.slices:
+                    del self.windows[ws]
                 if back == 0:
-                    result.accepted += idx.size
+                    result.accepted += added
         self.late_events += result.late
         return result
 
@@ -127,17 +172,27 @@ class ModelMonitor:
         return self.closed_through_ms is not None and start_ms + self.window_ms <= \
             self.closed_through_ms
 
-    def _warm_up(self, events: Sequence[Mapping[str, Any]]) -> int:
+    def _warm_up(self, events: Sequence[Mapping[str, Any]]) -> tuple[int, set[int]]:
+        """Feed each version's warm-up; returns how many events were fed, and those held
+        back from windows (warming up a version that has nothing to fall back on)."""
         assert self.warmup_target is not None
-        take = min(len(events), self.warmup_target - len(self.warmup_rows))
-        self.warmup_rows.extend(dict(r) for r in signal_rows(events[:take], [PREDICTION]))
-        if len(self.warmup_rows) >= self.warmup_target:
-            version = events[take - 1]["model_version"] if take else None
-            self.reference = build_reference(self.warmup_rows, self.model, self.settings,
-                                             version=version,
-                                             origin=f"warmup:{self.warmup_target}")
-            self.warmup_rows = []
-        return take
+        held: set[int] = set()
+        fed = 0
+        for i, e in enumerate(events):
+            version = e["model_version"]
+            if version in self.references:
+                continue
+            rows = self.warmups.setdefault(version, [])
+            rows.append(dict(signal_rows([e], [PREDICTION])[0]))
+            fed += 1
+            if self.reference_for(version) is None:
+                held.add(i)
+            if len(rows) >= self.warmup_target:
+                self.references[version] = build_reference(
+                    rows, self.model, self.settings, version=version,
+                    origin=f"warmup:{self.warmup_target}")
+                del self.warmups[version]
+        return fed, held
 
     # -- closing --------------------------------------------------------------------
     def effective_watermark(self, now: float) -> int | None:
@@ -166,19 +221,26 @@ class ModelMonitor:
         return sorted(ws for ws, w in self.windows.items()
                       if ws not in self.closing and w.end_ms + self.lateness_ms <= wm)
 
-    def begin_close(self, start_ms: int) -> WindowEvaluation:
-        """Evaluate a due window; late events for it from now on are counted as late."""
-        assert self.reference is not None
+    def begin_close(self, start_ms: int) -> list[WindowEvaluation]:
+        """Evaluate a due window, one evaluation per version; late events for it from now
+        on are counted as late."""
         self.closing.add(start_ms)
         late, self.late_events = self.late_events, 0
-        return evaluate_window(self.model, self.windows[start_ms], self.reference,
-                               min_samples=self.min_samples, late_events=late,
-                               statistic="psi")
+        window = self.windows[start_ms]
+        order = {v: i for i, v in enumerate(self.versions_seen)}
+        out = []
+        for version in sorted(window.slices, key=lambda v: (order.get(v, len(order)), v)):
+            sl = window.slices[version]
+            out.append(evaluate_window(
+                self.model, window, version, sl, self.reference_by_key(sl.reference),
+                min_samples=self.min_samples, late_events=late, statistic="psi"))
+        return out
 
-    def abort_close(self, start_ms: int, evaluation: WindowEvaluation) -> None:
+    def abort_close(self, start_ms: int, evaluations: list[WindowEvaluation]) -> None:
         """Publishing failed: keep the window open to close again later."""
         self.closing.discard(start_ms)
-        self.late_events += evaluation.late_events
+        if evaluations:
+            self.late_events += evaluations[0].late_events
 
     def finish_close(self, start_ms: int) -> None:
         window = self.windows.pop(start_ms)
@@ -198,10 +260,19 @@ class ModelMonitor:
             "changes": [t.to_state() for t in self.changes],
             "pending_detections": [d.to_dict() for d in self.pending_detections],
             "windows": [w.to_state() for w in self.windows.values()],
-            "warmup_rows": self.warmup_rows,
-            "reference": (self.reference.to_dict()
-                          if self.reference is not None and self.warmup_target else None),
+            "versions_seen": self.versions_seen,
+            "warmups": self.warmups,
+            "references": {v: self.references[v].to_dict()
+                           for v in self._saved_versions()},
         }
+
+    def _saved_versions(self) -> list[str]:
+        """Versions whose own references are saved: those open windows still use, and the
+        newest others up to :data:`MAX_SAVED_REFERENCES`."""
+        used = {sl.reference for w in self.windows.values() for sl in w.slices.values()}
+        newest = [v for v in reversed(self.versions_seen) if v in self.references]
+        keep = set(newest[:MAX_SAVED_REFERENCES]) | (used & set(self.references))
+        return [v for v in self.references if v in keep]
 
     @classmethod
     def from_state(cls, state: Any, settings: MonitorSettings,
@@ -212,10 +283,11 @@ class ModelMonitor:
             raise StateError(f"model-monitor state version {state.get('v')!r} is not supported "
                              f"(this build reads {STATE_VERSION})")
         try:
-            saved_ref = state.get("reference")
-            if reference is None and saved_ref is not None:
-                reference = Reference.from_dict(saved_ref)
             m = cls(str(state["model"]), settings, reference)
+            m.references = {str(v): Reference.from_dict(r)
+                            for v, r in state["references"].items()}
+            m.versions_seen = [str(v) for v in state["versions_seen"]]
+            m.warmups = {str(v): list(rows) for v, rows in state["warmups"].items()}
             m.partition = state["partition"]
             m.watermark_ms = state["watermark"]
             m.last_arrival = state["last_arrival"]
@@ -228,7 +300,6 @@ class ModelMonitor:
                     tracker.load(saved)
             m.pending_detections = [Detection.from_dict(d)
                                     for d in state.get("pending_detections", [])]
-            m.warmup_rows = list(state["warmup_rows"])
             for ws in state["windows"]:
                 w = Window.from_state(ws)
                 m.windows[w.start_ms] = w

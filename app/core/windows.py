@@ -1,9 +1,8 @@
-"""One event-time tumbling window of one model: counts and per-feature sketches."""
+"""Event-time windows of one model: per-version slices of per-signal sketches."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,58 +33,100 @@ def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[A
 
 
 @dataclass
-class Window:
-    start_ms: int
-    end_ms: int
+class Slice:
+    """The sketches of one model version's events in a window.
+
+    ``reference`` names the reference whose bins the sketches use (the version's own, or
+    the one it fell back to when the slice opened); it stays fixed for the slice's life,
+    so the window is always compared with the reference it was binned for.
+    """
+
+    reference: str
     sketches: dict[str, Sketch]
     n: int = 0
-    versions: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def open(cls, reference_key: str, reference: Reference) -> Slice:
+        return cls(reference_key, {name: ref.sketch() for name, ref in reference.features.items()})
+
+    def update(self, events: Sequence[Mapping[str, Any]]) -> None:
+        rows = signal_rows(events, list(self.sketches))
+        self.n += len(rows)
+        for name, sketch in self.sketches.items():
+            if isinstance(sketch, BinnedHistogram):
+                sketch.update(numeric_column(rows, name))
+            else:
+                sketch.update([row.get(name) for row in rows])
+
+    def to_state(self) -> dict[str, Any]:
+        return {"reference": self.reference, "n": self.n,
+                "sketches": {k: s.to_state() for k, s in self.sketches.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Slice:
+        sketches: dict[str, Sketch] = {}
+        for name, st in state["sketches"].items():
+            kind = st.get("kind") if isinstance(st, dict) else None
+            if kind == BinnedHistogram.KIND:
+                sketches[name] = BinnedHistogram.from_state(st)
+            elif kind == CategoryCounts.KIND:
+                sketches[name] = CategoryCounts.from_state(st)
+            else:
+                raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
+        return cls(str(state["reference"]), sketches, int(state["n"]))
+
+
+ReferenceLookup = Callable[[str], "tuple[str, Reference] | None"]
+
+
+@dataclass
+class Window:
+    """One event-time window of one model: a slice per model version."""
+
+    start_ms: int
+    end_ms: int
+    slices: dict[str, Slice] = field(default_factory=dict)  # version -> slice
+    n: int = 0
     first_event_ms: int | None = None
     last_event_ms: int | None = None
 
-    @classmethod
-    def open(cls, start_ms: int, size_ms: int, reference: Reference) -> Window:
-        return cls(start_ms, start_ms + size_ms,
-                   {name: ref.sketch() for name, ref in reference.features.items()})
+    @property
+    def versions(self) -> dict[str, int]:
+        return {v: s.n for v, s in self.slices.items()}
 
-    def update(self, events: Sequence[Mapping[str, Any]], versions: Sequence[str],
-               times_ms: np.ndarray[Any, Any]) -> None:
-        """Add a batch of events (with their versions and event times)."""
-        features = signal_rows(events, list(self.sketches))
-        self.n += len(features)
-        self.versions.update(versions)
-        lo, hi = int(times_ms.min()), int(times_ms.max())
-        self.first_event_ms = lo if self.first_event_ms is None else min(self.first_event_ms, lo)
-        self.last_event_ms = hi if self.last_event_ms is None else max(self.last_event_ms, hi)
-        for name, sketch in self.sketches.items():
-            if isinstance(sketch, BinnedHistogram):
-                sketch.update(numeric_column(features, name))
-            else:
-                sketch.update([row.get(name) for row in features])
-
-    def dominant_version(self) -> str | None:
-        return self.versions.most_common(1)[0][0] if self.versions else None
+    def update(self, events: Sequence[Mapping[str, Any]], times_ms: np.ndarray[Any, Any],
+               reference_for: ReferenceLookup) -> int:
+        """Add a batch of events; returns how many had a reference to be compared with."""
+        by_version: dict[str, list[int]] = {}
+        for i, e in enumerate(events):
+            by_version.setdefault(e["model_version"], []).append(i)
+        added = 0
+        for version, idx in by_version.items():
+            sl = self.slices.get(version)
+            if sl is None:
+                found = reference_for(version)
+                if found is None:
+                    continue  # no reference yet (the model's first warm-up): not windowed
+                sl = self.slices[version] = Slice.open(*found)
+            sl.update([events[i] for i in idx] if len(idx) < len(events) else events)
+            added += len(idx)
+            lo, hi = int(times_ms[idx].min()), int(times_ms[idx].max())
+            self.first_event_ms = lo if self.first_event_ms is None else \
+                min(self.first_event_ms, lo)
+            self.last_event_ms = hi if self.last_event_ms is None else max(self.last_event_ms, hi)
+        self.n += added
+        return added
 
     def to_state(self) -> dict[str, Any]:
         return {"start": self.start_ms, "end": self.end_ms, "n": self.n,
-                "versions": dict(self.versions), "first": self.first_event_ms,
-                "last": self.last_event_ms,
-                "sketches": {k: s.to_state() for k, s in self.sketches.items()}}
+                "first": self.first_event_ms, "last": self.last_event_ms,
+                "slices": {v: sl.to_state() for v, sl in self.slices.items()}}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Window:
         try:
-            sketches: dict[str, Sketch] = {}
-            for name, st in state["sketches"].items():
-                kind = st.get("kind") if isinstance(st, dict) else None
-                if kind == BinnedHistogram.KIND:
-                    sketches[name] = BinnedHistogram.from_state(st)
-                elif kind == CategoryCounts.KIND:
-                    sketches[name] = CategoryCounts.from_state(st)
-                else:
-                    raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
-            return cls(int(state["start"]), int(state["end"]), sketches, int(state["n"]),
-                       Counter({str(k): int(v) for k, v in state["versions"].items()}),
+            slices = {str(v): Slice.from_state(st) for v, st in state["slices"].items()}
+            return cls(int(state["start"]), int(state["end"]), slices, int(state["n"]),
                        state["first"], state["last"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt window state: {exc!r}") from None

@@ -14,7 +14,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, max_feature_series: int = 2000) -> None:
         self.registry = registry
         self.max_feature_series = max_feature_series
-        self._feature_series: set[tuple[str, str, str]] = set()
+        self._feature_series: set[tuple[str, str, str, str]] = set()
         self.events = Counter(
             "driftwarden_events_total",
             "Events read, by topic and outcome (valid, invalid, late, unknown_model).",
@@ -33,8 +33,8 @@ class Metrics:
             registry=registry)
         self.drift_score = Gauge(
             "driftwarden_drift_score",
-            "Drift statistic of the last closed window, per feature.",
-            ["model", "feature", "statistic"], registry=registry)
+            "Drift statistic of the last closed window, per version and feature.",
+            ["model", "version", "feature", "statistic"], registry=registry)
         self.drift_threshold = Gauge(
             "driftwarden_drift_threshold", "Configured drift threshold, per severity.",
             ["model", "statistic", "severity"], registry=registry)
@@ -65,11 +65,12 @@ class Metrics:
             "driftwarden_late_events_total", "Events that arrived after their window closed.",
             ["model"], registry=registry)
 
-    def set_drift(self, model: str, feature: str, statistic: str, value: float) -> None:
-        key = (model, feature, statistic)
+    def set_drift(self, model: str, version: str, feature: str, statistic: str,
+                  value: float) -> None:
+        key = (model, version, feature, statistic)
         if key not in self._feature_series:
             if len(self._feature_series) >= self.max_feature_series:
                 self.feature_series_dropped.inc()
                 return
             self._feature_series.add(key)
-        self.drift_score.labels(model, feature, statistic).set(value)
+        self.drift_score.labels(*key).set(value)

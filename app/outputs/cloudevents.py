@@ -57,7 +57,7 @@ def alert_summary(d: AlertDecision, model: str) -> str:
 
 def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
                 source: str) -> dict[str, Any]:
-    alert_id = stable_id(ev.model, d.kind, d.subject, ev.start_ms)
+    alert_id = stable_id(ev.model, ev.model_version, d.kind, d.subject, ev.start_ms)
     summary = alert_summary(d, ev.model)
     owners = _owners(model)
     labels = {"alertname": f"driftwarden_{d.kind}", "model": ev.model, "kind": d.kind,
@@ -78,8 +78,11 @@ def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
         "owners": owners, "affected_models": [ev.model], "summary": summary,
         "labels": labels,
         "annotations": {"summary": summary,
-                        "description": f"Window {iso(ev.start_ms)}..{iso(ev.end_ms)}, "
-                                       f"n={ev.n}, reference {ev.reference_origin}."},
+                        "description": f"Window {iso(ev.start_ms)}..{iso(ev.end_ms)}, version "
+                                       f"{ev.model_version}, n={ev.n}, reference "
+                                       f"{ev.reference_origin}"
+                                       + (f" (fallback to {ev.reference_version})"
+                                          if ev.fallback else "") + "."},
         "startsAt": iso(ev.end_ms), "endsAt": None,
     }
     return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
@@ -125,7 +128,7 @@ def change_alert_event(det: Detection, model_name: str, model: ModelSettings, wi
 
 def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
                      source: str) -> dict[str, Any]:
-    evaluation_id = stable_id(ev.model, "evaluation", ev.start_ms)
+    evaluation_id = stable_id(ev.model, ev.model_version, "evaluation", ev.start_ms)
     data = {
         "evaluation_id": evaluation_id,
         "model": ev.model, "model_version": ev.model_version, "versions": ev.versions,
@@ -133,8 +136,10 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
                    "start_ms": ev.start_ms, "end_ms": ev.end_ms},
         "n": ev.n, "min_samples": ev.min_samples, "sufficient": ev.sufficient,
         "late_events": ev.late_events, "reference": ev.reference_origin,
+        "reference_version": ev.reference_version, "reference_fallback": ev.fallback,
         "features": [f.to_dict() for f in ev.features],
-        "alerts": [stable_id(ev.model, a.kind, a.subject, ev.start_ms) for a in alerts],
+        "alerts": [stable_id(ev.model, ev.model_version, a.kind, a.subject, ev.start_ms)
+                   for a in alerts],
     }
     return envelope(type_=EVALUATION, id_=evaluation_id, source=source,
                     subject=ev.model, time_ms=ev.end_ms, data=data)

@@ -17,7 +17,7 @@ def make_settings(**model_extra):
     model = {
         "features": {"x": {"type": "numeric"}, "y": {"type": "numeric"},
                      "c": {"type": "categorical"}, "d": {"type": "categorical"}},
-        "reference": {"warmup": 1000},
+        "reference": {"file": "given-by-the-test.jsonl"},
         **model_extra,
     }
     return settings_from_mapping(
@@ -55,7 +55,7 @@ def test_window_closes_when_watermark_passes_end_plus_lateness(reference):
     assert m.due(now=100.0) == []  # 69 s < 60 s + 10 s lateness
     m.ingest(events(rows(rng, 1)), [W + 10_000], now=100.0)
     assert m.due(now=100.0) == [0]
-    ev = m.begin_close(0)
+    ev = m.begin_close(0)[0]
     assert ev.n == 300 and ev.start_ms == 0 and ev.end_ms == W
     m.finish_close(0)
     assert m.due(now=100.0) == [] and list(m.windows) == [W]
@@ -80,7 +80,7 @@ def test_late_events_are_counted_not_dropped(reference):
     r = m.ingest(events(rows(rng, 4)), [20] * 4, now=0.0)
     assert r.late == 4 and r.accepted == 0
     m.ingest(events(rows(rng, 1)), [5 * W], now=0.0)
-    ev = m.begin_close(3 * W)
+    ev = m.begin_close(3 * W)[0]
     assert ev.late_events == 4
 
 
@@ -96,10 +96,10 @@ def test_state_round_trip_mid_window_continues_the_same_window(reference):
     restored.ingest(events(second), [2000] * 150, now=6.0)
     restored.ingest(events(rows(rng, 1)), [W + 10_000], now=6.0)
     assert restored.due(now=6.0) == [0]
-    ev = restored.begin_close(0)
+    ev = restored.begin_close(0)[0]
     one_pass = ModelMonitor("m", s, reference)
     one_pass.ingest(events(first + second), [1000] * 300, now=5.0)
-    expected = one_pass.begin_close(0)
+    expected = one_pass.begin_close(0)[0]
     assert ev.n == 300
     assert [f.value for f in ev.features] == [f.value for f in expected.features]
 
@@ -113,7 +113,7 @@ def test_unknown_state_version_fails_clearly(reference):
 
 
 def test_warmup_builds_the_reference_from_the_first_events():
-    s = make_settings()
+    s = make_settings(reference={"warmup": 1000})
     m = ModelMonitor("m", s, None)
     rng = np.random.default_rng(5)
     r = m.ingest(events(rows(rng, 800)), [0] * 800, now=0.0)
@@ -137,8 +137,8 @@ def test_shifted_features_alert_and_unshifted_do_not(reference):
     m.ingest(events(rows(rng, 3000, shift=True)), [W + 10] * 3000, now=0.0)
     m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
     drift = s.models["m"].drift
-    clean = decide_drift_alerts(m.begin_close(0), drift)
-    shifted = decide_drift_alerts(m.begin_close(W), drift)
+    clean = decide_drift_alerts(m.begin_close(0)[0], drift)
+    shifted = decide_drift_alerts(m.begin_close(W)[0], drift)
     assert clean == []
     assert {a.subject for a in shifted} == {"x", "c"}
     assert all(a.kind == "feature_drift" and a.value >= a.threshold for a in shifted)
@@ -150,19 +150,64 @@ def test_small_windows_report_but_never_alert(reference):
     m = ModelMonitor("m", s, reference)
     m.ingest(events(rows(rng, 99, shift=True)), [10] * 99, now=0.0)
     m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
-    ev = m.begin_close(0)
+    ev = m.begin_close(0)[0]
     assert not ev.sufficient and ev.n == 99
     assert any(f.value and f.value > 0.25 for f in ev.features)  # figures are reported
     assert decide_drift_alerts(ev, s.models["m"].drift) == []
 
 
-def test_versions_are_counted_per_window(reference):
+def test_each_version_is_evaluated_on_its_own(reference):
     m = ModelMonitor("m", make_settings(), reference)
     rng = np.random.default_rng(8)
-    m.ingest(events(rows(rng, 3), "v1") + events(rows(rng, 5), "v2"), [10] * 8, now=0.0)
+    m.ingest(events(rows(rng, 300), "v1") + events(rows(rng, 500, shift=True), "v2"),
+             [10] * 800, now=0.0)
     m.ingest(events(rows(rng, 1)), [3 * W], now=0.0)
-    ev = m.begin_close(0)
-    assert ev.versions == {"v1": 3, "v2": 5} and ev.model_version == "v2"
+    v1, v2 = m.begin_close(0)
+    assert (v1.model_version, v1.n, v2.model_version, v2.n) == ("v1", 300, "v2", 500)
+    assert v1.versions == v2.versions == {"v1": 300, "v2": 500}
+    drift = make_settings().models["m"].drift
+    assert decide_drift_alerts(v1, drift) == []
+    assert {a.subject for a in decide_drift_alerts(v2, drift)} == {"x", "c"}
+    assert v1.fallback and v1.reference_version is None  # the configured reference
+
+
+def test_new_version_falls_back_to_the_previous_versions_reference_while_warming_up():
+    s = make_settings(reference={"warmup": 500})
+    m = ModelMonitor("m", s, None)
+    rng = np.random.default_rng(11)
+    r = m.ingest(events(rows(rng, 500), "v1"), [0] * 500, now=None)
+    assert r.warmup == 500 and r.accepted == 0 and not m.windows  # nothing to compare with
+    # v2 arrives shifted: compared with v1's reference while it warms up its own
+    r = m.ingest(events(rows(rng, 400, shift=True), "v2"), [W] * 400, now=None)
+    assert r.warmup == 400 and r.accepted == 400
+    m.ingest(events(rows(rng, 1), "v1"), [3 * W], now=None)
+    (ev,) = m.begin_close(W)
+    assert ev.model_version == "v2" and ev.fallback and ev.reference_version == "v1"
+    assert {a.subject for a in decide_drift_alerts(ev, s.models["m"].drift)} == {"x", "c"}
+    # after 500 events v2 has its own reference, and its later windows use it
+    m.ingest(events(rows(rng, 100, shift=True), "v2"), [2 * W] * 100, now=None)
+    assert set(m.references) == {"v1", "v2"}
+    m.ingest(events(rows(rng, 300, shift=True), "v2"), [4 * W] * 300, now=None)
+    m.ingest(events(rows(rng, 1), "v1"), [9 * W], now=None)
+    (own,) = m.begin_close(4 * W)
+    assert not own.fallback and own.reference_version == "v2"
+    assert decide_drift_alerts(own, s.models["m"].drift) == []
+    # references survive a restart
+    again = ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), s, None)
+    assert set(again.references) == {"v1", "v2"} and again.versions_seen == ["v1", "v2"]
+
+
+def test_installed_reference_wins_over_fallback(reference):
+    m = ModelMonitor("m", make_settings(), reference)
+    other = build_reference(rows(np.random.default_rng(12), 3000, shift=True), "m",
+                            make_settings().models["m"], version="v9", origin="file:v9")
+    m.install_reference("v9", other)
+    m.ingest(events(rows(np.random.default_rng(13), 300, shift=True), "v9"), [10] * 300,
+             now=None)
+    m.ingest(events(rows(np.random.default_rng(14), 1)), [3 * W], now=None)
+    (ev,) = m.begin_close(0)
+    assert ev.reference_origin == "file:v9" and not ev.fallback
+    assert decide_drift_alerts(ev, make_settings().models["m"].drift) == []
 
 
 def test_numeric_column_never_raises_on_odd_values():

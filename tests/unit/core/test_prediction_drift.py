@@ -40,7 +40,7 @@ def run(s, rng, before, after, **kw):
     m.ingest(after, [2 * W] * len(after), now=None)
     m.ingest(events(rng, 1, **kw), [4 * W], now=None)
     drift = s.models["m"].drift
-    return m, [decide_drift_alerts(m.begin_close(ws), drift) for ws in (W, 2 * W)]
+    return m, [decide_drift_alerts(m.begin_close(ws)[0], drift) for ws in (W, 2 * W)]
 
 
 def test_score_and_class_shift_raise_prediction_drift_only():

@@ -104,8 +104,8 @@ def example_window() -> WindowEvaluation:
                           "feature not sketched in this window"),
     ]
     return WindowEvaluation("churn", "2024-05-01.3", {"2024-05-01.3": 1412, "2024-04-17.1": 88},
-                            WINDOW_START, WINDOW_END, 1500, 200, 12, "file:churn_train.parquet",
-                            features)
+                            WINDOW_START, WINDOW_END, 1412, 200, 12, "file:churn_train.parquet",
+                            reference_version="2024-04-17.1", fallback=True, features=features)
 
 
 def example_decisions(ev: WindowEvaluation) -> list[AlertDecision]:
@@ -241,14 +241,14 @@ def test_alert_builder_output_validates():
 
 
 def test_alert_builder_output_validates_without_version_or_owners():
-    ev = WindowEvaluation("churn", None, {}, 0, 60_000, 300, 200, 0, "warmup:1000", [
+    ev = WindowEvaluation("churn", "v1", {}, 0, 60_000, 300, 200, 0, "warmup:1000", features=[
         FeatureEvaluation("x", "numeric", "psi", 2.5, 300, 0, 1000, "mean 0", "mean 1.1")])
     model = ModelSettings.model_validate({"features": {"x": {"type": "numeric"}},
                                           "reference": {"warmup": 1000}})
     (d,) = decide_drift_alerts(ev, DriftSettings())
     payload = as_published(alert_event(d, ev, model, source=SOURCE))
     assert errors("alert", payload) == []
-    assert payload["data"]["model_version"] is None and payload["data"]["owners"] == {}
+    assert payload["data"]["model_version"] == "v1" and payload["data"]["owners"] == {}
 
 
 def test_evaluation_builder_output_validates():
@@ -258,12 +258,13 @@ def test_evaluation_builder_output_validates():
     assert errors("evaluation", payload) == []
     assert payload["type"] == EVALUATION
     assert payload["data"]["alerts"] == [
-        stable_id("churn", "feature_drift", d.subject, WINDOW_START) for d in decisions]
+        stable_id("churn", ev.model_version, "feature_drift", d.subject, WINDOW_START)
+        for d in decisions]
     assert payload["data"]["sufficient"] is True
 
 
 def test_evaluation_builder_output_validates_for_an_empty_window():
-    ev = WindowEvaluation("churn", None, {}, 0, 60_000, 0, 200, 0, "warmup:1000", [])
+    ev = WindowEvaluation("churn", "v1", {}, 0, 60_000, 0, 200, 0, "warmup:1000")
     payload = as_published(evaluation_event(ev, [], source=SOURCE))
     assert errors("evaluation", payload) == []
     assert payload["data"]["sufficient"] is False
@@ -280,7 +281,7 @@ def test_builders_on_a_window_closed_by_the_real_pipeline_validate():
         "models": {"m": {
             "owners": {"on_call": "m-oncall"},
             "features": {"x": {"type": "numeric"}, "c": {"type": "categorical"}},
-            "reference": {"warmup": 1000}}}}, env={})
+            "reference": {"file": "given.jsonl"}}}}, env={})
     rng = np.random.default_rng(7)
 
     def rows(n: int, shift: bool) -> list[dict[str, Any]]:
@@ -295,7 +296,7 @@ def test_builders_on_a_window_closed_by_the_real_pipeline_validate():
     monitor.ingest(events, [10] * len(events), now=0.0)
     monitor.ingest(events[:1], [120_000], now=0.0)
     assert monitor.due(now=0.0)[0] == 0
-    ev = monitor.begin_close(0)
+    ev = monitor.begin_close(0)[0]
     decisions = decide_drift_alerts(ev, settings.models["m"].drift)
     assert decisions, "a shifted window should alert"
     for d in decisions:

@@ -12,7 +12,7 @@ def closed_window():
         "defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
         "models": {"m": {"owners": {"on_call": "team-a", "monitoring": "ml"},
                          "features": {"x": {"type": "numeric"}},
-                         "reference": {"warmup": 100}}}}, env={})
+                         "reference": {"file": "given.jsonl"}}}}, env={})
     rng = np.random.default_rng(0)
     ref = build_reference([{"x": float(v)} for v in rng.normal(0, 1, 1000)], "m",
                           s.models["m"], origin="t")
@@ -21,7 +21,7 @@ def closed_window():
            for v in rng.normal(2, 1, 500)]
     m.ingest(evs, [1000] * 500, now=0.0)
     m.ingest(evs[:1], [120_000], now=0.0)
-    ev = m.begin_close(0)
+    ev = m.begin_close(0)[0]
     return s, ev, decide_drift_alerts(ev, s.models["m"].drift)
 
 
@@ -31,7 +31,7 @@ def test_alert_is_a_cloudevent_with_evidence_and_owners():
     ce = alert_event(alerts[0], ev, s.models["m"], source="urn:driftwarden:test")
     assert ce["specversion"] == "1.0" and ce["type"] == ALERT_FIRING
     d = ce["data"]
-    assert d["alert_id"] == ce["id"] == stable_id("m", "feature_drift", "x", 0)
+    assert d["alert_id"] == ce["id"] == stable_id("m", "v2", "feature_drift", "x", 0)
     assert d["feature"] == "x" and d["model_version"] == "v2" and d["severity"] == "critical"
     assert d["evidence"]["value"] > d["evidence"]["threshold"] == 0.25
     assert d["owners"] == {"on_call": "team-a", "monitoring": "ml"}
