@@ -12,6 +12,17 @@ Every statistic is 0 for identical distributions, non-negative, does not grow wi
 sample size (only its noise shrinks), and is 0 when either side is empty.
 :data:`STATISTICS` is the one registry; :func:`choose_statistic` serves
 ``statistic: auto``.
+
+Default thresholds (warning / critical): psi 0.05 / 0.25, jensen_shannon 0.1 / 0.2,
+hellinger 0.1 / 0.2, chi2 0.1 / 0.2, unseen_rate 0.01 / 0.05, ks 0.1 / 0.2, wasserstein
+0.1 / 0.25. Each warning level that applies catches the two "modest shift" cases the
+product must flag: a numeric mean shift of 0.3 sd (population values for a normal
+feature: PSI 0.086 on ten reference-decile bins, KS 0.119, W1 0.3 sd) and a category
+moving from 20% to 35% of five (PSI 0.115, JS 0.143, Hellinger 0.120, chi2 0.168).
+PSI's customary 0.1 misses the first, hence 0.05. Undrifted windows stay far below
+every level at large n (at n = 50 000 no statistic reaches half its warning level);
+at small n chance differences do cross them, and the significance gate of
+:mod:`app.detectors.significance` is what keeps those windows quiet.
 """
 
 from __future__ import annotations
@@ -56,7 +67,8 @@ def psi(expected: Counts, actual: Counts) -> float:
     """Population Stability Index of ``actual`` against ``expected`` (both counts per bin).
 
     ``sum((a - e) * ln(a / e))`` over bins, with both sides smoothed by half a count per
-    bin. Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
+    bin. Rules of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift (the
+    registry warns from 0.05: with ten bins a 0.3 sd shift reads about 0.086).
 
     >>> round(psi(np.array([500, 500]), np.array([500, 500])), 6)
     0.0
@@ -155,7 +167,7 @@ def unseen_rate(expected: Counts, actual: Counts) -> float:
     if props is None:
         return 0.0
     p, q = props
-    return float(max(0.0, round(q[-1] - p[-1], 15)))
+    return float(max(0.0, q[-1] - p[-1]))
 
 
 def ks_with_bound(reference: QuantileSketch, window: QuantileSketch) -> tuple[float, float]:
@@ -240,8 +252,9 @@ def wasserstein_with_bound(reference: QuantileSketch,
     """Bounds ``(low, high)`` on the raw data's W1, in units of :func:`reference_spread`.
 
     ``W1 = integral |F_ref - F_window| dx``; between buckets both CDFs are exact, inside a
-    bucket each stays between its edge values. The interval is at most
-    ``alpha * (E|X_ref| + E|X_window|)`` wide (usually far less).
+    bucket each stays between its edge values. A bucket is ``2 alpha / (1 - alpha) |x|``
+    wide, so the interval is at most ``2 alpha / (1 - alpha) (E|X_ref| + E|X_window|)``
+    wide before normalising (the worst case, when the CDFs cross inside no bucket).
     """
     w = _w1_cells(reference, window)
     if w is None:
@@ -253,8 +266,10 @@ def wasserstein_with_bound(reference: QuantileSketch,
 def wasserstein(reference: QuantileSketch, window: QuantileSketch) -> float:
     """Wasserstein-1 distance in reference spreads (``IQR / 1.349``: sds for normal data).
 
-    Computed between the two sketches' bucket representatives, which lie inside the
-    bounds of :func:`wasserstein_with_bound`; divided by :func:`reference_spread`, a
+    Computed between the two sketches' bucket representatives; every value is within
+    ``alpha |x|`` of its representative, so before normalising this is within
+    ``alpha (E|X_ref| + E|X_window|)`` of the raw data's W1, and inside the bounds of
+    :func:`wasserstein_with_bound`. Divided by :func:`reference_spread`, a
     robust spread (one outlier in the reference does not mute the statistic as it would
     the sd; float sums would also break the sketch's exact, order-free merge). ``inf``
     when the reference is constant and the window is not. A mean shift of ``d`` sds of a
@@ -308,12 +323,7 @@ class StatisticSpec:
         return self.function.__name__
 
 
-# Default thresholds. Each warning level catches the product's "modest shift" cases: a
-# 0.3 sd mean shift of a numeric feature (PSI ~0.08 on decile bins, KS 0.12, W1 0.3) and
-# a category moving from 20% to 35% (PSI 0.11, JS 0.14, Hellinger 0.12, V 0.17). PSI's
-# usual 0.1 misses the first, hence 0.05; undrifted windows stay far below every level
-# at large n (the noise shrinks as 1/sqrt(n)), and at small n the significance gate
-# (app.detectors.significance) keeps them quiet.
+# Default thresholds: see the module docstring.
 STATISTICS: dict[str, StatisticSpec] = {
     "psi": StatisticSpec(psi, "counts", BOTH, 0.05, 0.25),
     "jensen_shannon": StatisticSpec(jensen_shannon, "counts", BOTH, 0.1, 0.2),

@@ -45,5 +45,7 @@ def test_empty_window_gives_zero():
     assert psi(np.array([1, 2]), np.array([0, 0])) == 0.0
 
 
-def test_registry_is_explicit():
-    assert {"psi": psi} == STATISTICS
+def test_registry_entry_calls_the_function():
+    assert STATISTICS["psi"].function is psi
+    e, a = np.array([5000, 5000]), np.array([2000, 8000])
+    assert STATISTICS["psi"](e, a) == psi(e, a)

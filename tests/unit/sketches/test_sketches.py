@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import StateError
-from app.sketches import SKETCHES, BinnedHistogram, CategoryCounts
+from app.sketches import SKETCHES, BinnedHistogram, CategoryCounts, QuantileSketch
 
 EDGES = [-1.0, 0.0, 0.5, 2.0]
 CATS = ["a", "b", "c"]
@@ -16,7 +16,15 @@ labels = st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "zz", "q"
 
 
 def make(kind):
-    return BinnedHistogram(EDGES) if kind == "histogram" else CategoryCounts(CATS)
+    return {"histogram": lambda: BinnedHistogram(EDGES), "categories": lambda: CategoryCounts(CATS),
+            "quantile": lambda: QuantileSketch()}[kind]()
+
+
+SAMPLES = {"histogram": np.array([0.1, 3.0, -2.0, np.nan]), "categories": ["a", "x", None],
+           "quantile": np.array([0.1, 3.0, -2.0, 0.0, np.nan, np.inf])}
+#: A state field replaced by nonsense of the right shape, per kind.
+CORRUPT = {"histogram": {"counts": [1]}, "categories": {"counts": [1]},
+           "quantile": {"positive": {"offset": 0, "counts": [-1], "collapsed": False}}}
 
 
 @settings(max_examples=150, deadline=None)
@@ -47,7 +55,7 @@ def test_categories_merge_of_halves_equals_one_pass(left, right):
 @pytest.mark.parametrize("kind", sorted(SKETCHES))
 def test_state_round_trips(kind):
     s = make(kind)
-    s.update(np.array([0.1, 3.0, -2.0, np.nan]) if kind == "histogram" else ["a", "x", None])
+    s.update(SAMPLES[kind])
     again = SKETCHES[kind].from_state(s.to_state())
     assert again == s
     assert repr(again) == repr(s)
@@ -67,7 +75,7 @@ def test_wrong_kind_and_corrupt_states_fail_clearly(kind):
     with pytest.raises(StateError, match="expected a"):
         SKETCHES[kind].from_state({**state, "kind": "other"})
     with pytest.raises(StateError):
-        SKETCHES[kind].from_state({**state, "counts": [1]})
+        SKETCHES[kind].from_state({**state, **CORRUPT[kind]})
     with pytest.raises(StateError):
         SKETCHES[kind].from_state("nonsense")
 

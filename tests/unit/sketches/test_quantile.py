@@ -1,0 +1,218 @@
+"""QuantileSketch: exact, order-free merging; relative-error quantiles; bounded memory.
+
+Rank convention: the sketch's q-quantile is the value of 0-based rank
+``floor(q * (n - 1))``, i.e. ``numpy.quantile(x, q, method="lower")``; the sketch returns
+a value within relative error ``alpha`` of it.
+"""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.errors import StateError
+from app.sketches import QuantileSketch
+from app.sketches.quantile import aligned
+
+ALPHA = 0.01
+QS = np.linspace(0, 1, 201)
+
+anything = st.floats(allow_nan=True, allow_infinity=True, width=64)
+values = st.lists(st.one_of(anything, st.floats(-50, 50), st.just(0.0)), max_size=120)
+
+
+def sketch(*batches, **kw):
+    s = QuantileSketch(**kw)
+    for b in batches:
+        s.update(np.asarray(b, dtype=float))
+    return s
+
+
+def cut(xs, points):
+    bounds = sorted({min(p, len(xs)) for p in points})
+    edges = [0, *bounds, len(xs)]
+    return [xs[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(left=values, right=values, limit=st.sampled_from([2048, 64, 3, 1]))
+def test_merge_of_halves_equals_one_pass(left, right, limit):
+    whole = sketch(left + right, max_buckets=limit)
+    merged = sketch(left, max_buckets=limit).merge(sketch(right, max_buckets=limit))
+    assert merged == whole
+    assert merged.n + merged.missing + merged.nonfinite == len(left) + len(right)
+    for store in (merged.positive, merged.negative):
+        assert store.counts.size <= limit
+
+
+@settings(max_examples=100, deadline=None)
+@given(xs=values, points=st.lists(st.integers(0, 120), max_size=5),
+       limit=st.sampled_from([2048, 16, 2]), data=st.data())
+def test_any_batching_and_merge_order_gives_the_same_sketch(xs, points, limit, data):
+    whole = sketch(xs, max_buckets=limit)
+    batches = cut(xs, points)
+    assert sketch(*batches, max_buckets=limit) == whole  # one sketch, many updates
+    parts = [sketch(b, max_buckets=limit) for b in batches]
+    order = data.draw(st.permutations(range(len(parts))))
+    acc = QuantileSketch(max_buckets=limit)
+    for i in order:  # separate sketches merged in any order
+        acc = parts[i].merge(acc) if i % 2 else acc.merge(parts[i])
+    assert acc == whole
+    shuffled = data.draw(st.permutations(xs))
+    assert sketch(shuffled, max_buckets=limit) == whole
+
+
+@pytest.mark.parametrize("dist", ["normal", "lognormal", "mixed"])
+def test_quantiles_within_relative_error_of_numpy_lower(dist):
+    rng = np.random.default_rng(42)
+    if dist == "normal":
+        x = rng.normal(3, 2, 20_000)
+    elif dist == "lognormal":
+        x = rng.lognormal(0, 2, 20_000)
+    else:  # both signs, exact zeros, tiny and huge magnitudes
+        x = np.concatenate([rng.normal(0, 1, 8_000), -rng.lognormal(5, 3, 8_000),
+                            np.zeros(500), rng.uniform(-1e-10, 1e-10, 500)])
+        rng.shuffle(x)
+    s = sketch(x[:7_000], x[7_000:])
+    exact = np.quantile(x, QS, method="lower")
+    est = s.quantile(QS)
+    tiny = np.abs(exact) < s.min_positive  # the zero bucket: absolute error instead
+    assert np.all(np.abs(est[tiny]) < s.min_positive)
+    rel = np.abs(est[~tiny] - exact[~tiny]) / np.abs(exact[~tiny])
+    assert rel.max() <= ALPHA * (1 + 1e-9)
+    assert s.quantile(0.5) == est[100]  # scalar in, float out
+    assert isinstance(s.quantile(0.5), float)
+
+
+def test_cdf_is_exact_at_bucket_boundaries():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.lognormal(size=5_000), -rng.lognormal(size=5_000), [0.0] * 10])
+    s = sketch(x)
+    lower, upper, counts = s.boundaries()
+    assert counts.sum() == x.size and np.all(upper[:-1] <= lower[1:])
+    ordered = np.sort(x)
+    pos = upper > 0  # positive buckets are closed above: F(upper) = share <= upper
+    assert np.array_equal(s.cdf(upper[pos]),
+                          np.searchsorted(ordered, upper[pos], side="right") / x.size)
+    neg = upper < 0  # negative ones are closed below: left limits at their upper edge
+    assert np.allclose(s.cdf(upper[neg]),
+                       np.searchsorted(ordered, upper[neg], side="left") / x.size,
+                       rtol=0, atol=1e-12)
+    assert s.cdf(np.array([-1e300, 1e300])).tolist() == [0.0, 1.0]
+
+
+def test_values_on_an_edge_land_in_the_bucket_they_close():
+    s = QuantileSketch()
+    k = np.arange(-1_036, 1_200, dtype=np.int64)
+    edges = s._edges(k)
+    assert np.array_equal(s._index(edges), k)
+    assert np.array_equal(s._index(np.nextafter(edges, np.inf)), k + 1)
+
+
+def test_memory_is_bounded_under_an_adversarial_range():
+    rng = np.random.default_rng(9)
+    x = rng.choice([-1.0, 1.0], 50_000) * np.exp(rng.uniform(-20, 709, 50_000))
+    s = QuantileSketch(max_buckets=2048)
+    for chunk in np.array_split(x, 7):
+        s.update(chunk)
+    assert s.positive.counts.size <= 2048 and s.negative.counts.size <= 2048
+    assert s.positive.collapsed and s.negative.collapsed
+    assert s.n == x.size
+    # the top of the range keeps its accuracy; folded magnitudes only read as larger
+    exact = np.quantile(x, [0.001, 0.999], method="lower")
+    est = s.quantile(np.array([0.001, 0.999]))
+    assert np.all(np.abs(est - exact) <= ALPHA * np.abs(exact) * (1 + 1e-9))
+    folded = s.quantile(0.5)
+    assert abs(folded) >= abs(np.quantile(x, 0.5, method="lower"))
+
+
+def test_no_collapse_within_the_stated_dynamic_range():
+    x = np.geomspace(1e-6, 1e11, 10_000)  # a factor e**39.1, inside e**41
+    s = sketch(x)
+    assert not s.positive.collapsed
+    exact = np.quantile(x, QS, method="lower")
+    assert np.all(np.abs(s.quantile(QS) - exact) <= ALPHA * exact * (1 + 1e-9))
+
+
+def test_missing_nonfinite_and_zero():
+    s = sketch([np.nan, np.inf, -np.inf, 0.0, 1e-12, -1e-12, 2.0])
+    assert (s.n, s.missing, s.nonfinite, s.zero) == (4, 1, 2, 3)
+    assert s.quantile(0.0) == 0.0
+    empty = QuantileSketch()
+    assert np.isnan(empty.quantile(0.5)) and empty.n == 0
+    assert np.isnan(empty.cdf(np.array([1.0]))).all()
+
+
+def test_state_round_trips_through_json_including_a_collapse():
+    rng = np.random.default_rng(2)
+    s = sketch(rng.normal(size=1_000), -np.exp(rng.uniform(0, 300, 100)), [0.0, np.nan],
+               max_buckets=100, alpha=0.02)
+    assert s.negative.collapsed
+    state = json.loads(json.dumps(s.to_state()))
+    again = QuantileSketch.from_state(state)
+    assert again == s and repr(again) == repr(s)
+    again.update(np.array([1.0]))  # a loaded sketch keeps working
+    assert again.n == s.n + 1
+
+
+def test_unknown_version_and_corrupt_states_fail_clearly():
+    state = sketch([1.0, -2.0, 0.0]).to_state()
+    with pytest.raises(StateError, match="quantile state version 2 is not supported"):
+        QuantileSketch.from_state({**state, "v": 2})
+    bad_stores = [{"offset": 0, "counts": [-1], "collapsed": False},
+                  {"offset": 0, "counts": [0, 1], "collapsed": False},
+                  {"offset": 0, "counts": [1] * 5000, "collapsed": False},
+                  {"offset": 0.5, "counts": [1], "collapsed": False},
+                  {"offset": 0, "counts": [1.5], "collapsed": False},
+                  {"offset": 0, "counts": [1], "collapsed": "no"},
+                  {"counts": [1]}]
+    for store in bad_stores:
+        with pytest.raises(StateError, match="corrupt quantile state"):
+            QuantileSketch.from_state({**state, "positive": store})
+    for key, value in [("alpha", 2.0), ("zero", -1), ("missing", "x"), ("max_buckets", 0)]:
+        with pytest.raises(StateError, match="corrupt quantile state"):
+            QuantileSketch.from_state({**state, key: value})
+    with pytest.raises(StateError, match="expected a 'quantile' state"):
+        QuantileSketch.from_state({**state, "kind": "histogram"})
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"alpha": 0.0}, "alpha must be"), ({"alpha": 1.0}, "alpha must be"),
+    ({"alpha": float("nan")}, "alpha must be"), ({"max_buckets": 0}, "max_buckets must be"),
+    ({"max_buckets": 2.5}, "max_buckets must be"), ({"min_positive": 0.0}, "min_positive"),
+])
+def test_hyperparameters_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantileSketch(**kwargs)
+
+
+def test_merging_or_comparing_different_grids_is_refused():
+    with pytest.raises(ValueError, match="different alpha"):
+        QuantileSketch(alpha=0.01).merge(QuantileSketch(alpha=0.02))
+    with pytest.raises(ValueError, match="different grids"):
+        aligned(QuantileSketch(alpha=0.01), QuantileSketch(alpha=0.02))
+    with pytest.raises(ValueError, match=r"quantiles must be in \[0, 1\]"):
+        sketch([1.0]).quantile(1.5)
+
+
+def test_aligned_puts_both_sketches_on_one_set_of_cells():
+    a = sketch([1.0, 2.0, -3.0])
+    b = sketch([2.0, 50.0, 0.0])
+    cells, bc = aligned(a, b)
+    assert cells.counts.tolist() == [1, 0, 1, 1, 0]
+    assert bc.tolist() == [0, 1, 0, 1, 1]
+    assert np.all(np.diff(cells.value) > 0)
+
+
+def test_memory_is_bounded_on_a_fine_grid_before_any_counting():
+    s = QuantileSketch(alpha=1e-6, max_buckets=64)
+    s.update(np.array([1e-8, 1.0, 1e300]))  # an index span of 7.1e8 buckets
+    assert s.positive.counts.size == 64 and s.positive.collapsed and s.n == 3
+    other = QuantileSketch(alpha=1e-6, max_buckets=64)
+    other.update(np.array([2e-8, 3e-8]))  # far below: folded on merge, kept apart here
+    assert s.merge(other).positive.counts.size == 64
+    cells, counts = aligned(other, s)
+    assert cells.counts.sum() == 2 and counts.sum() == 3
