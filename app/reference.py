@@ -26,11 +26,11 @@ import orjson
 from app.core.signals import PREDICTION, SCORES, signal_rows
 from app.errors import ReferenceDataError, StateError
 from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
-from app.sketches import BinnedHistogram, CategoryCounts
+from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 from app.sketches.categorical import as_category
 
 FORMAT = "driftwarden.reference"
-VERSION = 1
+VERSION = 2  # 2: numeric features carry a quantile sketch of the reference distribution
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,18 @@ class NumericReference:
     mean: float
     std: float
     quantiles: tuple[float, ...]  # 1 %, 5 %, 25 %, 50 %, 75 %, 95 %, 99 %
+    distribution: Mapping[str, Any]  # QuantileSketch state: for KS and Wasserstein
 
     def sketch(self) -> BinnedHistogram:
         return BinnedHistogram(list(self.edges))
+
+    def quantile_sketch(self) -> QuantileSketch:
+        return QuantileSketch.from_state(self.distribution)
+
+    def empty_quantile_sketch(self) -> QuantileSketch:
+        """A window sketch on the same bucket grid as the reference's."""
+        ref = self.quantile_sketch()
+        return QuantileSketch(ref.alpha, ref.max_buckets, ref.min_positive)
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,8 @@ class Reference:
                 feats[name] = {"type": "numeric", "edges": list(ref.edges),
                                "counts": list(ref.counts), "missing": ref.missing,
                                "mean": ref.mean, "std": ref.std,
-                               "quantiles": list(ref.quantiles)}
+                               "quantiles": list(ref.quantiles),
+                               "distribution": dict(ref.distribution)}
             else:
                 feats[name] = {"type": "categorical", "categories": list(ref.categories),
                                "counts": list(ref.counts), "missing": ref.missing}
@@ -97,7 +107,8 @@ class Reference:
                     feats[name] = NumericReference(
                         tuple(float(x) for x in f["edges"]), tuple(int(x) for x in f["counts"]),
                         int(f["missing"]), float(f["mean"]), float(f["std"]),
-                        tuple(float(x) for x in f["quantiles"]))
+                        tuple(float(x) for x in f["quantiles"]),
+                        QuantileSketch.from_state(f["distribution"]).to_state())
                 else:
                     feats[name] = CategoricalReference(
                         tuple(str(x) for x in f["categories"]),
@@ -140,9 +151,11 @@ def numeric_reference(values: Sequence[Any], bins: int) -> NumericReference:
     sketch = BinnedHistogram(edges)
     sketch.update(finite)
     qs = np.quantile(finite, _QUANTILES)
+    distribution = QuantileSketch()
+    distribution.update(finite)
     return NumericReference(tuple(edges.tolist()), tuple(sketch.counts.tolist()), missing,
                             float(finite.mean()), float(finite.std()),
-                            tuple(float(q) for q in qs))
+                            tuple(float(q) for q in qs), distribution.to_state())
 
 
 def categorical_reference(values: Iterable[Any], max_categories: int,

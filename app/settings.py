@@ -148,20 +148,60 @@ class ReferenceSettings(_Frozen):
         return self
 
 
+StatisticName = Literal["auto", "psi", "jensen_shannon", "hellinger", "chi2", "ks",
+                        "wasserstein"]
+
+
 class DriftSettings(_Frozen):
-    statistic: Literal["psi", "auto"] = "psi"
-    warning: float = Field(0.1, gt=0)
-    critical: float = Field(0.25, gt=0)
+    """How drift is measured and judged.
+
+    ``statistic`` applies to the feature types it supports (``ks`` and ``wasserstein``:
+    numeric); other features, and every feature under ``auto``, use the automatic choice
+    (see ``app.detectors.statistics.choose_statistic``). ``warning``/``critical`` set the
+    named statistic's thresholds; ``thresholds`` sets any statistic's; otherwise the
+    registry's defaults apply. A feature alerts only when its statistic reaches the
+    warning threshold **and** its Benjamini-Hochberg adjusted p-value across the
+    window's features is at most ``fdr``.
+    """
+
+    statistic: StatisticName = "auto"
+    warning: float | None = Field(None, gt=0)
+    critical: float | None = Field(None, gt=0)
+    thresholds: dict[str, tuple[float, float]] = {}
+    fdr: float = Field(0.005, gt=0, lt=1)
     bins: int = Field(10, ge=2, le=100)
     max_categories: int = Field(50, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftSettings:
-        if self.critical < self.warning:
-            raise ValueError(
-                f"critical ({self.critical}) must be at least warning ({self.warning})"
-            )
+        from app.detectors.statistics import STATISTICS
+
+        if (self.warning is not None or self.critical is not None) and self.statistic == "auto":
+            raise ValueError("warning/critical apply to a named statistic; with statistic: auto "
+                             "set thresholds: {<statistic>: [warning, critical]}")
+        for name, (w, c) in self.thresholds.items():
+            if name not in STATISTICS:
+                raise ValueError(f"thresholds: unknown statistic {name!r}; known: "
+                                 f"{sorted(STATISTICS)}")
+            if not 0 < w <= c:
+                raise ValueError(f"thresholds.{name}: need 0 < warning <= critical, got "
+                                 f"[{w}, {c}]")
+        if self.statistic != "auto":
+            w, c = self.thresholds_for(self.statistic)
+            if c < w:
+                raise ValueError(f"critical ({c}) must be at least warning ({w})")
         return self
+
+    def thresholds_for(self, statistic: str) -> tuple[float, float]:
+        """(warning, critical) for a statistic."""
+        from app.detectors.statistics import STATISTICS
+
+        spec = STATISTICS[statistic]
+        w, c = self.thresholds.get(statistic, (spec.warning, spec.critical))
+        if statistic == self.statistic:
+            w = self.warning if self.warning is not None else w
+            c = self.critical if self.critical is not None else c
+        return w, c
 
 
 class ChangeDetectorSettings(_Frozen):

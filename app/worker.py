@@ -8,6 +8,7 @@ import logging
 from prometheus_client import CollectorRegistry, start_http_server
 
 from app.broker import EmbeddedBroker
+from app.detectors import STATISTICS
 from app.kafka import ensure_topics
 from app.observability import Metrics
 from app.reference import load_references
@@ -41,8 +42,10 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
         registry = CollectorRegistry()
         metrics = Metrics(registry, max_feature_series=settings.metrics.max_feature_series)
         for name, model in settings.models.items():
-            for sev in ("warning", "critical"):
-                metrics.drift_threshold.labels(name, "psi", sev).set(getattr(model.drift, sev))
+            for statistic in STATISTICS:
+                warning, critical = model.drift.thresholds_for(statistic)
+                metrics.drift_threshold.labels(name, statistic, "warning").set(warning)
+                metrics.drift_threshold.labels(name, statistic, "critical").set(critical)
         if settings.metrics.enabled:
             start_http_server(settings.metrics.port, addr=settings.metrics.host,
                               registry=registry)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from app.core.signals import is_output_signal, public_name
-from app.core.windows import Slice, Window
-from app.detectors import STATISTICS
-from app.reference import CategoricalReference, NumericReference, Reference
-from app.sketches import BinnedHistogram, CategoryCounts
+from app.core.windows import Sketch, Slice, Window
+from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
+from app.reference import CategoricalReference, FeatureReference, NumericReference, Reference
+from app.settings import DriftSettings
+from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 from app.sketches.categorical import OTHER
 
 
@@ -27,6 +28,9 @@ class FeatureEvaluation:
     reference_summary: str
     window_summary: str
     note: str | None = None
+    p_value: float | None = None  # two-sample test of the chosen statistic
+    p_adjusted: float | None = None  # Benjamini-Hochberg across the window's features
+    statistics: dict[str, float] = field(default_factory=dict)  # every applicable one
 
     def to_dict(self) -> dict[str, Any]:
         return {"feature": public_name(self.feature),
@@ -34,7 +38,9 @@ class FeatureEvaluation:
                 "type": self.type, "statistic": self.statistic,
                 "value": self.value, "n": self.n, "missing": self.missing,
                 "reference_n": self.reference_n, "reference": self.reference_summary,
-                "window": self.window_summary, "note": self.note}
+                "window": self.window_summary, "note": self.note,
+                "p_value": self.p_value, "p_adjusted": self.p_adjusted,
+                "statistics": self.statistics}
 
 
 @dataclass(frozen=True)
@@ -75,46 +81,91 @@ def _categorical_evidence(ref: CategoricalReference, sketch: CategoryCounts) -> 
     return f"{label} {pr[i]:.0%}", f"{label} {pw[i]:.0%}"
 
 
+def _figures(ftype: str, ref: FeatureReference, sketch: Sketch,
+             quantiles: QuantileSketch | None) -> dict[str, float]:
+    """Every registered statistic that applies to the feature, on this window."""
+    out: dict[str, float] = {}
+    ref_counts = np.asarray(ref.counts)
+    ref_q = ref.quantile_sketch() if isinstance(ref, NumericReference) else None
+    for name, spec in STATISTICS.items():
+        if ftype not in spec.feature_types:
+            continue
+        if spec.input == "counts":
+            out[name] = spec(ref_counts, sketch.counts)
+        elif ref_q is not None and quantiles is not None:
+            out[name] = spec(ref_q, quantiles)
+    return out
+
+
+def _chosen(drift: DriftSettings, ftype: str, n: int) -> str:
+    named = drift.statistic
+    if named != "auto" and ftype in STATISTICS[named].feature_types:
+        return named
+    return choose_statistic(ftype, n)
+
+
 def evaluate_window(model: str, window: Window, version: str, sl: Slice,
                     reference: Reference | None, *, min_samples: int, late_events: int,
-                    statistic: str = "psi") -> WindowEvaluation:
-    """Compare one version's slice of a window with the reference it was binned for."""
-    stat = STATISTICS[statistic]
-    feats: list[FeatureEvaluation] = []
+                    drift: DriftSettings) -> WindowEvaluation:
+    """Compare one version's slice of a window with the reference it was binned for.
+
+    Every applicable statistic is computed (the audit trail); the one the settings pick
+    gives ``value`` and a two-sample test p-value, and the p-values of the window's
+    features are adjusted together (Benjamini-Hochberg) so that the policy can control
+    false alarms across features.
+    """
     ref_key = sl.reference
+    fallback = ref_key != version
     if reference is None:  # the reference this slice was binned for is gone
-        feats = [FeatureEvaluation(name, "unknown", statistic, None, s.n, s.missing, 0, "", "",
+        feats = [FeatureEvaluation(name, "unknown", "n/a", None, s.n, s.missing, 0, "", "",
                                    f"reference {ref_key!r} is no longer available")
                  for name, s in sl.sketches.items()]
         return WindowEvaluation(model, version, window.versions, window.start_ms,
                                 window.end_ms, sl.n, min_samples, late_events, "unavailable",
-                                ref_key, ref_key != version, feats)
+                                ref_key, fallback, feats)
+    feats = []
     for name, ref in reference.features.items():
-        sketch = sl.sketches.get(name)
-        ref_n = int(sum(ref.counts))
-        if sketch is None:
-            feats.append(FeatureEvaluation(name, "unknown", statistic, None, 0, 0, ref_n, "", "",
-                                           "feature not sketched in this window"))
-            continue
-        if isinstance(ref, NumericReference) and isinstance(sketch, BinnedHistogram):
-            comparable = tuple(sketch.edges.tolist()) == ref.edges
-            evidence = _numeric_evidence(ref, sketch)
-            ftype = "numeric"
-        elif isinstance(ref, CategoricalReference) and isinstance(sketch, CategoryCounts):
-            comparable = sketch.categories == ref.categories
-            evidence = _categorical_evidence(ref, sketch) if sketch.n else ("", "")
-            ftype = "categorical"
-        else:
-            comparable, evidence, ftype = False, ("", ""), "unknown"
-        if not comparable:
-            feats.append(FeatureEvaluation(name, ftype, statistic, None, sketch.n, sketch.missing,
-                                           ref_n, *evidence,
-                                           "window bins differ from the reference's"))
-            continue
-        value = stat(np.asarray(ref.counts), sketch.counts) if sketch.n else None
-        feats.append(FeatureEvaluation(name, ftype, statistic, value, sketch.n, sketch.missing,
-                                       ref_n, *evidence))
+        feats.append(_evaluate_feature(name, ref, sl, drift))
+    tested = [(i, f.p_value) for i, f in enumerate(feats) if f.p_value is not None]
+    adjusted = bh_adjusted([p for _, p in tested])
+    for (i, _), q in zip(tested, adjusted, strict=True):
+        feats[i] = replace(feats[i], p_adjusted=q)
     return WindowEvaluation(model, version, window.versions, window.start_ms, window.end_ms,
                             sl.n, min_samples, late_events, reference.origin,
-                            reference.version if ref_key == "*" else ref_key,
-                            ref_key != version, feats)
+                            reference.version if ref_key == "*" else ref_key, fallback, feats)
+
+
+def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice,
+                      drift: DriftSettings) -> FeatureEvaluation:
+    sketch = sl.sketches.get(name)
+    ref_n = int(sum(ref.counts))
+    if sketch is None:
+        return FeatureEvaluation(name, "unknown", "n/a", None, 0, 0, ref_n, "", "",
+                                 "feature not sketched in this window")
+    if isinstance(ref, NumericReference) and isinstance(sketch, BinnedHistogram):
+        comparable = tuple(sketch.edges.tolist()) == ref.edges
+        evidence = _numeric_evidence(ref, sketch)
+        ftype = "numeric"
+    elif isinstance(ref, CategoricalReference) and isinstance(sketch, CategoryCounts):
+        comparable = sketch.categories == ref.categories
+        evidence = _categorical_evidence(ref, sketch) if sketch.n else ("", "")
+        ftype = "categorical"
+    else:
+        comparable, evidence, ftype = False, ("", ""), "unknown"
+    statistic = _chosen(drift, ftype, sketch.n) if ftype != "unknown" else "n/a"
+    if not comparable:
+        return FeatureEvaluation(name, ftype, statistic, None, sketch.n, sketch.missing, ref_n,
+                                 *evidence, "window bins differ from the reference's")
+    if not sketch.n:
+        return FeatureEvaluation(name, ftype, statistic, None, 0, sketch.missing, ref_n,
+                                 *evidence, "no values in this window")
+    quantiles = sl.quantiles.get(name)
+    figures = _figures(ftype, ref, sketch, quantiles)
+    if STATISTICS[statistic].input == "counts":
+        p = p_value(statistic, np.asarray(ref.counts), sketch.counts)
+    else:
+        assert isinstance(ref, NumericReference) and quantiles is not None
+        p = p_value(statistic, ref.quantile_sketch(), quantiles)
+    return FeatureEvaluation(name, ftype, statistic, figures[statistic], sketch.n,
+                             sketch.missing, ref_n, *evidence, None,
+                             None if p != p else p, None, figures)

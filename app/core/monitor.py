@@ -233,7 +233,7 @@ class ModelMonitor:
             sl = window.slices[version]
             out.append(evaluate_window(
                 self.model, window, version, sl, self.reference_by_key(sl.reference),
-                min_samples=self.min_samples, late_events=late, statistic="psi"))
+                min_samples=self.min_samples, late_events=late, drift=self.settings.drift))
         return out
 
     def abort_close(self, start_ms: int, evaluations: list[WindowEvaluation]) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 
 from app.core.signals import signal_rows
 from app.errors import StateError
-from app.reference import Reference
-from app.sketches import BinnedHistogram, CategoryCounts
+from app.reference import NumericReference, Reference
+from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 
 Sketch = BinnedHistogram | CategoryCounts
 
@@ -43,24 +43,34 @@ class Slice:
 
     reference: str
     sketches: dict[str, Sketch]
+    quantiles: dict[str, QuantileSketch] = field(default_factory=dict)  # numeric signals
     n: int = 0
 
     @classmethod
     def open(cls, reference_key: str, reference: Reference) -> Slice:
-        return cls(reference_key, {name: ref.sketch() for name, ref in reference.features.items()})
+        return cls(reference_key,
+                   {name: ref.sketch() for name, ref in reference.features.items()},
+                   {name: ref.empty_quantile_sketch()
+                    for name, ref in reference.features.items()
+                    if isinstance(ref, NumericReference)})
 
     def update(self, events: Sequence[Mapping[str, Any]]) -> None:
         rows = signal_rows(events, list(self.sketches))
         self.n += len(rows)
         for name, sketch in self.sketches.items():
             if isinstance(sketch, BinnedHistogram):
-                sketch.update(numeric_column(rows, name))
+                column = numeric_column(rows, name)
+                sketch.update(column)
+                quantiles = self.quantiles.get(name)
+                if quantiles is not None:
+                    quantiles.update(column)
             else:
                 sketch.update([row.get(name) for row in rows])
 
     def to_state(self) -> dict[str, Any]:
         return {"reference": self.reference, "n": self.n,
-                "sketches": {k: s.to_state() for k, s in self.sketches.items()}}
+                "sketches": {k: s.to_state() for k, s in self.sketches.items()},
+                "quantiles": {k: q.to_state() for k, q in self.quantiles.items()}}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Slice:
@@ -73,7 +83,8 @@ class Slice:
                 sketches[name] = CategoryCounts.from_state(st)
             else:
                 raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
-        return cls(str(state["reference"]), sketches, int(state["n"]))
+        quantiles = {str(k): QuantileSketch.from_state(q) for k, q in state["quantiles"].items()}
+        return cls(str(state["reference"]), sketches, quantiles, int(state["n"]))
 
 
 ReferenceLookup = Callable[[str], "tuple[str, Reference] | None"]

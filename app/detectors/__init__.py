@@ -1,6 +1,6 @@
 """Drift statistics and their significance: numbers only; the policy layer judges them."""
 
-from app.detectors.significance import DEFAULT_Q, benjamini_hochberg, p_value
+from app.detectors.significance import DEFAULT_Q, benjamini_hochberg, bh_adjusted, p_value
 from app.detectors.statistics import (
     STATISTICS,
     StatisticSpec,
@@ -21,6 +21,7 @@ __all__ = [
     "STATISTICS",
     "StatisticSpec",
     "benjamini_hochberg",
+    "bh_adjusted",
     "chi2",
     "choose_statistic",
     "hellinger",

@@ -203,3 +203,24 @@ def benjamini_hochberg(p_values: Sequence[float], q: float = DEFAULT_Q) -> list[
     if below.size:
         reject[order[: below[-1] + 1]] = True
     return [bool(r) for r in reject]
+
+
+def bh_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in input order.
+
+    Hypothesis ``i`` is rejected at FDR ``q`` by :func:`benjamini_hochberg` exactly when
+    its adjusted p-value is ``<= q``.
+
+    >>> [round(x, 3) for x in bh_adjusted([0.001, 0.5, 0.012, 0.04])]
+    [0.004, 0.5, 0.024, 0.053]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(scaled[::-1])[::-1].clip(max=1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]

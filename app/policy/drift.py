@@ -20,27 +20,31 @@ class AlertDecision:
     evidence: FeatureEvaluation
 
 
-def severity_of(value: float, drift: DriftSettings) -> tuple[str, float] | None:
+def severity_of(value: float, warning: float, critical: float) -> tuple[str, float] | None:
     """``(severity, threshold crossed)`` or ``None`` under the warning threshold.
 
-    >>> severity_of(0.3, DriftSettings(warning=0.1, critical=0.25))
+    >>> severity_of(0.3, 0.1, 0.25)
     ('critical', 0.25)
-    >>> severity_of(0.05, DriftSettings()) is None
+    >>> severity_of(0.05, 0.1, 0.25) is None
     True
     """
-    if value >= drift.critical:
-        return "critical", drift.critical
-    if value >= drift.warning:
-        return "warning", drift.warning
+    if value >= critical:
+        return "critical", critical
+    if value >= warning:
+        return "warning", warning
     return None
 
 
 def decide_drift_alerts(evaluation: WindowEvaluation, drift: DriftSettings) -> list[AlertDecision]:
-    """One alert per signal whose statistic crosses a threshold: ``feature_drift`` for an
-    input feature, ``prediction_drift`` for the predicted class or value or a class score.
+    """One alert per signal whose drift is both large and real.
 
-    A window with fewer than ``min_samples`` events reports its figures but never
-    alerts: small samples make distances noisy.
+    ``feature_drift`` for an input feature, ``prediction_drift`` for the predicted class or
+    value or a class score. A signal alerts when its statistic reaches the warning
+    threshold (an effect size: at large n everything is "significant", so a p-value alone
+    never alerts) **and** its Benjamini-Hochberg adjusted p-value across the window's
+    signals is at most ``drift.fdr`` (at small n, noise easily crosses effect thresholds;
+    adjusting across signals keeps many features from multiplying false alarms).
+    A window with fewer than ``min_samples`` events reports its figures but never alerts.
     """
     if not evaluation.sufficient:
         return []
@@ -48,7 +52,9 @@ def decide_drift_alerts(evaluation: WindowEvaluation, drift: DriftSettings) -> l
     for fe in evaluation.features:
         if fe.value is None or fe.n < evaluation.min_samples:
             continue
-        hit = severity_of(fe.value, drift)
+        if fe.p_adjusted is None or fe.p_adjusted > drift.fdr:
+            continue
+        hit = severity_of(fe.value, *drift.thresholds_for(fe.statistic))
         if hit is None:
             continue
         severity, threshold = hit

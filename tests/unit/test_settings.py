@@ -17,7 +17,7 @@ models:
       tenure_months: {type: numeric, source: crm, range: [0, 600]}
       plan: {type: categorical, values: [free, pro]}
     reference: {warmup: 500}
-    drift: {warning: 0.1, critical: 0.25}
+    drift: {statistic: psi, warning: 0.1, critical: 0.25}
 """
 
 
@@ -42,15 +42,20 @@ def test_env_overrides_bootstrap(tmp_path):
 
 
 @pytest.mark.parametrize(("patch", "path", "expected"), [
-    ("drift: {warning: high}", "models.churn.drift.warning", "valid number"),
-    ("drift: {warning: 0.3, critical: 0.2}", "models.churn.drift", "must be at least warning"),
+    ("drift: {statistic: psi, warning: high}", "models.churn.drift.warning", "valid number"),
+    ("drift: {statistic: psi, warning: 0.3, critical: 0.2}", "models.churn.drift",
+     "must be at least warning"),
+    ("drift: {warning: 0.3}", "models.churn.drift", "apply to a named statistic"),
+    ("drift: {thresholds: {energy: [1, 2]}}", "models.churn.drift", "unknown statistic"),
+    ("drift: {statistic: median}", "models.churn.drift.statistic", "wasserstein"),
     ("window: soon", "models.churn.window", "duration"),
     ("reference: {}", "models.churn.reference", "exactly one of 'file' or 'warmup'"),
     ("task: ranking", "models.churn.task", "binary_classification"),
     ("colour: blue", "models.churn.colour", "Extra inputs are not permitted"),
 ])
 def test_errors_name_file_path_and_expectation(tmp_path, patch, path, expected):
-    text = GOOD.replace("    drift: {warning: 0.1, critical: 0.25}", "    " + patch)
+    text = GOOD.replace("    drift: {statistic: psi, warning: 0.1, critical: 0.25}",
+                        "    " + patch)
     if patch.startswith("reference"):
         text = text.replace("    reference: {warmup: 500}\n", "")
     f = write(tmp_path, text)

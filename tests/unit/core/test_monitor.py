@@ -252,3 +252,18 @@ def test_hop_must_divide_the_window():
         make_settings(window="1h", hop="7m")
     with pytest.raises(ConfigError, match="no longer than it"):
         make_settings(window="1m", hop="2m")
+
+
+def test_a_p_value_that_underflows_to_zero_still_alerts(reference):
+    s = make_settings(drift={"statistic": "psi"})
+    m = ModelMonitor("m", s, reference)
+    rng = np.random.default_rng(15)
+    big = rows(rng, 20_000)
+    for r in big:
+        r["x"] += 5.0  # five standard deviations: the test's p-value is exactly 0.0
+    m.ingest(events(big), [10] * len(big), now=None)
+    m.ingest(events(rows(rng, 1)), [3 * W], now=None)
+    (ev,) = m.begin_close(0)
+    x = next(f for f in ev.features if f.feature == "x")
+    assert x.p_value == 0.0 and x.p_adjusted == 0.0
+    assert "x" in {a.subject for a in decide_drift_alerts(ev, s.models["m"].drift)}

@@ -88,18 +88,23 @@ def example_model() -> ModelSettings:
             "support_tier": {"type": "categorical", "source": "crm"},
         },
         "reference": {"file": "data/churn_train.parquet"},
-        "drift": {"warning": 0.1, "critical": 0.25},
+        "drift": {"statistic": "psi", "warning": 0.1, "critical": 0.25},
     })
 
 
 def example_window() -> WindowEvaluation:
     features = [
         FeatureEvaluation("tenure_months", "numeric", "psi", 0.3127, 1480, 20, 50_000,
-                          "mean 24.1", "mean 31.7"),
+                          "mean 24.1", "mean 31.7", None, 1.2e-41, 3.6e-41,
+                          {"psi": 0.3127, "jensen_shannon": 0.151, "hellinger": 0.139,
+                           "chi2": 0.18, "ks": 0.19, "wasserstein": 0.42}),
         FeatureEvaluation("plan", "categorical", "psi", 0.1342, 1500, 0, 50_000,
-                          "pro 30%", "pro 41%"),
+                          "pro 30%", "pro 41%", None, 3.3e-17, 4.95e-17,
+                          {"psi": 0.1342, "jensen_shannon": 0.12, "hellinger": 0.11,
+                           "chi2": 0.13, "unseen_rate": 0.0}),
         FeatureEvaluation("monthly_charges", "numeric", "psi", 0.0213, 1497, 3, 50_000,
-                          "mean 64.2", "mean 65"),
+                          "mean 64.2", "mean 65", None, 0.21, 0.21,
+                          {"psi": 0.0213, "ks": 0.03, "wasserstein": 0.04}),
         FeatureEvaluation("support_tier", "unknown", "psi", None, 0, 0, 50_000, "", "",
                           "feature not sketched in this window"),
     ]
@@ -242,7 +247,8 @@ def test_alert_builder_output_validates():
 
 def test_alert_builder_output_validates_without_version_or_owners():
     ev = WindowEvaluation("churn", "v1", {}, 0, 60_000, 300, 200, 0, "warmup:1000", features=[
-        FeatureEvaluation("x", "numeric", "psi", 2.5, 300, 0, 1000, "mean 0", "mean 1.1")])
+        FeatureEvaluation("x", "numeric", "psi", 2.5, 300, 0, 1000, "mean 0", "mean 1.1",
+                          None, 1e-30, 1e-30)])
     model = ModelSettings.model_validate({"features": {"x": {"type": "numeric"}},
                                           "reference": {"warmup": 1000}})
     (d,) = decide_drift_alerts(ev, DriftSettings())
