@@ -47,6 +47,18 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     out.write_bytes(orjson.dumps(ref.to_dict(), option=orjson.OPT_INDENT_2))
     print(ref.summary())
     print(f"written to {out}")
+    if args.publish:
+        from app.references_topic import publish_reference
+
+        if not args.version:
+            raise DriftwardenError("--publish needs --version: the topic holds references "
+                                   "per model version")
+        bootstrap = args.bootstrap or settings.kafka.bootstrap
+        if not bootstrap:
+            raise DriftwardenError("--publish needs kafka.bootstrap or --bootstrap")
+        asyncio.run(publish_reference(bootstrap, settings, ref))
+        print(f"published to {settings.topics.name('references')} as "
+              f"{args.model}/{args.version}")
     return 0
 
 
@@ -77,7 +89,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not predictions.is_file():
         raise DriftwardenError(f"{predictions}: no such file")
     out = Path(args.out)
-    summary = run_replay(settings, predictions, out, progress=not args.no_progress)
+    from app.reference import load_reference_json
+
+    installed = [load_reference_json(Path(p)) for p in args.reference or []]
+    summary = run_replay(settings, predictions, out, progress=not args.no_progress,
+                         installed=installed)
     print(f"replayed {summary.lines} lines: {summary.events} events, {summary.rejected} "
           f"rejected; {summary.windows} windows closed, {summary.alerts} alerts")
     for feature, count in sorted(summary.alerts_by_feature.items(), key=lambda kv: -kv[1]):
@@ -117,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--predictions", required=True,
                     help="JSON lines: one prediction event, or an array of them, per line")
     rp.add_argument("--out", required=True, help="folder for the output JSON-lines files")
+    rp.add_argument("--reference", action="append", metavar="FILE",
+                    help="a version's reference (*.reference.json); repeatable")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=cmd_replay)
 
@@ -132,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--model", required=True)
     rb.add_argument("--version")
     rb.add_argument("--out", help="output file (default MODEL[-VERSION].reference.json)")
+    rb.add_argument("--publish", action="store_true",
+                    help="also publish it to the references topic (needs --version)")
+    rb.add_argument("--bootstrap", help="Kafka bootstrap servers for --publish")
     rb.set_defaults(func=cmd_reference_build)
 
     t = sub.add_parser("topics", help="Kafka topics")

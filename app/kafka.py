@@ -47,7 +47,10 @@ async def ensure_topics(bootstrap: str, settings: MonitorSettings,
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, parts, kafka.replication_factor)
+        compacted = {settings.topics.name("references")}
+        missing = [NewTopic(name, parts, kafka.replication_factor,
+                            topic_configs={"cleanup.policy": "compact"} if name in compacted
+                            else {})
                    for name, parts in wanted.items() if name not in existing]
         if missing:
             resp = await admin.create_topics(missing)

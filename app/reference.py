@@ -318,16 +318,21 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
         f"{path}: unknown data format {suffix!r}; use .csv, .jsonl or .parquet")
 
 
+def load_reference_json(path: Path) -> Reference:
+    """A reference saved by ``driftwarden reference build``."""
+    try:
+        return Reference.from_dict(orjson.loads(path.read_bytes()))
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ReferenceDataError(f"{path}: cannot read reference: {exc}") from None
+    except StateError as exc:
+        raise ReferenceDataError(f"{path}: {exc}") from None
+
+
 def load_reference_file(path: Path, model: str, settings: ModelSettings,
                         version: str | None = None) -> Reference:
     """A saved reference (``*.reference.json``) or a data file to build one from."""
     if path.name.endswith(".reference.json"):
-        try:
-            ref = Reference.from_dict(orjson.loads(path.read_bytes()))
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ReferenceDataError(f"{path}: cannot read reference: {exc}") from None
-        except StateError as exc:
-            raise ReferenceDataError(f"{path}: {exc}") from None
+        ref = load_reference_json(path)
         missing = set(settings.features) - set(ref.features)
         if missing:
             raise ReferenceDataError(

@@ -28,6 +28,7 @@ from typing import IO, Any
 import orjson
 
 from app.core.engine import ClosedWindow, Engine
+from app.errors import DriftwardenError
 from app.events.checks import PREDICTION
 from app.events.decode import decode_message
 from app.reference import Reference, load_references
@@ -167,8 +168,15 @@ class Replay:
 
 
 def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
-               progress: bool = True) -> ReplaySummary:
+               progress: bool = True, installed: list[Reference] | None = None
+               ) -> ReplaySummary:
+    """Replay ``predictions``; ``installed`` are per-version references, as a worker reads
+    them from the references topic."""
     replay = Replay(settings, out)
+    for ref in installed or []:
+        if not replay.engine.install_reference(ref):
+            raise DriftwardenError(f"reference of {ref.model!r} version {ref.version!r}: "
+                                   "unknown model, or built without --version")
     try:
         return replay.run(predictions, progress=progress)
     finally:

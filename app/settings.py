@@ -62,6 +62,7 @@ class TopicSettings(_Frozen):
     retrain_triggers: str = "mlmon.retrain-triggers"
     evaluations: str = "mlmon.evaluations"
     deadletter: str = "mlmon.deadletter"
+    references: str = "mlmon.references"  # compacted: the newest reference per model version
 
     def name(self, field: str) -> str:
         return f"{self.prefix}{getattr(self, field)}"

@@ -35,6 +35,7 @@ from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
 from app.outputs.cloudevents import CONTENT_TYPE
 from app.reference import Reference
+from app.references_topic import ReferenceFollower
 from app.settings import MonitorSettings
 
 log = logging.getLogger("driftwarden")
@@ -302,6 +303,17 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
         await pipeline.tick()
 
     app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
+
+    async def follow_references() -> None:
+        """Keep installing references published while the worker runs."""
+        follower = ReferenceFollower(bootstrap, settings, engine.install_reference)
+        try:
+            await follower.start()
+            await follower.follow()
+        finally:
+            await follower.stop()
+
+    app.task(follow_references)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -11,10 +12,21 @@ from app.broker import EmbeddedBroker
 from app.detectors import STATISTICS
 from app.kafka import ensure_topics
 from app.observability import Metrics
-from app.reference import load_references
+from app.reference import Reference, load_references
+from app.references_topic import ReferenceFollower
 from app.settings import MonitorSettings
 
 log = logging.getLogger("driftwarden")
+
+
+async def preload_references(bootstrap: str, settings: MonitorSettings,
+                             install: Callable[[Reference], bool]) -> int:
+    """Every reference published so far, installed before the first event is processed."""
+    follower = ReferenceFollower(bootstrap, settings, install)
+    try:
+        return await follower.start()
+    finally:
+        await follower.stop()
 
 
 def resolve_bootstrap(settings: MonitorSettings,
@@ -50,7 +62,12 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
             start_http_server(settings.metrics.port, addr=settings.metrics.host,
                               registry=registry)
         asyncio.run(ensure_topics(bootstrap, settings))
-        app, _ = build_app(settings, bootstrap, references, metrics, embedded=embedded)
+        app, pipeline = build_app(settings, bootstrap, references, metrics, embedded=embedded)
+        installed = asyncio.run(preload_references(bootstrap, settings,
+                                                   pipeline.engine.install_reference))
+        if installed:
+            log.warning("installed %d version reference(s) from %s", installed,
+                        settings.topics.name("references"))
         worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True,
                               redirect_stdouts=False)
         try:

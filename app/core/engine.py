@@ -102,12 +102,17 @@ class Engine:
         self.load_state = load_state
         self.on_state_error = on_state_error
         self.monitors: dict[str, ModelMonitor] = {}
+        # Per-version references installed from files or the references topic; applied to
+        # each model's monitor when it is loaded (never loading one early for them).
+        self.installed: dict[str, dict[str, Reference]] = {}
 
     # -- state ----------------------------------------------------------------------
     def monitor(self, model: str, partition: int | None = None) -> ModelMonitor:
         m = self.monitors.get(model)
         if m is None:
             m = self.monitors[model] = self._restore(model)
+            for version, ref in self.installed.get(model, {}).items():
+                m.install_reference(version, ref)
         if partition is not None:
             m.partition = partition
         return m
@@ -177,8 +182,15 @@ class Engine:
     def finish_close(self, model: str, start_ms: int) -> None:
         self.monitor(model).finish_close(start_ms)
 
-    def install_reference(self, model: str, version: str, reference: Reference) -> None:
-        self.monitor(model).install_reference(version, reference)
+    def install_reference(self, reference: Reference) -> bool:
+        """Install a version's own reference; False when its model or version is unknown."""
+        if reference.model not in self.settings.models or reference.version is None:
+            return False
+        self.installed.setdefault(reference.model, {})[reference.version] = reference
+        m = self.monitors.get(reference.model)
+        if m is not None:
+            m.install_reference(reference.version, reference)
+        return True
 
     def open_windows(self, model: str) -> list[int]:
         return sorted(self.monitor(model).windows)

@@ -96,3 +96,24 @@ def test_replay_publishes_change_detections(tmp_path):
     first = changes[0]["data"]["evidence"]["n"]
     assert 1000 < first < 1300
     assert summary.alerts == len(alerts)
+
+
+def test_replay_installs_version_references(tmp_path, capsys):
+    settings = setup(tmp_path)
+    # a reference for v1 built from shifted data: the clean windows now drift, the
+    # shifted ones do not
+    rng = np.random.default_rng(1)
+    (tmp_path / "shifted.jsonl").write_bytes(
+        b"\n".join(orjson.dumps(r) for r in rows(rng, 4000, shifted=True)))
+    assert main(["reference", "build", str(tmp_path / "shifted.jsonl"), "-c",
+                 str(tmp_path / "monitor.yaml"), "--model", "m", "--version", "v1",
+                 "--out", str(tmp_path / "m-v1.reference.json")]) == 0
+    assert main(["replay", "-c", str(tmp_path / "monitor.yaml"), "--predictions",
+                 str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--reference", str(tmp_path / "m-v1.reference.json")]) == 0
+    evals = read(tmp_path / "o" / "evaluations.jsonl")
+    assert all(e["data"]["reference_version"] == "v1" and not e["data"]["reference_fallback"]
+               for e in evals)
+    drifted = [bool(e["data"]["alerts"]) for e in evals]
+    assert drifted == [True, True, False, False]
+    assert settings.topics.name("references") == "mlmon.references"
