@@ -37,7 +37,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
                                f"configured: {sorted(settings.models)}")
     model = settings.models[args.model]
     data = Path(args.data)
-    rows = read_rows(data, model.features)
+    rows = read_rows(data, model.features, model.segments)
     ref = build_reference(rows, args.model, model, version=args.version,
                           origin=f"file:{data.name}")
     out = Path(args.out or f"{args.model}{'-' + args.version if args.version else ''}"

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.core.signals import PREDICTION, SCORES, signal_rows
+from app.core.signals import (
+    OTHER_SEGMENT,
+    PREDICTION,
+    SCORES,
+    SEGMENT,
+    reference_row,
+    segment_label,
+)
 from app.errors import ReferenceDataError, StateError
 from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
@@ -76,6 +83,7 @@ class Reference:
     n: int
     features: Mapping[str, FeatureReference]
     created_at: float = field(default_factory=time.time)
+    segments: Mapping[str, Reference] = field(default_factory=dict)  # "region=emea" -> ref
 
     def to_dict(self) -> dict[str, Any]:
         feats: dict[str, Any] = {}
@@ -91,7 +99,8 @@ class Reference:
                                "counts": list(ref.counts), "missing": ref.missing}
         return {"format": FORMAT, "v": VERSION, "model": self.model, "version": self.version,
                 "origin": self.origin, "n": self.n, "created_at": self.created_at,
-                "features": feats}
+                "features": feats,
+                "segments": {k: r.to_dict() for k, r in self.segments.items()}}
 
     @classmethod
     def from_dict(cls, data: Any) -> Reference:
@@ -113,8 +122,9 @@ class Reference:
                     feats[name] = CategoricalReference(
                         tuple(str(x) for x in f["categories"]),
                         tuple(int(x) for x in f["counts"]), int(f["missing"]))
+            segments = {str(k): cls.from_dict(r) for k, r in data.get("segments", {}).items()}
             return cls(str(data["model"]), data.get("version"), str(data["origin"]),
-                       int(data["n"]), feats, float(data["created_at"]))
+                       int(data["n"]), feats, float(data["created_at"]), segments)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt reference: {exc!r}") from None
 
@@ -187,7 +197,40 @@ def build_reference(rows: Sequence[Mapping[str, Any]], model: str, settings: Mod
         feats[name] = _feature_reference(name, column, fs, settings.drift)
     if settings.prediction_drift:
         feats.update(_output_references(rows, settings))
-    return Reference(model, version, origin, len(rows), feats)
+    return Reference(model, version, origin, len(rows), feats,
+                     segments=_segment_references(rows, model, settings, version, origin))
+
+
+def _segment_references(rows: Sequence[Mapping[str, Any]], model: str, settings: ModelSettings,
+                        version: str | None, origin: str) -> dict[str, Reference]:
+    """A reference per segment value (``region=emea``) with enough rows.
+
+    The ``max_segment_values`` most frequent values of each key get their own; the other
+    values together form ``<key>=__other__``. A value with fewer than
+    ``min_segment_rows`` rows gets none (its windows are not compared).
+    """
+    out: dict[str, Reference] = {}
+    for key in settings.segments:
+        column = SEGMENT + key
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            value = row.get(column, row.get(key))  # a tag, or a plain column of that name
+            if value is not None:
+                groups.setdefault(str(value), []).append(row)
+        ranked = sorted(groups, key=lambda v: (-len(groups[v]), v))
+        top, rest = ranked[:settings.max_segment_values], ranked[settings.max_segment_values:]
+        parts = {v: groups[v] for v in top}
+        if rest:
+            parts[OTHER_SEGMENT] = [r for v in rest for r in groups[v]]
+        for value, part in parts.items():
+            if len(part) < settings.min_segment_rows:
+                continue
+            label = segment_label(key, value)
+            with contextlib.suppress(ReferenceDataError):  # e.g. a feature all null there
+                flat = settings.model_copy(update={"segments": ()})
+                out[label] = build_reference(part, model, flat, version=version,
+                                             origin=f"{origin}[{label}]")
+    return out
 
 
 def _output_references(rows: Sequence[Mapping[str, Any]],
@@ -269,7 +312,8 @@ def _output_columns(row: dict[str, Any], features: Mapping[str, FeatureSettings]
     return row
 
 
-def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[str, Any]]:
+def read_rows(path: Path, features: Mapping[str, FeatureSettings],
+              segments: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of feature values from CSV, JSON lines or Parquet.
 
     JSON lines may hold flat rows or prediction events. Besides the features, a column
@@ -299,7 +343,7 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
                     except orjson.JSONDecodeError as exc:
                         raise ReferenceDataError(f"{path}:{lineno}: not JSON: {exc}") from None
                     if isinstance(obj, dict) and isinstance(obj.get("features"), dict):
-                        rows.append(dict(signal_rows([obj], [PREDICTION])[0]))
+                        rows.append(reference_row(obj))
                     elif isinstance(obj, dict):
                         rows.append(_output_columns(obj, features))
                     else:
@@ -309,7 +353,7 @@ def read_rows(path: Path, features: Mapping[str, FeatureSettings]) -> list[dict[
             import pyarrow.parquet as pq
 
             cols = [c for c in pq.read_schema(path).names
-                    if c in features or _output_column(c, features)]
+                    if c in features or c in segments or _output_column(c, features)]
             table = pq.read_table(path, columns=cols)
             return [_output_columns(r, features) for r in table.to_pylist()]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -338,7 +382,7 @@ def load_reference_file(path: Path, model: str, settings: ModelSettings,
             raise ReferenceDataError(
                 f"{path}: reference lacks configured features {sorted(missing)}")
         return ref
-    rows = read_rows(path, settings.features)
+    rows = read_rows(path, settings.features, settings.segments)
     return build_reference(rows, model, settings, version=version, origin=f"file:{path.name}")
 
 

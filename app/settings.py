@@ -243,6 +243,13 @@ class ModelSettings(_Frozen):
     prediction_drift: bool = True
     max_score_classes: int = Field(20, ge=1, le=1000)
     change_detectors: tuple[ChangeDetectorSettings, ...] = ()
+    # Drift per segment: tag keys of the events' ``segment`` with bounded cardinality;
+    # beyond max_segment_values distinct values per key, the rest share "__other__".
+    segments: tuple[str, ...] = ()
+    max_segment_values: int = Field(20, ge=1, le=1000)
+    min_segment_rows: int = Field(200, ge=10,
+                                  description="reference rows a segment value needs for a "
+                                              "reference of its own")
     window: Duration | None = None
     hop: Duration | None = None
     lateness: Duration | None = None

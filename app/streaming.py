@@ -219,8 +219,11 @@ class Pipeline:
         for d in closed.decisions:
             self.metrics.alerts.labels(model, d.kind, d.severity).inc()
         self.metrics.windows_closed.labels(model).inc()
-        self.metrics.window_events.labels(model).set(sum(ev.n for ev in closed.evaluations))
+        self.metrics.window_events.labels(model).set(
+            sum(ev.n for ev in closed.evaluations if ev.segment is None))
         for ev in closed.evaluations:
+            if ev.segment is not None:
+                continue  # per-segment figures are in the evaluations, not in metrics
             for fe in ev.features:
                 if fe.value is not None:
                     self.metrics.set_drift(model, ev.model_version, public_name(fe.feature),

@@ -59,6 +59,7 @@ class WindowEvaluation:
     reference_version: str | None = None  # whose reference: this version's, another's
     fallback: bool = False  # compared with another version's (or the configured) reference
     features: list[FeatureEvaluation] = field(default_factory=list)
+    segment: str | None = None  # "region=emea": this segment's events only
 
     @property
     def sufficient(self) -> bool:
@@ -122,7 +123,7 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
                  for name, s in sl.sketches.items()]
         return WindowEvaluation(model, version, window.versions, window.start_ms,
                                 window.end_ms, sl.n, min_samples, late_events, "unavailable",
-                                ref_key, fallback, feats)
+                                ref_key, fallback, feats, sl.segment)
     feats = []
     for name, ref in reference.features.items():
         feats.append(_evaluate_feature(name, ref, sl, drift))
@@ -132,7 +133,8 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
         feats[i] = replace(feats[i], p_adjusted=q)
     return WindowEvaluation(model, version, window.versions, window.start_ms, window.end_ms,
                             sl.n, min_samples, late_events, reference.origin,
-                            reference.version if ref_key == "*" else ref_key, fallback, feats)
+                            reference.version if ref_key == "*" else ref_key, fallback, feats,
+                            sl.segment)
 
 
 def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice,

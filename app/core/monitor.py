@@ -14,8 +14,8 @@ import numpy as np
 
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
-from app.core.signals import PREDICTION, signal_rows
-from app.core.windows import Window
+from app.core.signals import OTHER_SEGMENT, reference_row, segment_label
+from app.core.windows import SEP, Window
 from app.errors import StateError
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
@@ -76,6 +76,7 @@ class ModelMonitor:
         # rebalance is recognised and not counted twice.
         self.positions: dict[str, int] = {}
         self.changes = [ChangeTracker(cfg) for cfg in self.settings.change_detectors]
+        self.segment_values: dict[str, list[str]] = {}  # key -> values seen (capped)
         self.pending_detections: list[Detection] = []
 
     # -- references -----------------------------------------------------------------
@@ -158,13 +159,34 @@ class ModelMonitor:
                 if window is None:
                     window = self.windows[ws] = Window(ws, ws + self.window_ms)
                 rows = [events[i] for i in idx.tolist()]
-                added = window.update(rows, times[idx], self.reference_for)
+                added = window.update(rows, times[idx], self.reference_for,
+                                      self._segment_labels if self.settings.segments else None)
                 if not window.slices:
                     del self.windows[ws]
                 if back == 0:
                     result.accepted += added
         self.late_events += result.late
         return result
+
+    def _segment_labels(self, event: Mapping[str, Any]) -> list[str]:
+        """``key=value`` per configured segment key the event is tagged with; past
+        ``max_segment_values`` distinct values of a key, the rest are ``__other__``."""
+        tags = event.get("segment")
+        if not tags:
+            return []
+        out = []
+        for key in self.settings.segments:
+            value = tags.get(key)
+            if value is None:
+                continue
+            known = self.segment_values.setdefault(key, [])
+            if value not in known:
+                if len(known) < self.settings.max_segment_values:
+                    known.append(value)
+                else:
+                    value = OTHER_SEGMENT
+            out.append(segment_label(key, value))
+        return out
 
     def _is_closed(self, start_ms: int) -> bool:
         if start_ms in self.closing:
@@ -183,7 +205,7 @@ class ModelMonitor:
             if version in self.references:
                 continue
             rows = self.warmups.setdefault(version, [])
-            rows.append(dict(signal_rows([e], [PREDICTION])[0]))
+            rows.append(reference_row(e))
             fed += 1
             if self.reference_for(version) is None:
                 held.add(i)
@@ -228,11 +250,19 @@ class ModelMonitor:
         late, self.late_events = self.late_events, 0
         window = self.windows[start_ms]
         order = {v: i for i, v in enumerate(self.versions_seen)}
+
+        def rank(key: str) -> tuple[int, int, str]:
+            version, _, label = key.partition(SEP)
+            return (order.get(version, len(order)), 1 if label else 0, label)
+
         out = []
-        for version in sorted(window.slices, key=lambda v: (order.get(v, len(order)), v)):
-            sl = window.slices[version]
+        for key in sorted(window.slices, key=rank):
+            sl = window.slices[key]
+            reference = self.reference_by_key(sl.reference)
+            if reference is not None and sl.segment is not None:
+                reference = reference.segments.get(sl.segment)
             out.append(evaluate_window(
-                self.model, window, version, sl, self.reference_by_key(sl.reference),
+                self.model, window, key.partition(SEP)[0], sl, reference,
                 min_samples=self.min_samples, late_events=late, drift=self.settings.drift))
         return out
 
@@ -260,7 +290,7 @@ class ModelMonitor:
             "changes": [t.to_state() for t in self.changes],
             "pending_detections": [d.to_dict() for d in self.pending_detections],
             "windows": [w.to_state() for w in self.windows.values()],
-            "versions_seen": self.versions_seen,
+            "versions_seen": self.versions_seen, "segment_values": self.segment_values,
             "warmups": self.warmups,
             "references": {v: self.references[v].to_dict()
                            for v in self._saved_versions()},
@@ -287,6 +317,8 @@ class ModelMonitor:
             m.references = {str(v): Reference.from_dict(r)
                             for v, r in state["references"].items()}
             m.versions_seen = [str(v) for v in state["versions_seen"]]
+            m.segment_values = {str(k): [str(x) for x in v]
+                                for k, v in state["segment_values"].items()}
             m.warmups = {str(v): list(rows) for v, rows in state["warmups"].items()}
             m.partition = state["partition"]
             m.watermark_ms = state["watermark"]

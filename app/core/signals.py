@@ -34,3 +34,21 @@ def signal_rows(events: Sequence[Mapping[str, Any]], names: Sequence[str]
             row[SCORES + cls] = p
         out.append(row)
     return out
+
+
+#: Segment tags carried in reference rows: ``#segment.<key>``.
+SEGMENT = "#segment."
+OTHER_SEGMENT = "__other__"
+
+
+def segment_label(key: str, value: str) -> str:
+    """How a segment is named in slices, references and outputs: ``region=emea``."""
+    return f"{key}={value}"
+
+
+def reference_row(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A prediction event as a reference row: features, outputs and segment tags."""
+    row = dict(signal_rows([event], [PREDICTION])[0])
+    for key, value in (event.get("segment") or {}).items():
+        row[SEGMENT + key] = value
+    return row

@@ -45,14 +45,16 @@ class Slice:
     sketches: dict[str, Sketch]
     quantiles: dict[str, QuantileSketch] = field(default_factory=dict)  # numeric signals
     n: int = 0
+    segment: str | None = None  # "region=emea" for a segment's slice
 
     @classmethod
-    def open(cls, reference_key: str, reference: Reference) -> Slice:
+    def open(cls, reference_key: str, reference: Reference,
+             segment: str | None = None) -> Slice:
         return cls(reference_key,
                    {name: ref.sketch() for name, ref in reference.features.items()},
                    {name: ref.empty_quantile_sketch()
                     for name, ref in reference.features.items()
-                    if isinstance(ref, NumericReference)})
+                    if isinstance(ref, NumericReference)}, 0, segment)
 
     def update(self, events: Sequence[Mapping[str, Any]]) -> None:
         rows = signal_rows(events, list(self.sketches))
@@ -68,7 +70,7 @@ class Slice:
                 sketch.update([row.get(name) for row in rows])
 
     def to_state(self) -> dict[str, Any]:
-        return {"reference": self.reference, "n": self.n,
+        return {"reference": self.reference, "n": self.n, "segment": self.segment,
                 "sketches": {k: s.to_state() for k, s in self.sketches.items()},
                 "quantiles": {k: q.to_state() for k, q in self.quantiles.items()}}
 
@@ -84,10 +86,13 @@ class Slice:
             else:
                 raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
         quantiles = {str(k): QuantileSketch.from_state(q) for k, q in state["quantiles"].items()}
-        return cls(str(state["reference"]), sketches, quantiles, int(state["n"]))
+        return cls(str(state["reference"]), sketches, quantiles, int(state["n"]),
+                   state["segment"])
 
 
 ReferenceLookup = Callable[[str], "tuple[str, Reference] | None"]
+SegmentLabels = Callable[[Mapping[str, Any]], list[str]]
+SEP = "\x1f"  # slice keys: "<version>" or "<version>\x1f<key>=<value>"
 
 
 @dataclass
@@ -103,23 +108,41 @@ class Window:
 
     @property
     def versions(self) -> dict[str, int]:
-        return {v: s.n for v, s in self.slices.items()}
+        return {v: s.n for v, s in self.slices.items() if s.segment is None}
 
     def update(self, events: Sequence[Mapping[str, Any]], times_ms: np.ndarray[Any, Any],
-               reference_for: ReferenceLookup) -> int:
-        """Add a batch of events; returns how many had a reference to be compared with."""
-        by_version: dict[str, list[int]] = {}
+               reference_for: ReferenceLookup, segments: SegmentLabels | None = None) -> int:
+        """Add a batch of events; returns how many had a reference to be compared with.
+
+        Each event goes to its version's slice and, per configured segment key it is
+        tagged with, to that segment's slice (when the reference has that segment).
+        """
+        groups: dict[str, list[int]] = {}
         for i, e in enumerate(events):
-            by_version.setdefault(e["model_version"], []).append(i)
+            version = e["model_version"]
+            groups.setdefault(version, []).append(i)
+            if segments is not None:
+                for label in segments(e):
+                    groups.setdefault(version + SEP + label, []).append(i)
         added = 0
-        for version, idx in by_version.items():
-            sl = self.slices.get(version)
+        for key, idx in groups.items():
+            version, _, label = key.partition(SEP)
+            sl = self.slices.get(key)
             if sl is None:
                 found = reference_for(version)
                 if found is None:
                     continue  # no reference yet (the model's first warm-up): not windowed
-                sl = self.slices[version] = Slice.open(*found)
+                ref_key, ref = found
+                if label:
+                    segment_ref = ref.segments.get(label)
+                    if segment_ref is None:
+                        continue  # the reference has too few rows of this segment
+                    sl = self.slices[key] = Slice.open(ref_key, segment_ref, label)
+                else:
+                    sl = self.slices[key] = Slice.open(ref_key, ref)
             sl.update([events[i] for i in idx] if len(idx) < len(events) else events)
+            if label:
+                continue
             added += len(idx)
             lo, hi = int(times_ms[idx].min()), int(times_ms[idx].max())
             self.first_event_ms = lo if self.first_event_ms is None else \

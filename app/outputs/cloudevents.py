@@ -55,20 +55,37 @@ def alert_summary(d: AlertDecision, model: str) -> str:
             f"{d.value:.3f} >= {d.threshold:g} ({d.severity}){moved}")
 
 
+def _segment_dict(label: str | None) -> dict[str, str] | None:
+    if not label:
+        return None
+    key, _, value = label.partition("=")
+    return {key: value}
+
+
+def _window_alert_id(ev: WindowEvaluation, d: AlertDecision) -> str:
+    parts: tuple[object, ...] = (ev.model, ev.model_version, d.kind, d.subject, ev.start_ms)
+    return stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
+
+
 def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
                 source: str) -> dict[str, Any]:
-    alert_id = stable_id(ev.model, ev.model_version, d.kind, d.subject, ev.start_ms)
+    alert_id = _window_alert_id(ev, d)
     summary = alert_summary(d, ev.model)
+    if ev.segment:
+        summary = summary.replace(f" on {d.subject}:", f" on {d.subject} in {ev.segment}:", 1)
     owners = _owners(model)
     labels = {"alertname": f"driftwarden_{d.kind}", "model": ev.model, "kind": d.kind,
               "severity": d.severity, "feature": d.subject}
     if ev.model_version:
         labels["model_version"] = ev.model_version
+    if ev.segment:
+        labels["segment"] = ev.segment
     if "on_call" in owners:
         labels["team"] = owners["on_call"]
     data = {
         "alert_id": alert_id, "status": "firing", "severity": d.severity, "kind": d.kind,
         "model": ev.model, "model_version": ev.model_version, "feature": d.subject,
+        "segment": _segment_dict(ev.segment),
         "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms)},
         "evidence": {"statistic": d.statistic, "value": d.value, "threshold": d.threshold,
                      "reference_value": 0.0, "n": d.evidence.n,
@@ -128,18 +145,19 @@ def change_alert_event(det: Detection, model_name: str, model: ModelSettings, wi
 
 def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
                      source: str) -> dict[str, Any]:
-    evaluation_id = stable_id(ev.model, ev.model_version, "evaluation", ev.start_ms)
+    parts: tuple[object, ...] = (ev.model, ev.model_version, "evaluation", ev.start_ms)
+    evaluation_id = stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
     data = {
         "evaluation_id": evaluation_id,
         "model": ev.model, "model_version": ev.model_version, "versions": ev.versions,
+        "segment": _segment_dict(ev.segment),
         "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms),
                    "start_ms": ev.start_ms, "end_ms": ev.end_ms},
         "n": ev.n, "min_samples": ev.min_samples, "sufficient": ev.sufficient,
         "late_events": ev.late_events, "reference": ev.reference_origin,
         "reference_version": ev.reference_version, "reference_fallback": ev.fallback,
         "features": [f.to_dict() for f in ev.features],
-        "alerts": [stable_id(ev.model, ev.model_version, a.kind, a.subject, ev.start_ms)
-                   for a in alerts],
+        "alerts": [_window_alert_id(ev, a) for a in alerts],
     }
     return envelope(type_=EVALUATION, id_=evaluation_id, source=source,
                     subject=ev.model, time_ms=ev.end_ms, data=data)
