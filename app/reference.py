@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +55,11 @@ class NumericReference:
         return BinnedHistogram(list(self.edges))
 
     def quantile_sketch(self) -> QuantileSketch:
+        """The reference distribution's sketch (built once; read-only by convention)."""
+        return self._quantile_sketch
+
+    @functools.cached_property
+    def _quantile_sketch(self) -> QuantileSketch:
         return QuantileSketch.from_state(self.distribution)
 
     def empty_quantile_sketch(self) -> QuantileSketch:

@@ -4,9 +4,10 @@ Everything runs on the embedded broker on 127.0.0.1 and stops by itself:
 
 1. **ceiling**: a raw aiokafka consumer (``getmany``, large batches) reading and
    orjson-decoding the same messages, iterating every event;
-2. **driftwarden**: a real worker process (5 models x 23 features, drift on) consuming
-   the same events from a backlog, measured from its first processed event to the last
-   window's evaluation on ``mlmon.evaluations``.
+2. **driftwarden**: a real worker process (5 models x 23 features, drift on). Once it
+   has counted one warm-up event (it has joined its group and consumes), the same
+   messages are produced as fast as the producer goes; measured from then to its last
+   event counted (its own ``/metrics``), and on to its last window evaluated.
 
 Both for JSON-array messages (500 events each) and single-event messages. Output: a
 markdown table of events/s, the ratio to the ceiling, worker CPU seconds per million
@@ -167,20 +168,30 @@ def run_worker(bootstrap: str, tmp: Path, msgs: list[tuple[bytes, bytes]], total
     port = free_port()
     cfg = write_config(tmp, models, f"{tag}.", port)
     settings = load_settings(cfg)
+    topic = settings.topics.name("predictions")
     asyncio.run(ensure_topics(bootstrap, settings))
-    asyncio.run(produce(bootstrap, settings.topics.name("predictions"), msgs))
     log = open(tmp / f"worker-{tag}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "-c", str(cfg),
                              "--bootstrap", bootstrap], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        began = cpu0 = all_in = None
+        # One event first: once it is counted, the worker has joined and is consuming.
+        first = dict(orjson.loads(msgs[0][1])[0] if msgs[0][1].startswith(b"[")
+                     else orjson.loads(msgs[0][1]), prediction_id="warm-up")
+        asyncio.run(produce(bootstrap, topic, [(msgs[0][0], orjson.dumps(first))]))
+        deadline = time.monotonic() + 120
+        while scrape(port, "driftwarden_events_total", outcome="valid") < 1:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"worker not ready: {(tmp / f'worker-{tag}.log').read_text()}")
+            time.sleep(0.05)
+        total += 1
+        began, cpu0 = time.perf_counter(), proc_stats(proc.pid)[0]
+        asyncio.run(produce(bootstrap, topic, msgs))  # the load, as fast as it goes
+        all_in = None
         deadline = time.monotonic() + 600
         windows = 0.0
         while time.monotonic() < deadline:
             done = scrape(port, "driftwarden_events_total", outcome="valid")
-            if began is None and done > 0:
-                began, cpu0 = time.perf_counter(), proc_stats(proc.pid)[0]
             if all_in is None and done >= total:
                 all_in = time.perf_counter()
                 cpu_in = proc_stats(proc.pid)[0]
@@ -191,7 +202,7 @@ def run_worker(bootstrap: str, tmp: Path, msgs: list[tuple[bytes, bytes]], total
                 raise RuntimeError(f"worker exited: {(tmp / f'worker-{tag}.log').read_text()}")
             time.sleep(0.02)
         finished = time.perf_counter()
-        if began is None or all_in is None:
+        if all_in is None:
             raise RuntimeError("the worker did not process every event in time")
         _, rss = proc_stats(proc.pid)
         # The last window of each model closes by wall clock once its stream is idle

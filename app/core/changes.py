@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.detectors.streaming import RiverDetector, detector_from_state, make_detector
 from app.errors import StateError
 from app.settings import ChangeDetectorSettings
+
+if TYPE_CHECKING:
+    from app.detectors.streaming import RiverDetector
+
+# river (with pandas and scipy, ~140 MB resident) is imported only by models that
+# configure change detectors.
 
 RECENT_ALPHA = 0.05  # weight of the newest value in the "recent" mean shown as evidence
 
@@ -68,6 +73,8 @@ class ChangeTracker:
     """One configured detector with its sampling counter and evidence means."""
 
     def __init__(self, cfg: ChangeDetectorSettings) -> None:
+        from app.detectors.streaming import make_detector
+
         self.cfg = cfg
         self.detector: RiverDetector = make_detector(cfg.detector, **cfg.params)
         self.seen = 0  # values of the signal seen (the sampling counter)
@@ -103,6 +110,8 @@ class ChangeTracker:
                 "since_sum": self.since_sum, "since_n": self.since_n, "recent": self.recent}
 
     def load(self, state: Mapping[str, Any]) -> None:
+        from app.detectors.streaming import detector_from_state
+
         try:
             restored = detector_from_state(state["detector"])
             if restored.name != self.cfg.detector or restored.params != self.detector.params:
