@@ -183,7 +183,7 @@ def _load_number(data: Any) -> int | float:
 def _load_int(data: Any) -> int:
     if isinstance(data, bool) or not isinstance(data, int):
         raise TypeError(f"expected an integer, got {data!r}")
-    return data
+    return int(data)
 
 
 def _load_bool(data: Any) -> bool:

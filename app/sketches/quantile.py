@@ -458,4 +458,4 @@ def _edges(gamma: float, k: IntArray) -> FloatArray:
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"expected a count, got {value!r}")
-    return value
+    return int(value)
