@@ -29,13 +29,14 @@ from app.core.signals import (
     PREDICTION,
     SCORES,
     SEGMENT,
+    numeric_column,
     reference_row,
     segment_label,
 )
 from app.errors import ReferenceDataError, StateError
 from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
-from app.sketches.categorical import as_category
+from app.sketches.categorical import OTHER, as_category
 
 FORMAT = "driftwarden.reference"
 VERSION = 2  # 2: numeric features carry a quantile sketch of the reference distribution
@@ -90,6 +91,7 @@ class Reference:
     features: Mapping[str, FeatureReference]
     created_at: float = field(default_factory=time.time)
     segments: Mapping[str, Reference] = field(default_factory=dict)  # "region=emea" -> ref
+    skipped: Mapping[str, str] = field(default_factory=dict)  # feature -> why it has none
 
     def to_dict(self) -> dict[str, Any]:
         feats: dict[str, Any] = {}
@@ -105,7 +107,7 @@ class Reference:
                                "counts": list(ref.counts), "missing": ref.missing}
         return {"format": FORMAT, "v": VERSION, "model": self.model, "version": self.version,
                 "origin": self.origin, "n": self.n, "created_at": self.created_at,
-                "features": feats,
+                "features": feats, "skipped": dict(self.skipped),
                 "segments": {k: r.to_dict() for k, r in self.segments.items()}}
 
     @classmethod
@@ -130,7 +132,8 @@ class Reference:
                         tuple(int(x) for x in f["counts"]), int(f["missing"]))
             segments = {str(k): cls.from_dict(r) for k, r in data.get("segments", {}).items()}
             return cls(str(data["model"]), data.get("version"), str(data["origin"]),
-                       int(data["n"]), feats, float(data["created_at"]), segments)
+                       int(data["n"]), feats, float(data["created_at"]), segments,
+                       {str(k): str(v) for k, v in data.get("skipped", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt reference: {exc!r}") from None
 
@@ -149,6 +152,8 @@ class Reference:
                                 for c, n in zip(ref.categories, ref.counts, strict=False))
                 lines.append(f"  {name:<24} categorical  {len(ref.categories)} values: {top}  "
                              f"missing {ref.missing}")
+        for name, why in self.skipped.items():
+            lines.append(f"  {name:<24} skipped: {why}")
         return "\n".join(lines)
 
 
@@ -156,8 +161,7 @@ _QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def numeric_reference(values: Sequence[Any], bins: int) -> NumericReference:
-    arr = np.array([np.nan if v is None or isinstance(v, str | bool) else v for v in values],
-                   dtype=np.float64)
+    arr = numeric_column([{"v": v} for v in values], "v")
     finite = arr[np.isfinite(arr)]
     missing = int(np.isnan(arr).sum())
     if finite.size == 0:
@@ -183,12 +187,14 @@ def categorical_reference(values: Iterable[Any], max_categories: int,
             missing += 1
         else:
             tally[as_category(v)] += 1
+    literal_other = tally.pop(OTHER, 0)  # a value spelled "__other__" counts as other
     vocab = [c for c, _ in tally.most_common(max_categories)]
     for c in declared or ():
-        if c not in vocab:
+        if c not in vocab and c != OTHER:
             vocab.append(c)
     sketch = CategoryCounts(vocab)
     sketch.update(tally.elements())
+    sketch.counts[-1] += literal_other
     return CategoricalReference(tuple(vocab), tuple(sketch.counts.tolist()), missing)
 
 
@@ -198,13 +204,21 @@ def build_reference(rows: Sequence[Mapping[str, Any]], model: str, settings: Mod
     if not rows:
         raise ReferenceDataError(f"no rows to build the reference of model {model!r} from")
     feats: dict[str, FeatureReference] = {}
+    skipped: dict[str, str] = {}
     for name, fs in settings.features.items():
         column = [row.get(name) for row in rows]
-        feats[name] = _feature_reference(name, column, fs, settings.drift)
+        try:
+            feats[name] = _feature_reference(name, column, fs, settings.drift)
+        except ReferenceDataError as exc:  # e.g. all null: reported, not monitored
+            skipped[name] = str(exc).removeprefix(f"feature {name!r}: ")
+    if not feats:
+        raise ReferenceDataError(f"no feature of model {model!r} has usable reference data: "
+                                 f"{skipped}")
     if settings.prediction_drift:
         feats.update(_output_references(rows, settings))
     return Reference(model, version, origin, len(rows), feats,
-                     segments=_segment_references(rows, model, settings, version, origin))
+                     segments=_segment_references(rows, model, settings, version, origin),
+                     skipped=skipped)
 
 
 def _segment_references(rows: Sequence[Mapping[str, Any]], model: str, settings: ModelSettings,

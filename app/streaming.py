@@ -85,11 +85,23 @@ class Pipeline:
         self.table.data[key] = value
         self.table.send_changelog(m.partition, key, value)
 
+    assigned: Any = None  # () -> set of predictions partitions this worker holds
+
     def local_models(self) -> list[str]:
+        """Models whose state this worker holds for a partition it is assigned."""
         names = set(self.engine.monitors)
         for key in list(self.table.data.keys()):
             names.add(key.decode() if isinstance(key, bytes) else str(key))
-        return sorted(n for n in names if n in self.settings.models)
+        owned = self.assigned() if self.assigned is not None else None
+        out = []
+        for name in sorted(n for n in names if n in self.settings.models):
+            if owned is not None and self.engine.monitor(name).partition not in owned:
+                # Another worker owns it now: never close its windows or write its state
+                # from here. (Its local copy stays: faust may hand the partition back.)
+                self.engine.forget([name])
+                continue
+            out.append(name)
+        return out
 
     def forget_partitions(self, partitions: set[int]) -> None:
         self.engine.forget(n for n, m in self.engine.monitors.items()
@@ -123,6 +135,9 @@ class Pipeline:
         if batch.duplicates:
             self.metrics.events.labels(topic, "duplicate").inc(batch.duplicates)
         for model, result in self.engine.apply(batch, now).items():
+            for problem in result.problems:
+                self.metrics.state_errors.labels(model).inc()
+                log.error("model %r: warm-up reference not built: %s", model, problem)
             if result.late:
                 self.metrics.late_events.labels(model).inc(result.late)
                 self.metrics.events.labels(topic, "late").inc(result.late)
@@ -186,19 +201,25 @@ class Pipeline:
         return closed
 
     async def publish_detections(self, model: str) -> None:
-        """Alerts for streaming change detections; acknowledged in the state once sent."""
-        alerts = self.engine.detections(model)
-        if not alerts:
-            return
-        key = model.encode()
-        futures = [await self.alerts.send(key=key, value=orjson.dumps(a), headers=CE_HEADERS)
-                   for a in alerts]
-        for fut in futures:
-            await fut
-        for a in alerts:
-            self.metrics.alerts.labels(model, a["data"]["kind"], a["data"]["severity"]).inc()
-        self.engine.ack_detections(model, len(alerts))
-        self.save(model)
+        """Alerts for streaming change detections; acknowledged in the state once sent.
+
+        Under the model's lock: the agent and the timer never send the same detections,
+        and detections added while sending (appended) are not acknowledged by mistake.
+        """
+        async with self.locks[model]:
+            alerts = self.engine.detections(model)
+            if not alerts:
+                return
+            key = model.encode()
+            futures = [await self.alerts.send(key=key, value=orjson.dumps(a),
+                                              headers=CE_HEADERS) for a in alerts]
+            for fut in futures:
+                await fut
+            for a in alerts:
+                self.metrics.alerts.labels(model, a["data"]["kind"],
+                                           a["data"]["severity"]).inc()
+            self.engine.ack_detections(model, len(alerts))
+            self.save(model)
 
     async def tick(self) -> None:
         """Wall-clock pass: close windows of idle streams."""
@@ -291,6 +312,9 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                         deadletter=raw_topic(topics.name("deadletter")))
     engine.load_state = pipeline.load_state
     engine.on_state_error = pipeline.on_state_error
+    predictions_name = topics.name("predictions")
+    pipeline.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
+                                 if tp.topic == predictions_name}
     batch, within = settings.worker.batch_size, settings.worker.batch_within
 
     async def predictions_agent(stream: Any) -> None:

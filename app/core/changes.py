@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from app.errors import StateError
 from app.settings import ChangeDetectorSettings
 
@@ -36,18 +38,25 @@ class Detection:
     before_mean: float | None  # mean of the signal since the previous detection
     recent_mean: float | None  # exponentially weighted recent mean (evidence)
     severity: str
+    config: str = ""  # the detector's identity (signal, params, every): part of alert ids
 
     def to_dict(self) -> dict[str, Any]:
         return {"detector": self.detector, "signal": self.signal, "index": self.index,
                 "event_ms": self.event_ms, "model_version": self.model_version,
                 "before_mean": self.before_mean, "recent_mean": self.recent_mean,
-                "severity": self.severity}
+                "severity": self.severity, "config": self.config}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Detection:
         return cls(str(d["detector"]), str(d["signal"]), int(d["index"]), int(d["event_ms"]),
                    str(d["model_version"]), d["before_mean"], d["recent_mean"],
-                   str(d["severity"]))
+                   str(d["severity"]), str(d["config"]))
+
+
+def detector_identity(cfg: ChangeDetectorSettings) -> str:
+    """What makes a configured detector the same one across restarts."""
+    return orjson.dumps({"detector": cfg.detector, "signal": cfg.signal, "every": cfg.every,
+                         "params": cfg.params}, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def signal_value(event: Mapping[str, Any], signal: str) -> float | None:
@@ -76,6 +85,7 @@ class ChangeTracker:
         from app.detectors.streaming import make_detector
 
         self.cfg = cfg
+        self.identity = detector_identity(cfg)
         self.detector: RiverDetector = make_detector(cfg.detector, **cfg.params)
         self.seen = 0  # values of the signal seen (the sampling counter)
         self.since_sum = 0.0
@@ -99,24 +109,24 @@ class ChangeTracker:
                 before = self.since_sum / self.since_n if self.since_n else None
                 found.append(Detection(self.cfg.detector, self.cfg.signal, self.detector.n,
                                        int(t), str(event["model_version"]), before,
-                                       self.recent, self.cfg.severity))
+                                       self.recent, self.cfg.severity, self.identity))
                 self.since_sum, self.since_n = 0.0, 0
             self.since_sum += x
             self.since_n += 1
         return found
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": self.detector.to_state(), "seen": self.seen,
+        return {"identity": self.identity, "detector": self.detector.to_state(),
+                "seen": self.seen,
                 "since_sum": self.since_sum, "since_n": self.since_n, "recent": self.recent}
 
     def load(self, state: Mapping[str, Any]) -> None:
         from app.detectors.streaming import detector_from_state
 
         try:
-            restored = detector_from_state(state["detector"])
-            if restored.name != self.cfg.detector or restored.params != self.detector.params:
-                return  # the configuration changed: start this detector afresh
-            self.detector = restored
+            if state.get("identity") != self.identity:
+                return  # another detector's state: this one starts afresh
+            self.detector = detector_from_state(state["detector"])
             self.seen = int(state["seen"])
             self.since_sum = float(state["since_sum"])
             self.since_n = int(state["since_n"])

@@ -127,6 +127,9 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
     feats = []
     for name, ref in reference.features.items():
         feats.append(_evaluate_feature(name, ref, sl, drift))
+    feats += [FeatureEvaluation(name, "unknown", "n/a", None, 0, 0, 0, "", "",
+                                f"no reference: {why}")
+              for name, why in reference.skipped.items()]
     tested = [(i, f.p_value) for i, f in enumerate(feats) if f.p_value is not None]
     adjusted = bh_adjusted([p for _, p in tested])
     for (i, _), q in zip(tested, adjusted, strict=True):

@@ -7,7 +7,7 @@ version, written once per batch by the workers and restored after a restart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.signals import OTHER_SEGMENT, reference_row, segment_label
 from app.core.windows import SEP, Window
-from app.errors import StateError
+from app.errors import ReferenceDataError, StateError
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
 
@@ -30,6 +30,7 @@ class IngestResult:
     accepted: int = 0
     late: int = 0
     warmup: int = 0
+    problems: list[str] = field(default_factory=list)  # e.g. a warm-up with unusable data
 
 
 class ModelMonitor:
@@ -140,7 +141,7 @@ class ModelMonitor:
                 seen.add(e["model_version"])
                 self.versions_seen.append(e["model_version"])
         if self.warmup_target:
-            result.warmup, held = self._warm_up(events)
+            result.warmup, held = self._warm_up(events, result.problems)
             if held:
                 keep = [i for i in range(len(events)) if i not in held]
                 events, times = [events[i] for i in keep], times[keep]
@@ -194,7 +195,8 @@ class ModelMonitor:
         return self.closed_through_ms is not None and start_ms + self.window_ms <= \
             self.closed_through_ms
 
-    def _warm_up(self, events: Sequence[Mapping[str, Any]]) -> tuple[int, set[int]]:
+    def _warm_up(self, events: Sequence[Mapping[str, Any]],
+                 problems: list[str]) -> tuple[int, set[int]]:
         """Feed each version's warm-up; returns how many events were fed, and those held
         back from windows (warming up a version that has nothing to fall back on)."""
         assert self.warmup_target is not None
@@ -210,10 +212,13 @@ class ModelMonitor:
             if self.reference_for(version) is None:
                 held.add(i)
             if len(rows) >= self.warmup_target:
-                self.references[version] = build_reference(
-                    rows, self.model, self.settings, version=version,
-                    origin=f"warmup:{self.warmup_target}")
                 del self.warmups[version]
+                try:
+                    self.references[version] = build_reference(
+                        rows, self.model, self.settings, version=version,
+                        origin=f"warmup:{self.warmup_target}")
+                except ReferenceDataError as exc:  # nothing usable: warm up again
+                    problems.append(f"version {version!r}: {exc}")
         return fed, held
 
     # -- closing --------------------------------------------------------------------
@@ -231,6 +236,8 @@ class ModelMonitor:
 
     def due(self, now: float) -> list[int]:
         """Starts of open windows ready to close, oldest first."""
+        if self.last_arrival is None and self.watermark_ms is not None:
+            self.last_arrival = now  # restored state: the idle clock starts now
         return self._due(self.effective_watermark(now))
 
     def due_by_watermark(self) -> list[int]:
@@ -322,14 +329,16 @@ class ModelMonitor:
             m.warmups = {str(v): list(rows) for v, rows in state["warmups"].items()}
             m.partition = state["partition"]
             m.watermark_ms = state["watermark"]
-            m.last_arrival = state["last_arrival"]
+            # Not restored: downtime is not idle time. The idle clock restarts with the
+            # first wall-clock check (or event) after the restart.
+            m.last_arrival = None
             m.closed_through_ms = state["closed_through"]
             m.late_events = int(state["late_events"])
             m.positions = {str(k): int(v) for k, v in state["positions"].items()}
-            saved_changes = state.get("changes", [])
-            if len(saved_changes) == len(m.changes):  # else: configuration changed
-                for tracker, saved in zip(m.changes, saved_changes, strict=True):
-                    tracker.load(saved)
+            saved_changes = {c.get("identity"): c for c in state.get("changes", [])}
+            for tracker in m.changes:  # matched by identity: reordering is harmless
+                if tracker.identity in saved_changes:
+                    tracker.load(saved_changes[tracker.identity])
             m.pending_detections = [Detection.from_dict(d)
                                     for d in state.get("pending_detections", [])]
             for ws in state["windows"]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
 #: (the predicted class or value) and ``@scores.<class>`` (a class probability).
 PREDICTION = "@prediction"
@@ -52,3 +54,22 @@ def reference_row(event: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in (event.get("segment") or {}).items():
         row[SEGMENT + key] = value
     return row
+
+
+_NUMERIC_TYPES = (int, float, bool)
+
+
+def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[Any, Any]:
+    """A float column: booleans are 1/0, integers beyond the float range ±inf, and
+    missing, null or non-numeric values NaN (the same rule for references and windows)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        v: Any = row.get(name)
+        if type(v) in _NUMERIC_TYPES:
+            try:
+                out[i] = v
+            except OverflowError:  # an integer beyond the float range
+                out[i] = np.inf if v > 0 else -np.inf
+        else:
+            out[i] = np.nan
+    return out

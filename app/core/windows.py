@@ -8,29 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from app.core.signals import signal_rows
+from app.core.signals import numeric_column, signal_rows
 from app.errors import StateError
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 
 Sketch = BinnedHistogram | CategoryCounts
-
-_NUMERIC_TYPES = (int, float, bool)
-
-def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[Any, Any]:
-    """A float column; missing, null and non-numeric values become NaN."""
-    out = np.empty(len(rows), dtype=np.float64)
-    for i, row in enumerate(rows):
-        v: Any = row.get(name)
-        if type(v) in _NUMERIC_TYPES:
-            try:
-                out[i] = v
-            except OverflowError:  # an integer beyond the float range
-                out[i] = np.inf if v > 0 else -np.inf
-        else:
-            out[i] = np.nan
-    return out
-
 
 @dataclass
 class Slice:

@@ -41,7 +41,7 @@ def _lenient_loads(value: bytes) -> Any:
 def _raw_element(obj: Any) -> bytes:
     """The element as JSON text, NaN and Infinity kept as they came (a rare, slow path)."""
     return json.dumps(obj, allow_nan=True, ensure_ascii=False, separators=(",", ":"),
-                      default=str).encode()
+                      default=str).encode("utf-8", "surrogatepass")
 
 
 def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
@@ -69,6 +69,11 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
         except (ValueError, RecursionError) as exc:
             detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             return Decoded([], [Rejection("invalid_json", detail[:200], value)])
+        try:  # what the standard library accepts and UTF-8 cannot hold
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return Decoded([], [Rejection(
+                "invalid_json", "a lone UTF-16 surrogate (\\ud800-\\udfff) is not text", value)])
     if isinstance(doc, list):
         if len(doc) > max_elements:
             return Decoded([], [Rejection(

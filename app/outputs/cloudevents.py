@@ -111,7 +111,7 @@ def change_alert_event(det: Detection, model_name: str, model: ModelSettings, wi
     """An alert for a streaming change detection on one per-event signal."""
     subject = det.signal[8:] if det.signal.startswith("feature.") else det.signal
     kind = "feature_drift" if det.signal.startswith("feature.") else "prediction_drift"
-    alert_id = stable_id(model_name, kind, subject, det.detector, det.index)
+    alert_id = stable_id(model_name, kind, subject, det.config, det.index)
     start = det.event_ms // window_ms * window_ms
     before = "n/a" if det.before_mean is None else f"{det.before_mean:.4g}"
     recent = "n/a" if det.recent_mean is None else f"{det.recent_mean:.4g}"

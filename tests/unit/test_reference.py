@@ -95,8 +95,23 @@ def test_unreadable_files_are_clear_errors(tmp_path, model):
     (tmp_path / "b.jsonl").write_text("{not json\n")
     with pytest.raises(ReferenceDataError, match=r"b\.jsonl:1: not JSON"):
         read_rows(tmp_path / "b.jsonl", model.features)
-    with pytest.raises(ReferenceDataError, match="feature 'x'"):
-        build_reference([{"x": None, "plan": "a"}], "m", model, origin="t")
+    # a feature without usable data is reported and skipped, not fatal...
+    ref = build_reference([{"x": None, "plan": "a"}], "m", model, origin="t")
+    assert set(ref.features) == {"plan"} and "no finite values" in ref.skipped["x"]
+    assert "x                        skipped: no finite values" in ref.summary()
+    # ...unless no feature has any
+    with pytest.raises(ReferenceDataError, match="no feature of model 'm'"):
+        build_reference([{"x": None}], "m", model.model_copy(
+            update={"features": {"x": model.features["x"]}}), origin="t")
+
+
+def test_odd_values_never_break_a_reference(model):
+    rows = [{"x": 10**400, "plan": "__other__"}, {"x": True, "plan": "free"},
+            {"x": 2.5, "plan": "pro"}] * 50
+    ref = build_reference(rows, "m", model, origin="t")
+    assert "__other__" not in ref.features["plan"].categories
+    assert ref.features["plan"].counts[-1] == 50  # the literal "__other__" values
+    assert sum(ref.features["x"].counts) == 100  # True counts as 1.0, 10**400 is not finite
 
 
 def test_reference_build_command(tmp_path, capsys):

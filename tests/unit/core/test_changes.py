@@ -110,3 +110,17 @@ def test_bad_detector_configuration_is_named(detector, expected):
     with pytest.raises(ConfigError, match=expected) as err:
         settings(detector)
     assert "models.m" in str(err.value)
+
+
+def test_reordered_detectors_keep_their_own_state():
+    a = {"signal": "feature.x", "detector": "adwin"}
+    b = {"signal": "feature.x", "detector": "adwin", "params": {"delta": 0.01}}
+    _, events = stream()
+    m = ModelMonitor("m", settings(a, b), None)
+    feed(m, events[:900])
+    state = orjson.loads(orjson.dumps(m.to_state()))
+    swapped = ModelMonitor.from_state(state, settings(b, a), None)
+    assert [t.detector.n for t in swapped.changes] == [900, 900]
+    assert swapped.changes[1].detector.to_state() == m.changes[0].detector.to_state()
+    # same detector type and signal, other params: distinct identities, distinct alert ids
+    assert m.changes[0].identity != m.changes[1].identity

@@ -267,3 +267,31 @@ def test_a_p_value_that_underflows_to_zero_still_alerts(reference):
     x = next(f for f in ev.features if f.feature == "x")
     assert x.p_value == 0.0 and x.p_adjusted == 0.0
     assert "x" in {a.subject for a in decide_drift_alerts(ev, s.models["m"].drift)}
+
+
+def test_downtime_is_not_idle_time(reference):
+    s = make_settings()
+    m = ModelMonitor("m", s, reference)
+    rng = np.random.default_rng(16)
+    m.ingest(events(rows(rng, 10)), [W - 20_000] * 10, now=1_000.0)
+    state = orjson.loads(orjson.dumps(m.to_state()))
+    restored = ModelMonitor.from_state(state, s, reference)
+    # restarted an hour later: the backlog is read before the window may close
+    assert restored.due(now=4_600.0) == []
+    r = restored.ingest(events(rows(rng, 5)), [W - 10_000] * 5, now=4_600.5)
+    assert r.late == 0 and r.accepted == 5
+    assert restored.due(now=4_600.5 + 21) == [0]  # and the idle clock runs from the restart
+
+
+def test_a_warm_up_without_usable_data_warms_up_again():
+    s = settings_from_mapping(
+        {"defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
+         "models": {"m": {"features": {"y": {"type": "numeric"}},
+                          "reference": {"warmup": 10}}}}, env={})
+    m = ModelMonitor("m", s, None)
+    nulls = [{"model": "m", "model_version": "v1", "features": {"y": None}}] * 10
+    r = m.ingest(nulls, [0] * 10, now=None)
+    assert r.problems and "no feature" in r.problems[0] and m.reference is None
+    good = [{"model": "m", "model_version": "v1", "features": {"y": float(i)}} for i in range(10)]
+    r = m.ingest(good, [0] * 10, now=None)
+    assert r.problems == [] and m.reference is not None

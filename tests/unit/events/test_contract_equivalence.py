@@ -705,3 +705,14 @@ def test_decode_array_positions_follow_the_schema(kind, data):
     assert [r.index for r in d.rejections] == [i for i in range(len(docs)) if i not in valid]
     assert {r.reason for r in d.rejections} <= {"schema_violation"}
 
+
+
+def test_lone_surrogates_are_refused_as_text():
+    # orjson refuses them, the standard library reads them, UTF-8 cannot hold them:
+    # the message is dead-lettered whole rather than crash encoding later
+    d = decode(b'[{"prediction_id": "a", "model": "bad\\ud800"}, 1]')
+    assert d.events == [] and [r.reason for r in d.rejections] == ["invalid_json"]
+    assert "surrogate" in d.rejections[0].detail
+    # a proper pair (an astral character written as two escapes) is fine
+    ok = {**GOOD, "prediction_id": "\U0001f600"}
+    assert decode(json.dumps([ok]).encode()).events == [ok]
