@@ -14,7 +14,7 @@ import numpy as np
 
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
-from app.core.signals import OTHER_SEGMENT, reference_row, segment_label
+from app.core.signals import reference_row, segment_label
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
 from app.reference import Reference, build_reference
@@ -77,7 +77,6 @@ class ModelMonitor:
         # rebalance is recognised and not counted twice.
         self.positions: dict[str, int] = {}
         self.changes = [ChangeTracker(cfg) for cfg in self.settings.change_detectors]
-        self.segment_values: dict[str, list[str]] = {}  # key -> values seen (capped)
         self.pending_detections: list[Detection] = []
 
     # -- references -----------------------------------------------------------------
@@ -133,6 +132,10 @@ class ModelMonitor:
         times = np.asarray(times_ms, dtype=np.int64)
         for tracker in self.changes:  # every event, in arrival order
             self.pending_detections += tracker.feed(events, times.tolist())
+        # The event-time watermark just before each event: an event whose window was
+        # already due by then is late, wherever the batches happen to be cut.
+        floor = np.iinfo(np.int64).min if self.watermark_ms is None else self.watermark_ms
+        before = np.maximum.accumulate(np.concatenate(([floor], times[:-1])))
         top = int(times.max())
         self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
         seen = set(self.versions_seen)
@@ -140,13 +143,25 @@ class ModelMonitor:
             if e["model_version"] not in seen:
                 seen.add(e["model_version"])
                 self.versions_seen.append(e["model_version"])
-        if self.warmup_target:
-            result.warmup, held = self._warm_up(events, result.problems)
-            if held:
-                keep = [i for i in range(len(events)) if i not in held]
-                events, times = [events[i] for i in keep], times[keep]
-                if not events:
-                    return result
+        if not self.warmup_target:
+            self._window(events, times, before, result)
+        else:
+            # Split at each warm-up that completes: events before it are compared with
+            # what existed then, however the stream was cut into batches.
+            pos = 0
+            while pos < len(events):
+                stop, held, complete = self._feed_warm_up(events, pos, result)
+                keep = [i for i in range(pos, stop) if i not in held]
+                if keep:
+                    self._window([events[i] for i in keep], times[keep], before[keep], result)
+                if complete is not None:
+                    self._build_reference(complete, result)
+                pos = stop
+        self.late_events += result.late
+        return result
+
+    def _window(self, events: Sequence[Mapping[str, Any]], times: np.ndarray[Any, Any],
+                before: np.ndarray[Any, Any], result: IngestResult) -> None:
         latest = (times // self.hop_ms) * self.hop_ms  # the newest window holding each event
         for back in range(self.window_ms // self.hop_ms):  # 1 pass when tumbling
             starts = latest - back * self.hop_ms
@@ -156,6 +171,13 @@ class ModelMonitor:
                     if back == 0:  # its newest window is closed: so are all the others
                         result.late += idx.size
                     continue
+                due = before[idx] >= ws + self.window_ms + self.lateness_ms
+                if due.any():  # arrived after the watermark passed the window's close
+                    if back == 0:
+                        result.late += int(due.sum())
+                    idx = idx[~due]
+                    if not idx.size:
+                        continue
                 window = self.windows.get(ws)
                 if window is None:
                     window = self.windows[ws] = Window(ws, ws + self.window_ms)
@@ -166,28 +188,13 @@ class ModelMonitor:
                     del self.windows[ws]
                 if back == 0:
                     result.accepted += added
-        self.late_events += result.late
-        return result
 
     def _segment_labels(self, event: Mapping[str, Any]) -> list[str]:
-        """``key=value`` per configured segment key the event is tagged with; past
-        ``max_segment_values`` distinct values of a key, the rest are ``__other__``."""
+        """``key=value`` per configured segment key the event is tagged with."""
         tags = event.get("segment")
         if not tags:
             return []
-        out = []
-        for key in self.settings.segments:
-            value = tags.get(key)
-            if value is None:
-                continue
-            known = self.segment_values.setdefault(key, [])
-            if value not in known:
-                if len(known) < self.settings.max_segment_values:
-                    known.append(value)
-                else:
-                    value = OTHER_SEGMENT
-            out.append(segment_label(key, value))
-        return out
+        return [segment_label(key, tags[key]) for key in self.settings.segments if key in tags]
 
     def _is_closed(self, start_ms: int) -> bool:
         if start_ms in self.closing:
@@ -195,31 +202,36 @@ class ModelMonitor:
         return self.closed_through_ms is not None and start_ms + self.window_ms <= \
             self.closed_through_ms
 
-    def _warm_up(self, events: Sequence[Mapping[str, Any]],
-                 problems: list[str]) -> tuple[int, set[int]]:
-        """Feed each version's warm-up; returns how many events were fed, and those held
-        back from windows (warming up a version that has nothing to fall back on)."""
+    def _feed_warm_up(self, events: Sequence[Mapping[str, Any]], pos: int,
+                      result: IngestResult) -> tuple[int, set[int], str | None]:
+        """Feed warm-ups from ``pos`` up to the first event that completes one.
+
+        Returns where to stop, the events held back from windows (warming up a version
+        that has nothing to fall back on), and the version whose warm-up is complete.
+        """
         assert self.warmup_target is not None
         held: set[int] = set()
-        fed = 0
-        for i, e in enumerate(events):
-            version = e["model_version"]
+        for i in range(pos, len(events)):
+            version = events[i]["model_version"]
             if version in self.references:
                 continue
             rows = self.warmups.setdefault(version, [])
-            rows.append(reference_row(e))
-            fed += 1
+            rows.append(reference_row(events[i]))
+            result.warmup += 1
             if self.reference_for(version) is None:
                 held.add(i)
             if len(rows) >= self.warmup_target:
-                del self.warmups[version]
-                try:
-                    self.references[version] = build_reference(
-                        rows, self.model, self.settings, version=version,
-                        origin=f"warmup:{self.warmup_target}")
-                except ReferenceDataError as exc:  # nothing usable: warm up again
-                    problems.append(f"version {version!r}: {exc}")
-        return fed, held
+                return i + 1, held, version
+        return len(events), held, None
+
+    def _build_reference(self, version: str, result: IngestResult) -> None:
+        rows = self.warmups.pop(version)
+        try:
+            self.references[version] = build_reference(
+                rows, self.model, self.settings, version=version,
+                origin=f"warmup:{self.warmup_target}")
+        except ReferenceDataError as exc:  # nothing usable: warm up again
+            result.problems.append(f"version {version!r}: {exc}")
 
     # -- closing --------------------------------------------------------------------
     def effective_watermark(self, now: float) -> int | None:
@@ -297,7 +309,7 @@ class ModelMonitor:
             "changes": [t.to_state() for t in self.changes],
             "pending_detections": [d.to_dict() for d in self.pending_detections],
             "windows": [w.to_state() for w in self.windows.values()],
-            "versions_seen": self.versions_seen, "segment_values": self.segment_values,
+            "versions_seen": self.versions_seen,
             "warmups": self.warmups,
             "references": {v: self.references[v].to_dict()
                            for v in self._saved_versions()},
@@ -324,8 +336,6 @@ class ModelMonitor:
             m.references = {str(v): Reference.from_dict(r)
                             for v, r in state["references"].items()}
             m.versions_seen = [str(v) for v in state["versions_seen"]]
-            m.segment_values = {str(k): [str(x) for x in v]
-                                for k, v in state["segment_values"].items()}
             m.warmups = {str(v): list(rows) for v, rows in state["warmups"].items()}
             m.partition = state["partition"]
             m.watermark_ms = state["watermark"]

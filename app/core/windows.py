@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.signals import numeric_column, signal_rows
+from app.core.signals import OTHER_SEGMENT, numeric_column, segment_label, signal_rows
 from app.errors import StateError
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
@@ -98,15 +98,30 @@ class Window:
         """Add a batch of events; returns how many had a reference to be compared with.
 
         Each event goes to its version's slice and, per configured segment key it is
-        tagged with, to that segment's slice (when the reference has that segment).
+        tagged with, to that segment's slice: the reference's part for that value, or its
+        ``__other__`` part for values outside the reference's most frequent ones (when
+        the reference has neither, the event is in the version's slice only).
         """
         groups: dict[str, list[int]] = {}
+        refs: dict[str, tuple[str, Reference] | None] = {}
         for i, e in enumerate(events):
             version = e["model_version"]
             groups.setdefault(version, []).append(i)
-            if segments is not None:
-                for label in segments(e):
-                    groups.setdefault(version + SEP + label, []).append(i)
+            labels = segments(e) if segments is not None else None
+            if not labels:
+                continue
+            if version not in refs:
+                refs[version] = reference_for(version)
+            found = refs[version]
+            if found is None:
+                continue
+            parts = found[1].segments
+            for label in labels:
+                if label not in parts:  # not among the reference's frequent values
+                    label = segment_label(label.partition("=")[0], OTHER_SEGMENT)
+                    if label not in parts:
+                        continue
+                groups.setdefault(version + SEP + label, []).append(i)
         added = 0
         for key, idx in groups.items():
             version, _, label = key.partition(SEP)

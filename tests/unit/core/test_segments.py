@@ -70,14 +70,21 @@ def test_a_shift_in_one_segment_alerts_there_only(reference):
     assert sum(ev.n for ev in evs[1:]) == evs[0].n == 6000
 
 
-def test_segment_values_are_capped(reference):
+def test_values_outside_the_references_frequent_ones_share_its_other_part():
     s = settings(max_segment_values=2)
-    m = ModelMonitor("m", s, reference)
     rng = np.random.default_rng(3)
-    m.ingest(events(rng, 3000), [10] * 3000, now=None)
-    assert len(m.segment_values["region"]) == 2
+    rows = []
+    for e in events(rng, 9000):  # na, emea, apac ~3000 each: two get parts, one is other
+        rows.append({**e["features"], "#segment.region": e["segment"]["region"]})
+    reference = build_reference(rows, "m", s.models["m"], origin="t")
+    assert len(reference.segments) == 3 and "region=__other__" in reference.segments
+    m = ModelMonitor("m", s, reference)
+    live = events(rng, 3000)
+    for e in live[:50]:
+        e["segment"]["region"] = "latam"  # never in the reference: compared as other
+    m.ingest(live, [10] * 3000, now=None)
     labels = {sl.segment for sl in m.windows[0].slices.values()}
-    # the third region is "__other__", which this reference has no part for
-    assert labels == {None} | {f"region={v}" for v in m.segment_values["region"]}
-    assert ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), s,
-                                   reference).segment_values == m.segment_values
+    assert labels == {None} | set(reference.segments)
+    other = next(sl for sl in m.windows[0].slices.values() if sl.segment == "region=__other__")
+    kept = {k.partition("=")[2] for k in reference.segments} - {"__other__"}
+    assert other.n == sum(1 for e in live if e["segment"]["region"] not in kept)
