@@ -48,9 +48,10 @@ async def ensure_topics(bootstrap: str, settings: MonitorSettings,
     try:
         existing = set(await admin.list_topics())
         compacted = {settings.topics.name("references")}
+        large = {"max.message.bytes": str(16 * 1024 * 1024)}
         missing = [NewTopic(name, parts, kafka.replication_factor,
-                            topic_configs={"cleanup.policy": "compact"} if name in compacted
-                            else {})
+                            topic_configs={"cleanup.policy": "compact", **large}
+                            if name in compacted else large)
                    for name, parts in wanted.items() if name not in existing]
         if missing:
             resp = await admin.create_topics(missing)

@@ -80,7 +80,7 @@ class MetricsSettings(_Frozen):
 
 class WorkerSettings(_Frozen):
     app_id: str = "driftwarden"
-    store: str = "memory://"
+    store: Literal["memory://"] = "memory://"
     data_dir: str = ".driftwarden-data"
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within: Duration = 0.2

@@ -41,6 +41,7 @@ from app.settings import MonitorSettings
 log = logging.getLogger("driftwarden")
 CE_HEADERS = [("content-type", CONTENT_TYPE.encode())]
 STATE_TABLE = "model-state"
+STATE_MAX_BYTES = 16 * 1024 * 1024  # a model's state record: references can be large
 
 
 @dataclass
@@ -304,7 +305,8 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                          value_serializer="raw", partitions=parts)
 
     predictions = raw_topic(topics.name("predictions"))
-    table = app.Table(STATE_TABLE, partitions=parts, key_type=bytes, value_type=bytes)
+    table = app.Table(STATE_TABLE, partitions=parts, key_type=bytes, value_type=bytes,
+                      extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)})
     engine = Engine(settings, references, source=f"urn:driftwarden:{settings.worker.app_id}")
     pipeline = Pipeline(settings, engine, metrics, table,
                         alerts=raw_topic(topics.name("alerts")),

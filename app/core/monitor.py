@@ -22,7 +22,7 @@ from app.settings import MonitorSettings
 
 STATE_KIND = "model-monitor"
 STATE_VERSION = 2
-MAX_SAVED_REFERENCES = 16  # per model: the newest versions' own references are kept
+MAX_SAVED_REFERENCES = 4  # per model: the newest versions' own references are kept
 
 
 @dataclass
@@ -310,7 +310,8 @@ class ModelMonitor:
             "pending_detections": [d.to_dict() for d in self.pending_detections],
             "windows": [w.to_state() for w in self.windows.values()],
             "versions_seen": self.versions_seen,
-            "warmups": self.warmups,
+            # Warm-up rows are not saved: they would make every batch's record megabytes
+            # long. A restart during a warm-up starts that warm-up over.
             "references": {v: self.references[v].to_dict()
                            for v in self._saved_versions()},
         }
@@ -336,7 +337,7 @@ class ModelMonitor:
             m.references = {str(v): Reference.from_dict(r)
                             for v, r in state["references"].items()}
             m.versions_seen = [str(v) for v in state["versions_seen"]]
-            m.warmups = {str(v): list(rows) for v, rows in state["warmups"].items()}
+
             m.partition = state["partition"]
             m.watermark_ms = state["watermark"]
             # Not restored: downtime is not idle time. The idle clock restarts with the

@@ -118,8 +118,6 @@ def test_warmup_builds_the_reference_from_the_first_events():
     rng = np.random.default_rng(5)
     r = m.ingest(events(rows(rng, 800)), [0] * 800, now=0.0)
     assert r.warmup == 800 and m.reference is None and not m.windows
-    state = orjson.loads(orjson.dumps(m.to_state()))
-    m = ModelMonitor.from_state(state, s, None)  # a restart during warm-up keeps the rows
     r = m.ingest(events(rows(rng, 400)), [W] * 400, now=0.0)
     assert r.warmup == 200 and r.accepted == 200
     assert m.reference is not None and m.reference.n == 1000
@@ -127,6 +125,17 @@ def test_warmup_builds_the_reference_from_the_first_events():
     again = ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), s, None)
     assert again.reference is not None and again.reference.n == 1000
     assert again.windows[W].n == 200
+
+
+def test_a_restart_during_a_warm_up_starts_it_over_and_keeps_state_small():
+    s = make_settings(reference={"warmup": 1000})
+    m = ModelMonitor("m", s, None)
+    m.ingest(events(rows(np.random.default_rng(17), 800)), [0] * 800, now=None)
+    raw = orjson.dumps(m.to_state())
+    assert len(raw) < 10_000  # the 800 warm-up rows are not in every batch's record
+    m = ModelMonitor.from_state(orjson.loads(raw), s, None)
+    r = m.ingest(events(rows(np.random.default_rng(18), 400)), [W] * 400, now=None)
+    assert r.warmup == 400 and m.reference is None
 
 
 def test_shifted_features_alert_and_unshifted_do_not(reference):
