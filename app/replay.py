@@ -173,11 +173,11 @@ def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
     """Replay ``predictions``; ``installed`` are per-version references, as a worker reads
     them from the references topic."""
     replay = Replay(settings, out)
-    for ref in installed or []:
-        if not replay.engine.install_reference(ref):
-            raise DriftwardenError(f"reference of {ref.model!r} version {ref.version!r}: "
-                                   "unknown model, or built without --version")
     try:
+        for ref in installed or []:
+            if not replay.engine.install_reference(ref):
+                raise DriftwardenError(f"reference of {ref.model!r} version {ref.version!r}: "
+                                       "unknown model, or built without --version")
         return replay.run(predictions, progress=progress)
     finally:
         replay.close()
