@@ -57,6 +57,29 @@ def reference_row(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _NUMERIC_TYPES = (int, float, bool)
+_FAST_TYPES = frozenset({float, int, bool, type(None)})  # numpy converts these as we do
+
+
+def numeric_columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]
+                    ) -> dict[str, np.ndarray[Any, Any]]:
+    """:func:`numeric_column` for several names at once, vectorised when it can be.
+
+    When every value is a float, an int, a bool or null (the usual batch), one list and
+    one ``np.array`` call convert them all (null becomes NaN, bools 1/0, exactly as
+    :func:`numeric_column`); otherwise (strings, containers, integers beyond the float
+    range) the per-value rule runs.
+    """
+    if not names or not rows:
+        return {n: numeric_column(rows, n) for n in names}
+    flat = [row.get(n) for row in rows for n in names]
+    if set(map(type, flat)) <= _FAST_TYPES:
+        try:
+            matrix = np.array(flat, dtype=np.float64).reshape(len(rows), len(names))
+        except OverflowError:
+            pass
+        else:
+            return {n: matrix[:, j] for j, n in enumerate(names)}
+    return {n: numeric_column(rows, n) for n in names}
 
 
 def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[Any, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.signals import OTHER_SEGMENT, numeric_column, segment_label, signal_rows
+from app.core.signals import OTHER_SEGMENT, numeric_columns, segment_label, signal_rows
 from app.errors import StateError
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
@@ -42,9 +42,11 @@ class Slice:
     def update(self, events: Sequence[Mapping[str, Any]]) -> None:
         rows = signal_rows(events, list(self.sketches))
         self.n += len(rows)
+        columns = numeric_columns(rows, [name for name, sketch in self.sketches.items()
+                                         if isinstance(sketch, BinnedHistogram)])
         for name, sketch in self.sketches.items():
             if isinstance(sketch, BinnedHistogram):
-                column = numeric_column(rows, name)
+                column = columns[name]
                 sketch.update(column)
                 quantiles = self.quantiles.get(name)
                 if quantiles is not None:
