@@ -220,7 +220,7 @@ def test_installed_reference_wins_over_fallback(reference):
 
 
 def test_numeric_column_never_raises_on_odd_values():
-    from app.core.windows import numeric_column
+    from app.core.signals import numeric_column
 
     col = numeric_column([{"x": 10**400}, {"x": -(10**400)}, {"x": "7"}, {"x": None}, {},
                           {"x": True}, {"x": 2.5}], "x")
