@@ -90,6 +90,9 @@ class WorkerSettings(_Frozen):
     deadletter_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_array_elements: int = Field(100_000, ge=1)
     tick_interval: Duration = 1.0
+    # Messages a worker may hold fetched but unprocessed (faust's stream buffer): bounds
+    # memory when messages are large arrays.
+    stream_buffer: int = Field(256, ge=1, le=100_000)
 
 
 class Defaults(_Frozen):

@@ -264,6 +264,7 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
         "topic_disable_leader": True,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
+        "stream_buffer_maxsize": worker.stream_buffer,
         # Dead letters can be as large as what arrived: allow up to the dead-letter cap.
         "producer_max_request_size": max(worker.max_message_bytes,
                                          worker.deadletter_max_bytes) + 64 * 1024,
