@@ -211,11 +211,7 @@ class Pipeline:
             alerts = self.engine.detections(model)
             if not alerts:
                 return
-            key = model.encode()
-            futures = [await self.alerts.send(key=key, value=orjson.dumps(a),
-                                              headers=CE_HEADERS) for a in alerts]
-            for fut in futures:
-                await fut
+            await self._send(model, [(self.alerts, a) for a in alerts])
             for a in alerts:
                 self.metrics.alerts.labels(model, a["data"]["kind"],
                                            a["data"]["severity"]).inc()
@@ -229,15 +225,17 @@ class Pipeline:
             await self.publish_detections(model)  # left over from before a restart
             await self.close_due(model, now)
 
-    async def _publish(self, model: str, closed: ClosedWindow) -> None:
+    async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Publish CloudEvents keyed by model and wait until the broker has them all."""
         key = model.encode()
-        futures = [await self.alerts.send(key=key, value=orjson.dumps(a), headers=CE_HEADERS)
-                   for a in closed.alerts]
-        futures += [await self.evaluations.send(key=key, value=orjson.dumps(e),
-                                                headers=CE_HEADERS)
-                    for e in closed.evaluation_events]
+        futures = [await topic.send(key=key, value=orjson.dumps(event), headers=CE_HEADERS)
+                   for topic, event in outputs]
         for fut in futures:
             await fut
+
+    async def _publish(self, model: str, closed: ClosedWindow) -> None:
+        await self._send(model, [(self.alerts, a) for a in closed.alerts]
+                         + [(self.evaluations, e) for e in closed.evaluation_events])
         for d in closed.decisions:
             self.metrics.alerts.labels(model, d.kind, d.severity).inc()
         self.metrics.windows_closed.labels(model).inc()

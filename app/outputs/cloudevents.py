@@ -62,6 +62,17 @@ def _segment_dict(label: str | None) -> dict[str, str] | None:
     return {key: value}
 
 
+def _labels(kind: str, model: str, severity: str, subject: str, owners: dict[str, str],
+            **extra: str | None) -> dict[str, str]:
+    """Alertmanager-shaped labels: bounded values only, the on-call owner as ``team``."""
+    labels = {"alertname": f"driftwarden_{kind}", "model": model, "kind": kind,
+              "severity": severity, "feature": subject}
+    labels.update({k: v for k, v in extra.items() if v})
+    if "on_call" in owners:
+        labels["team"] = owners["on_call"]
+    return labels
+
+
 def _window_alert_id(ev: WindowEvaluation, d: AlertDecision) -> str:
     parts: tuple[object, ...] = (ev.model, ev.model_version, d.kind, d.subject, ev.start_ms)
     return stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
@@ -74,14 +85,8 @@ def alert_event(d: AlertDecision, ev: WindowEvaluation, model: ModelSettings, *,
     if ev.segment:
         summary = summary.replace(f" on {d.subject}:", f" on {d.subject} in {ev.segment}:", 1)
     owners = _owners(model)
-    labels = {"alertname": f"driftwarden_{d.kind}", "model": ev.model, "kind": d.kind,
-              "severity": d.severity, "feature": d.subject}
-    if ev.model_version:
-        labels["model_version"] = ev.model_version
-    if ev.segment:
-        labels["segment"] = ev.segment
-    if "on_call" in owners:
-        labels["team"] = owners["on_call"]
+    labels = _labels(d.kind, ev.model, d.severity, d.subject, owners,
+                     model_version=ev.model_version, segment=ev.segment)
     data = {
         "alert_id": alert_id, "status": "firing", "severity": d.severity, "kind": d.kind,
         "model": ev.model, "model_version": ev.model_version, "feature": d.subject,
@@ -118,11 +123,8 @@ def change_alert_event(det: Detection, model_name: str, model: ModelSettings, wi
     summary = (f"{model_name}: change in {subject} detected by {det.detector} at value "
                f"{det.index} (mean {before} -> recent {recent}) ({det.severity})")
     owners = _owners(model)
-    labels = {"alertname": f"driftwarden_{kind}", "model": model_name, "kind": kind,
-              "severity": det.severity, "feature": subject, "statistic": det.detector,
-              "model_version": det.model_version}
-    if "on_call" in owners:
-        labels["team"] = owners["on_call"]
+    labels = _labels(kind, model_name, det.severity, subject, owners,
+                     statistic=det.detector, model_version=det.model_version)
     data = {
         "alert_id": alert_id, "status": "firing", "severity": det.severity, "kind": kind,
         "model": model_name, "model_version": det.model_version, "feature": subject,

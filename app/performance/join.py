@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import StateError
+from app.sketches._state import check_state
 
 STATE_KIND = "label-join"
 STATE_VERSION = 1
@@ -133,11 +134,7 @@ class LabelJoin:
                 "joined": [[k, v] for k, v in self.joined.items()]}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        if state.get("kind") != STATE_KIND:
-            raise StateError(f"expected a {STATE_KIND!r} state, got {state.get('kind')!r}")
-        if state.get("v") != STATE_VERSION:
-            raise StateError(f"{STATE_KIND} state version {state.get('v')!r} is not supported "
-                             f"(this build reads {STATE_VERSION})")
+        check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
         try:
             self.pending = OrderedDict((str(k), (int(t), str(v), p, s))
                                        for k, t, v, p, s in state["pending"])

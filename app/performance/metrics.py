@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import StateError
+from app.sketches._state import check_state
 from app.sketches.categorical import as_category
 
 AUC_BINS = 200
@@ -136,7 +137,7 @@ class ClassificationMetrics:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ClassificationMetrics:
-        _check(state, cls.KIND, cls.VERSION)
+        check_state(state, cls.KIND, frozenset({cls.VERSION}))
         try:
             m = cls(state["positive"])
             m.confusion = {(str(a), str(p)): int(v) for a, p, v in state["confusion"]}
@@ -203,7 +204,7 @@ class RegressionMetrics:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RegressionMetrics:
-        _check(state, cls.KIND, cls.VERSION)
+        check_state(state, cls.KIND, frozenset({cls.VERSION}))
         try:
             m = cls()
             m.n = int(state["n"])
@@ -212,11 +213,3 @@ class RegressionMetrics:
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt regression metrics: {exc!r}") from None
         return m
-
-
-def _check(state: Any, kind: str, version: int) -> None:
-    if not isinstance(state, Mapping) or state.get("kind") != kind:
-        raise StateError(f"expected a {kind!r} metrics state")
-    if state.get("v") != version:
-        raise StateError(f"{kind} metrics state version {state.get('v')!r} is not supported "
-                         f"(this build reads {version})")
