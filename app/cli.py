@@ -86,14 +86,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     predictions = Path(args.predictions)
-    if not predictions.is_file():
-        raise DriftwardenError(f"{predictions}: no such file")
+    extra = {"outcomes": args.outcomes, "model_events": args.model_events}
+    for path in (args.predictions, *extra.values()):
+        if path is not None and not Path(path).is_file():
+            raise DriftwardenError(f"{path}: no such file")
     out = Path(args.out)
     from app.reference import load_reference_json
 
     installed = [load_reference_json(Path(p)) for p in args.reference or []]
     summary = run_replay(settings, predictions, out, progress=not args.no_progress,
-                         installed=installed)
+                         installed=installed,
+                         **{k: Path(v) for k, v in extra.items() if v is not None})
     print(f"replayed {summary.lines} lines: {summary.events} events, {summary.rejected} "
           f"rejected; {summary.windows} windows closed, {summary.alerts} alerts")
     for feature, count in sorted(summary.alerts_by_feature.items(), key=lambda kv: -kv[1]):
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-c", "--config", required=True)
     rp.add_argument("--predictions", required=True,
                     help="JSON lines: one prediction event, or an array of them, per line")
+    rp.add_argument("--outcomes", help="JSON lines of outcome events (ground-truth labels)")
+    rp.add_argument("--model-events", help="JSON lines of model lifecycle events")
     rp.add_argument("--out", required=True, help="folder for the output JSON-lines files")
     rp.add_argument("--reference", action="append", metavar="FILE",
                     help="a version's reference (*.reference.json); repeatable")

@@ -1,10 +1,13 @@
 """``driftwarden replay``: the workers' engine over JSON-lines files, without a broker.
 
-Each line of the predictions file is one prediction event or a JSON array of them (the
-same values a producer would write to Kafka). Events are processed in file order in
-batches; windows close by event time only (there is no wall clock offline) and, at the
-end of the input, every window still open is closed. The outputs are the CloudEvents a
-worker publishes, one per line:
+Each line of an input file is one event or a JSON array of them (the same values a
+producer would write to Kafka): predictions, and optionally outcomes (``--outcomes``) and
+model lifecycle events (``--model-events``). Each file is read in its own order, the
+files merged by event time (a line's first timestamp), like a worker reading three
+topics; events go through the engine in batches. Windows close and performance
+checkpoints fall due by event time only (there is no wall clock offline); at the end of
+the input, every window still open is closed and every checkpoint left is evaluated.
+The outputs are the CloudEvents a worker publishes, one per line:
 
 - ``DIR/alerts.jsonl`` and ``DIR/evaluations.jsonl``;
 - ``DIR/retrain-triggers.jsonl`` (retrain triggers are not decided yet: the file is
@@ -17,6 +20,7 @@ Kafka record time to fall back on.
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 import time
@@ -25,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from app.core.engine import ClosedWindow, Engine
 from app.errors import DriftwardenError
-from app.events.checks import PREDICTION
-from app.events.decode import decode_message
+from app.events.checks import SPECS, timestamp_ms
+from app.events.decode import Decoded, decode_message
 from app.reference import Reference, load_references
 from app.settings import MonitorSettings
 
@@ -99,10 +104,11 @@ class Replay:
         self.files[name].write(orjson.dumps(doc) + b"\n")
 
     def _reject(self, lineno: int, reason: str, detail: str, value: bytes,
-                index: int | None) -> None:
+                index: int | None, kind: str = "prediction") -> None:
         self.summary.rejected += 1
-        self._write("deadletter", {"reason": reason, "detail": detail, "line": lineno,
-                                   "index": index, "value": value.decode("utf-8", "replace")})
+        self._write("deadletter", {"reason": reason, "detail": detail, "input": kind,
+                                   "line": lineno, "index": index,
+                                   "value": value.decode("utf-8", "replace")})
 
     def _emit(self, model: str, start: int) -> None:
         closed: ClosedWindow = self.engine.begin_close(model, start)
@@ -120,54 +126,81 @@ class Replay:
             self.summary.alerts_by_feature.get(feature, 0) + 1
         self.summary.alerts += 1
 
-    def run(self, predictions: Path, *, progress: bool = True) -> ReplaySummary:
+    def _decoded(self, path: Path, kind: str, order: int
+                 ) -> Iterator[tuple[int, int, str, int, Decoded, int]]:
+        """(event time, file order, kind, line number, decoded line, bytes read) per line."""
         wset = self.settings.worker
-        bar = Progress(os.path.getsize(predictions), progress)
+        key = np.iinfo(np.int64).min
+        for lineno, line, done in _lines(path):
+            decoded = decode_message(line, SPECS[kind], max_bytes=wset.max_message_bytes,
+                                     max_elements=wset.max_array_elements)
+            for obj in decoded.events:
+                if "timestamp" in obj:
+                    key = timestamp_ms(obj["timestamp"])
+                    break
+            yield key, order, kind, lineno, decoded, done
+
+    def run(self, predictions: Path, *, outcomes: Path | None = None,
+            model_events: Path | None = None, progress: bool = True) -> ReplaySummary:
+        inputs = [(p, kind) for p, kind in ((model_events, "model_event"),
+                                            (predictions, "prediction"),
+                                            (outcomes, "outcome")) if p is not None]
+        bar = Progress(sum(os.path.getsize(p) for p, _ in inputs), progress)
+        streams = [self._decoded(p, kind, i) for i, (p, kind) in enumerate(inputs)]
         batch = self.engine.batch()
         pending = 0
-        done = 0
-        for lineno, line, done in _lines(predictions):
+        done: dict[str, int] = {}
+        for _, _, kind, lineno, decoded, read in heapq.merge(*streams,
+                                                             key=lambda x: (x[0], x[1])):
+            done[kind] = read
             self.summary.lines += 1
-            decoded = decode_message(line, PREDICTION, max_bytes=wset.max_message_bytes,
-                                     max_elements=wset.max_array_elements)
             for r in decoded.rejections:
-                self._reject(lineno, r.reason, r.detail, r.raw, r.index)
+                self._reject(lineno, r.reason, r.detail, r.raw, r.index, kind)
             for i, obj in enumerate(decoded.events):
                 index = None if decoded.positions is None else decoded.positions[i]
                 if "timestamp" not in obj:
                     self._reject(lineno, "missing_timestamp",
                                  "offline, every event needs a timestamp", orjson.dumps(obj),
-                                 index)
+                                 index, kind)
                     continue
-                if batch.add(obj, 0) is not None:
+                if batch.add(obj, 0, kind=kind) is not None:
                     self._reject(lineno, "unknown_model",
                                  f"model {obj['model']!r} is not configured",
-                                 orjson.dumps(obj), index)
+                                 orjson.dumps(obj), index, kind)
             pending += 1
             if pending >= LINES_PER_BATCH:
                 self._flush(batch)
                 batch, pending = self.engine.batch(), 0
-                bar.show(done, self.summary.events)
+                bar.show(sum(done.values()), self.summary.events)
         self._flush(batch)
         for model in list(self.engine.monitors):  # end of input: close what is open
             for start in self.engine.open_windows(model):
                 self._emit(model, start)
-        bar.show(done, self.summary.events, force=True)
+            self.engine.flush(model)
+            self._outputs(model)
+        bar.show(sum(done.values()), self.summary.events, force=True)
         return self.summary
+
+    def _outputs(self, model: str) -> None:
+        outputs = self.engine.detections(model)
+        for target, event in outputs:
+            if target == "alerts":
+                self._count_alert(event)
+            else:
+                self._write(target, event)
+        self.engine.ack_detections(model, len(outputs))
 
     def _flush(self, batch: Any) -> None:
         self.engine.apply(batch, None)
         self.summary.events += batch.accepted
         for model in batch.models:
-            alerts = self.engine.detections(model)
-            for alert in alerts:
-                self._count_alert(alert)
-            self.engine.ack_detections(model, len(alerts))
+            self._outputs(model)
             for start in self.engine.due(model, None):
                 self._emit(model, start)
 
 
 def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
+               outcomes: Path | None = None, model_events: Path | None = None,
                progress: bool = True, installed: list[Reference] | None = None
                ) -> ReplaySummary:
     """Replay ``predictions``; ``installed`` are per-version references, as a worker reads
@@ -178,6 +211,7 @@ def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
             if not replay.engine.install_reference(ref):
                 raise DriftwardenError(f"reference of {ref.model!r} version {ref.version!r}: "
                                        "unknown model, or built without --version")
-        return replay.run(predictions, progress=progress)
+        return replay.run(predictions, outcomes=outcomes, model_events=model_events,
+                          progress=progress)
     finally:
         replay.close()

@@ -30,7 +30,7 @@ from faust.types import EventT, Message
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import StateError
-from app.events.checks import PREDICTION
+from app.events.checks import SPECS
 from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
 from app.outputs.cloudevents import CONTENT_TYPE
@@ -61,6 +61,7 @@ class Pipeline:
     evaluations: Any
     deadletter: Any
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
 
     # -- state ------------------------------------------------------------------------
     def load_state(self, model: str) -> Any:
@@ -71,6 +72,18 @@ class Pipeline:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise StateError(f"saved state is not JSON: {exc}") from None
+
+    def load_records(self, model: str) -> dict[str, Any]:
+        """The model's side records (label join segments, performance windows)."""
+        prefix = f"{model}/".encode()
+        out = {}
+        for key in list(self.table.data.keys()):
+            if isinstance(key, bytes) and key.startswith(prefix):
+                try:
+                    out[key[len(prefix):].decode()] = orjson.loads(self.table.data[key])
+                except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise StateError(f"saved record {key!r} is not JSON: {exc}") from None
+        return out
 
     def on_state_error(self, model: str, exc: StateError) -> None:
         self.metrics.state_errors.labels(model).inc()
@@ -83,6 +96,16 @@ class Pipeline:
             return
         key = model.encode()
         value = orjson.dumps(m.to_state(), option=orjson.OPT_SERIALIZE_NUMPY)
+        # Side records first: a restore never sees a main state newer than its records.
+        for suffix, record in m.drain_records().items():
+            rkey = f"{model}/{suffix}".encode()
+            if record is None:
+                self.table.data.pop(rkey, None)
+                self.table.send_changelog(m.partition, rkey, None)
+            else:
+                raw = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+                self.table.data[rkey] = raw
+                self.table.send_changelog(m.partition, rkey, raw)
         self.table.data[key] = value
         self.table.send_changelog(m.partition, key, value)
 
@@ -92,7 +115,8 @@ class Pipeline:
         """Models whose state this worker holds for a partition it is assigned."""
         names = set(self.engine.monitors)
         for key in list(self.table.data.keys()):
-            names.add(key.decode() if isinstance(key, bytes) else str(key))
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            names.add(name.partition("/")[0])  # "<model>" or "<model>/<side record>"
         owned = self.assigned() if self.assigned is not None else None
         out = []
         for name in sorted(n for n in names if n in self.settings.models):
@@ -116,25 +140,33 @@ class Pipeline:
         topic = self.settings.topics.name("predictions")
         batch = self.engine.batch()
         dead: list[tuple[Message, Rejection]] = []
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # messages, valid, dup
         for event in events:
             msg = event.message
             value: bytes = msg.value or b""
             position = f"{msg.topic}:{msg.partition}"
-            decoded = decode_message(value, PREDICTION, max_bytes=wset.max_message_bytes,
+            kind = self.kinds.get(msg.topic, "prediction")
+            decoded = decode_message(value, SPECS[kind], max_bytes=wset.max_message_bytes,
                                      max_elements=wset.max_array_elements)
             dead.extend((msg, r) for r in decoded.rejections)
             default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
+            count = counts[msg.topic]
+            count[0] += 1
+            before = (batch.accepted, batch.duplicates)
             for i, obj in enumerate(decoded.events):
                 if batch.add(obj, default_ms, position=(position, msg.offset),
-                             partition=msg.partition) is not None:
+                             partition=msg.partition, kind=kind) is not None:
                     index = None if decoded.positions is None else decoded.positions[i]
                     dead.append((msg, Rejection(
                         "unknown_model", f"model {obj['model']!r} is not configured",
                         element_bytes(value, obj, decoded), index)))
-        self.metrics.messages.labels(topic).inc(len(events))
-        self.metrics.events.labels(topic, "valid").inc(batch.accepted)
-        if batch.duplicates:
-            self.metrics.events.labels(topic, "duplicate").inc(batch.duplicates)
+            count[1] += batch.accepted - before[0]
+            count[2] += batch.duplicates - before[1]
+        for name, (messages, valid, duplicates) in counts.items():
+            self.metrics.messages.labels(name).inc(messages)
+            self.metrics.events.labels(name, "valid").inc(valid)
+            if duplicates:
+                self.metrics.events.labels(name, "duplicate").inc(duplicates)
         for model, result in self.engine.apply(batch, now).items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()
@@ -145,15 +177,17 @@ class Pipeline:
             m = self.engine.monitor(model)
             if m.watermark_ms is not None:
                 self.metrics.watermark.labels(model).set(m.watermark_ms / 1000)
+            if result.performance is not None:
+                self.metrics.observe_performance(model, result.performance, m.performance)
             self.save(model)
-        await self._dead_letter(dead, topic)
+        await self._dead_letter(dead)
         self.metrics.batch_events.observe(batch.accepted + len(dead))
         for model in batch.models:
             await self.publish_detections(model)
             await self.close_due(model, now)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _dead_letter(self, dead: list[tuple[Message, Rejection]], topic: str) -> None:
+    async def _dead_letter(self, dead: list[tuple[Message, Rejection]]) -> None:
         futures = []
         limit = self.settings.worker.deadletter_max_bytes
         for msg, rej in dead:
@@ -174,8 +208,8 @@ class Pipeline:
             futures.append(await self.deadletter.send(key=msg.key, value=value,
                                                       headers=headers))
             outcome = "unknown_model" if rej.reason == "unknown_model" else "invalid"
-            self.metrics.events.labels(topic, outcome).inc()
-            self.metrics.deadletters.labels(topic, rej.reason).inc()
+            self.metrics.events.labels(msg.topic, outcome).inc()
+            self.metrics.deadletters.labels(msg.topic, rej.reason).inc()
         for fut in futures:
             await fut
 
@@ -208,21 +242,32 @@ class Pipeline:
         and detections added while sending (appended) are not acknowledged by mistake.
         """
         async with self.locks[model]:
-            alerts = self.engine.detections(model)
-            if not alerts:
+            outputs = self.engine.detections(model)
+            if not outputs:
                 return
-            await self._send(model, [(self.alerts, a) for a in alerts])
-            for a in alerts:
-                self.metrics.alerts.labels(model, a["data"]["kind"],
-                                           a["data"]["severity"]).inc()
-            self.engine.ack_detections(model, len(alerts))
+            targets = {"alerts": self.alerts, "evaluations": self.evaluations}
+            await self._send(model, [(targets[t], e) for t, e in outputs])
+            for target, e in outputs:
+                if target == "alerts":
+                    self.metrics.alerts.labels(model, e["data"]["kind"],
+                                               e["data"]["severity"]).inc()
+                else:
+                    self.metrics.observe_performance_evaluation(model, e["data"])
+            self.engine.ack_detections(model, len(outputs))
             self.save(model)
 
     async def tick(self) -> None:
-        """Wall-clock pass: close windows of idle streams."""
+        """Wall-clock pass: close windows of idle streams, evaluate due checkpoints."""
         now = time.time()
         for model in self.local_models():
-            await self.publish_detections(model)  # left over from before a restart
+            async with self.locks[model]:
+                update = self.engine.advance(model, now)
+                if update is not None and (update.evaluations or update.detections
+                                           or update.expired or update.orphans):
+                    m = self.engine.monitor(model)
+                    self.metrics.observe_performance(model, update, m.performance)
+                    self.save(model)
+            await self.publish_detections(model)  # also what was left before a restart
             await self.close_due(model, now)
 
     async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -303,7 +348,11 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=parts)
 
-    predictions = raw_topic(topics.name("predictions"))
+    # Predictions, outcomes and model events are all keyed by model and co-partitioned:
+    # one agent reads the three, so a model's state has a single writer.
+    streams = app.topic(topics.name("predictions"), topics.name("outcomes"),
+                        topics.name("model_events"), key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw", partitions=parts)
     table = app.Table(STATE_TABLE, partitions=parts, key_type=bytes, value_type=bytes,
                       extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)})
     engine = Engine(settings, references, source=f"urn:driftwarden:{settings.worker.app_id}")
@@ -312,6 +361,10 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                         evaluations=raw_topic(topics.name("evaluations")),
                         deadletter=raw_topic(topics.name("deadletter")))
     engine.load_state = pipeline.load_state
+    engine.load_records = pipeline.load_records
+    pipeline.kinds = {topics.name("predictions"): "prediction",
+                      topics.name("outcomes"): "outcome",
+                      topics.name("model_events"): "model_event"}
     engine.on_state_error = pipeline.on_state_error
     predictions_name = topics.name("predictions")
     pipeline.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
@@ -322,7 +375,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
         async for events in stream.take_events(batch, within=within):
             await pipeline.process_batch(list(events))
 
-    app.agent(predictions, name="driftwarden.predictions")(predictions_agent)
+    app.agent(streams, name="driftwarden.predictions")(predictions_agent)
 
     async def tick() -> None:
         recovery = app.tables.recovery  # type: ignore[attr-defined]

@@ -78,6 +78,47 @@ def signal_value(event: Mapping[str, Any], signal: str) -> float | None:
     return None
 
 
+class DetectorRun:
+    """A detector over one value stream with the evidence kept around it: the mean since
+    the previous detection and an exponentially weighted recent mean."""
+
+    def __init__(self, detector: RiverDetector) -> None:
+        self.detector = detector
+        self.since_sum = 0.0
+        self.since_n = 0
+        self.recent: float | None = None
+
+    def step(self, x: float) -> tuple[float | None, float | None] | None:
+        """Feed one value; on a detection, ``(mean before, recent mean)``, else None."""
+        self.recent = x if self.recent is None else \
+            self.recent + RECENT_ALPHA * (x - self.recent)
+        found = None
+        if self.detector.update(x):
+            found = (self.since_sum / self.since_n if self.since_n else None, self.recent)
+            self.since_sum, self.since_n = 0.0, 0
+        self.since_sum += x
+        self.since_n += 1
+        return found
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": self.detector.to_state(), "since_sum": self.since_sum,
+                "since_n": self.since_n, "recent": self.recent}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> DetectorRun:
+        from app.detectors.streaming import detector_from_state
+
+        try:
+            run = cls(detector_from_state(state["detector"]))
+            run.since_sum = float(state["since_sum"])
+            run.since_n = int(state["since_n"])
+            recent = state["recent"]
+            run.recent = None if recent is None else float(recent)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"corrupt change-detector state: {exc!r}") from None
+        return run
+
+
 class ChangeTracker:
     """One configured detector with its sampling counter and evidence means."""
 
@@ -86,11 +127,12 @@ class ChangeTracker:
 
         self.cfg = cfg
         self.identity = detector_identity(cfg)
-        self.detector: RiverDetector = make_detector(cfg.detector, **cfg.params)
+        self.run = DetectorRun(make_detector(cfg.detector, **cfg.params))
         self.seen = 0  # values of the signal seen (the sampling counter)
-        self.since_sum = 0.0
-        self.since_n = 0
-        self.recent: float | None = None
+
+    @property
+    def detector(self) -> RiverDetector:
+        return self.run.detector
 
     def feed(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int]
              ) -> list[Detection]:
@@ -103,33 +145,21 @@ class ChangeTracker:
             self.seen += 1
             if self.seen % every:
                 continue
-            self.recent = x if self.recent is None else \
-                self.recent + RECENT_ALPHA * (x - self.recent)
-            if self.detector.update(x):
-                before = self.since_sum / self.since_n if self.since_n else None
+            hit = self.run.step(x)
+            if hit is not None:
                 found.append(Detection(self.cfg.detector, self.cfg.signal, self.detector.n,
-                                       int(t), str(event["model_version"]), before,
-                                       self.recent, self.cfg.severity, self.identity))
-                self.since_sum, self.since_n = 0.0, 0
-            self.since_sum += x
-            self.since_n += 1
+                                       int(t), str(event["model_version"]), hit[0], hit[1],
+                                       self.cfg.severity, self.identity))
         return found
 
     def to_state(self) -> dict[str, Any]:
-        return {"identity": self.identity, "detector": self.detector.to_state(),
-                "seen": self.seen,
-                "since_sum": self.since_sum, "since_n": self.since_n, "recent": self.recent}
+        return {"identity": self.identity, "seen": self.seen, **self.run.to_state()}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        from app.detectors.streaming import detector_from_state
-
+        if state.get("identity") != self.identity:
+            return  # another detector's state: this one starts afresh
+        self.run = DetectorRun.from_state(state)
         try:
-            if state.get("identity") != self.identity:
-                return  # another detector's state: this one starts afresh
-            self.detector = detector_from_state(state["detector"])
             self.seen = int(state["seen"])
-            self.since_sum = float(state["since_sum"])
-            self.since_n = int(state["since_n"])
-            self.recent = state["recent"]
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt change-detector state: {exc!r}") from None

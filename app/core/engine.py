@@ -29,11 +29,18 @@ from app.core.monitor import IngestResult, ModelMonitor
 from app.errors import StateError
 from app.events.checks import timestamp_ms
 from app.outputs.cloudevents import alert_event, change_alert_event, evaluation_event
+from app.outputs.performance import (
+    concept_alert_event,
+    performance_alert_event,
+    performance_evaluation_event,
+)
+from app.performance.tracker import PerformanceUpdate
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.reference import Reference
 from app.settings import MonitorSettings
 
 StateLoader = Callable[[str], Any]  # model -> saved state (parsed JSON) or None
+RecordsLoader = Callable[[str], dict[str, Any]]  # model -> its side records (suffix -> value)
 StateErrorHook = Callable[[str, StateError], None]
 
 
@@ -43,6 +50,8 @@ class Batch:
 
     engine: Engine
     groups: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
+    outcomes: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
+    model_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> source -> offset
     duplicates: int = 0
@@ -50,11 +59,16 @@ class Batch:
 
     @property
     def models(self) -> list[str]:
-        return list(self.groups)
+        """Models with anything in this batch."""
+        return list(dict.fromkeys([*self.groups, *self.outcomes, *self.model_events]))
 
     def add(self, event: dict[str, Any], default_ms: int, *,
-            position: tuple[str, int] | None = None, partition: int | None = None) -> str | None:
+            position: tuple[str, int] | None = None, partition: int | None = None,
+            kind: str = "prediction") -> str | None:
         """Route one validated event; returns a rejection reason or ``None``.
+
+        ``kind`` is ``prediction``, ``outcome`` or ``model_event`` (the schema the event
+        was validated with).
 
         ``position`` (source, offset) lets a redelivered record be recognised: an event
         whose position is already applied to its model's saved state is skipped. Several
@@ -69,12 +83,16 @@ class Batch:
         if position is not None and m.applied(*position):
             self.duplicates += 1
             return None
-        group = self.groups.get(model)
-        if group is None:
-            group = self.groups[model] = ([], [])
-        group[0].append(event)
-        ts = event.get("timestamp")
-        group[1].append(default_ms if ts is None else timestamp_ms(ts))
+        if kind == "model_event":
+            self.model_events.setdefault(model, []).append(event)
+        else:
+            groups = self.groups if kind == "prediction" else self.outcomes
+            group = groups.get(model)
+            if group is None:
+                group = groups[model] = ([], [])
+            group[0].append(event)
+            ts = event.get("timestamp")
+            group[1].append(default_ms if ts is None else timestamp_ms(ts))
         if position is not None:
             self.positions.setdefault(model, {})[position[0]] = position[1]
         self.accepted += 1
@@ -95,11 +113,13 @@ class ClosedWindow:
 class Engine:
     def __init__(self, settings: MonitorSettings, references: Mapping[str, Reference | None],
                  *, source: str, load_state: StateLoader | None = None,
+                 load_records: RecordsLoader | None = None,
                  on_state_error: StateErrorHook | None = None) -> None:
         self.settings = settings
         self.references = references
         self.source = source
         self.load_state = load_state
+        self.load_records = load_records
         self.on_state_error = on_state_error
         self.monitors: dict[str, ModelMonitor] = {}
         # Per-version references installed from files or the references topic; applied to
@@ -122,7 +142,8 @@ class Engine:
         try:
             saved = self.load_state(model) if self.load_state else None
             if saved is not None:
-                return ModelMonitor.from_state(saved, self.settings, ref)
+                records = self.load_records(model) if self.load_records else None
+                return ModelMonitor.from_state(saved, self.settings, ref, records)
         except StateError as exc:
             # A state this build cannot read: say so loudly, then start the model afresh
             # rather than stop monitoring every model of the partition.
@@ -139,14 +160,52 @@ class Engine:
         return Batch(self)
 
     def apply(self, batch: Batch, now: float | None) -> dict[str, IngestResult]:
-        """Update each model's windows with its events of the batch (numpy over the batch)."""
-        results = {}
-        for model, (events, times) in batch.groups.items():
+        """Update each model's state with its events of the batch (numpy over the batch):
+        model events first (a version's baseline), then predictions, then outcomes; then
+        evaluate the performance checkpoints that became due."""
+        results: dict[str, IngestResult] = {}
+        for model in batch.models:
             m = self.monitors[model]
-            results[model] = m.ingest(events, times, now)
+            if model in batch.model_events:
+                m.ingest_model_events(batch.model_events[model])
+            result = results[model] = IngestResult()
+            if model in batch.groups:
+                result = results[model] = m.ingest(*batch.groups[model], now)
+            if model in batch.outcomes:
+                labels = m.ingest_outcomes(*batch.outcomes[model], now)
+                result.performance = _merge(result.performance, labels.performance)
+            result.performance = _merge(result.performance, self._advance(model, now))
             for source, offset in batch.positions.get(model, {}).items():
                 m.advance(source, offset)
         return results
+
+    def advance(self, model: str, now: float | None) -> PerformanceUpdate | None:
+        """Wall-clock pass: evaluate performance checkpoints of an idle model."""
+        return self._advance(model, now)
+
+    def flush(self, model: str) -> PerformanceUpdate | None:
+        """End of input (offline replay): every performance checkpoint left."""
+        m = self.monitor(model)
+        return self._queue(model, m.flush_performance())
+
+    def _advance(self, model: str, now: float | None) -> PerformanceUpdate | None:
+        return self._queue(model, self.monitor(model).advance_performance(now))
+
+    def _queue(self, model: str, update: PerformanceUpdate | None) -> PerformanceUpdate | None:
+        """Turn a performance update into CloudEvents waiting in the model's state."""
+        if update is None:
+            return None
+        m = self.monitor(model)
+        model_settings = self.settings.models[model]
+        for ev in update.evaluations:
+            m.pending_outputs += [("alerts", performance_alert_event(
+                d, ev, model_settings, source=self.source)) for d in ev.decisions]
+            m.pending_outputs.append(("evaluations", performance_evaluation_event(
+                ev, source=self.source)))
+        m.pending_outputs += [("alerts", concept_alert_event(
+            d, model, model_settings, m.window_ms, source=self.source))
+            for d in update.detections]
+        return update
 
     # -- closing --------------------------------------------------------------------
     def due(self, model: str, now: float | None) -> list[int]:
@@ -166,15 +225,20 @@ class Engine:
             events.append(evaluation_event(ev, found, source=self.source))
         return ClosedWindow(evaluations, decisions, alerts, events, due_since)
 
-    def detections(self, model: str) -> list[dict[str, Any]]:
-        """Alerts (CloudEvents) for the change detections waiting to be published."""
+    def detections(self, model: str) -> list[tuple[str, dict[str, Any]]]:
+        """(target, CloudEvent) waiting to be published: alerts for streaming change
+        detections, then performance evaluations and their alerts."""
         m = self.monitor(model)
-        return [change_alert_event(d, model, self.settings.models[model], m.window_ms,
-                                   source=self.source) for d in m.pending_detections]
+        return [("alerts", change_alert_event(d, model, self.settings.models[model],
+                                              m.window_ms, source=self.source))
+                for d in m.pending_detections] + list(m.pending_outputs)
 
     def ack_detections(self, model: str, count: int) -> None:
-        """The first ``count`` pending detections are published."""
-        del self.monitor(model).pending_detections[:count]
+        """The first ``count`` outputs of :meth:`detections` are published."""
+        m = self.monitor(model)
+        done = min(count, len(m.pending_detections))
+        del m.pending_detections[:done]
+        del m.pending_outputs[:count - done]
 
     def abort_close(self, model: str, start_ms: int, closed: ClosedWindow) -> None:
         self.monitor(model).abort_close(start_ms, closed.evaluations)
@@ -194,3 +258,14 @@ class Engine:
 
     def open_windows(self, model: str) -> list[int]:
         return sorted(self.monitor(model).windows)
+
+
+def _merge(a: PerformanceUpdate | None, b: PerformanceUpdate | None) -> PerformanceUpdate | None:
+    if a is None or b is None:
+        return a if b is None else b
+    a.evaluations += b.evaluations
+    a.detections += b.detections
+    for name in ("labelled", "expired", "orphans", "duplicates", "too_late", "late_labels",
+                 "invalid_labels"):
+        setattr(a, name, getattr(a, name) + getattr(b, name))
+    return a

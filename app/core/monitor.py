@@ -17,6 +17,7 @@ from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.signals import reference_row, segment_label
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
+from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
 
@@ -31,6 +32,7 @@ class IngestResult:
     late: int = 0
     warmup: int = 0
     problems: list[str] = field(default_factory=list)  # e.g. a warm-up with unusable data
+    performance: PerformanceUpdate | None = None  # labels joined, checkpoints evaluated
 
 
 class ModelMonitor:
@@ -78,6 +80,13 @@ class ModelMonitor:
         self.positions: dict[str, int] = {}
         self.changes = [ChangeTracker(cfg) for cfg in self.settings.change_detectors]
         self.pending_detections: list[Detection] = []
+        self.performance = PerformanceTracker(
+            model, self.settings, window_ms=self.window_ms, lateness_ms=self.lateness_ms) \
+            if self.settings.performance is not None else None
+        self.last_outcome_arrival: float | None = None
+        # CloudEvents (target, event) waiting to be published: saved with the state, so a
+        # worker that dies before publishing them publishes them after its restart.
+        self.pending_outputs: list[tuple[str, dict[str, Any]]] = []
 
     # -- references -----------------------------------------------------------------
     @property
@@ -143,6 +152,8 @@ class ModelMonitor:
             if e["model_version"] not in seen:
                 seen.add(e["model_version"])
                 self.versions_seen.append(e["model_version"])
+        if self.performance is not None:
+            self._performance_predictions(events, times, before, result)
         if not self.warmup_target:
             self._window(events, times, before, result)
         else:
@@ -188,6 +199,67 @@ class ModelMonitor:
                     del self.windows[ws]
                 if back == 0:
                     result.accepted += added
+
+    def _performance_predictions(self, events: Sequence[Mapping[str, Any]],
+                                 times: np.ndarray[Any, Any], before: np.ndarray[Any, Any],
+                                 result: IngestResult) -> None:
+        """Predictions whose (tumbling) window is still open wait for their labels."""
+        assert self.performance is not None
+        starts = (times // self.window_ms) * self.window_ms
+        keep = before < starts + self.window_ms + self.lateness_ms
+        if self.closed_through_ms is not None:
+            keep &= starts + self.window_ms > self.closed_through_ms
+        if self.closing:
+            keep &= ~np.isin(starts, np.fromiter(self.closing, dtype=np.int64))
+        idx = np.flatnonzero(keep).tolist()
+        update = result.performance = result.performance or PerformanceUpdate()
+        self.performance.add_predictions([events[i] for i in idx], times[idx].tolist(), update)
+
+    def ingest_outcomes(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
+                        now: float | None) -> IngestResult:
+        """Add a batch of validated outcomes (labels) with their event times."""
+        result = IngestResult(performance=PerformanceUpdate())
+        if self.performance is None or not events:
+            return result
+        if now is not None:
+            self.last_outcome_arrival = now
+        assert result.performance is not None
+        self.performance.add_outcomes(events, times_ms, result.performance)
+        result.accepted = len(events)
+        return result
+
+    def ingest_model_events(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+        """Model lifecycle events: a version's metrics become its baseline candidates."""
+        if self.performance is not None:
+            for e in events:
+                self.performance.add_model_event(e)
+        return IngestResult(accepted=len(events))
+
+    def advance_performance(self, now: float | None) -> PerformanceUpdate | None:
+        """Evaluate the performance checkpoints that are due (``now``: wall clock, or None
+        offline, where only event time counts)."""
+        if self.performance is None:
+            return None
+        update = PerformanceUpdate()
+        perf_wm = self.performance.watermark()
+        pred_wm = self.watermark_ms
+        if now is not None:
+            pred_wm = self.effective_watermark(now)
+            arrivals = [a for a in (self.last_arrival, self.last_outcome_arrival)
+                        if a is not None]
+            if perf_wm is not None and arrivals:
+                perf_wm += max(0, int((now - max(arrivals)) * 1000))
+        self.performance.evaluate_due(perf_wm, pred_wm, update,
+                                      min_predictions=self.min_samples)
+        return update
+
+    def flush_performance(self) -> PerformanceUpdate | None:
+        """End of input (offline): evaluate every checkpoint left."""
+        if self.performance is None:
+            return None
+        update = PerformanceUpdate()
+        self.performance.flush(update, min_predictions=self.min_samples)
+        return update
 
     def _segment_labels(self, event: Mapping[str, Any]) -> list[str]:
         """``key=value`` per configured segment key the event is tagged with."""
@@ -314,7 +386,19 @@ class ModelMonitor:
             # long. A restart during a warm-up starts that warm-up over.
             "references": {v: self.references[v].to_dict()
                            for v in self._saved_versions()},
+            "performance": None if self.performance is None else self.performance.to_state(),
+            "outputs": [[target, event] for target, event in self.pending_outputs],
         }
+
+    def drain_records(self) -> dict[str, Any | None]:
+        """Side records changed since the last drain (key suffix -> value, None: delete):
+        the parts of the state too large to rewrite with every batch (the label join,
+        performance windows). Saved next to the main state, once per batch."""
+        return {} if self.performance is None else self.performance.drain_records()
+
+    def records(self) -> dict[str, Any]:
+        """Every live side record (what a restore reads back)."""
+        return {} if self.performance is None else self.performance.records()
 
     def _saved_versions(self) -> list[str]:
         """Versions whose own references are saved: those open windows still use, and the
@@ -325,8 +409,8 @@ class ModelMonitor:
         return [v for v in self.references if v in keep]
 
     @classmethod
-    def from_state(cls, state: Any, settings: MonitorSettings,
-                   reference: Reference | None) -> ModelMonitor:
+    def from_state(cls, state: Any, settings: MonitorSettings, reference: Reference | None,
+                   records: Mapping[str, Any] | None = None) -> ModelMonitor:
         if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
             raise StateError("not a model-monitor state")
         if state.get("v") != STATE_VERSION:
@@ -355,6 +439,10 @@ class ModelMonitor:
             for ws in state["windows"]:
                 w = Window.from_state(ws)
                 m.windows[w.start_ms] = w
+            m.pending_outputs = [(str(t), e) for t, e in state.get("outputs", [])]
+            saved_performance = state.get("performance")
+            if m.performance is not None and saved_performance is not None:
+                m.performance.load(saved_performance, records or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt model-monitor state: {exc!r}") from None
         return m

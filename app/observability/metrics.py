@@ -7,6 +7,8 @@ what the cap drops is counted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -64,6 +66,34 @@ class Metrics:
         self.late_events = Counter(
             "driftwarden_late_events_total", "Events that arrived after their window closed.",
             ["model"], registry=registry)
+        # -- performance from delayed labels
+        self.labels_joined = Counter(
+            "driftwarden_labels_total",
+            "Outcomes by what became of them: joined, duplicate, orphan (its prediction "
+            "never came), too_late (past the label horizon), late (after the last "
+            "checkpoint of the window), invalid.", ["model", "outcome"], registry=registry)
+        self.predictions_unlabelled = Counter(
+            "driftwarden_predictions_unlabelled_total",
+            "Predictions that left the label join without a label (past the horizon, or "
+            "over the pending budget).", ["model"], registry=registry)
+        self.labels_pending = Gauge(
+            "driftwarden_labels_pending", "Predictions waiting for their label, and early "
+            "outcomes waiting for their prediction.", ["model", "side"], registry=registry)
+        self.performance = Gauge(
+            "driftwarden_model_performance",
+            "A performance figure of the newest evaluated window checkpoint.",
+            ["model", "version", "metric"], registry=registry)
+        self.performance_baseline = Gauge(
+            "driftwarden_model_performance_baseline", "The baseline the judged metric is "
+            "compared with.", ["model", "version", "metric"], registry=registry)
+        self.label_coverage = Gauge(
+            "driftwarden_label_coverage_ratio",
+            "Share of a window's predictions labelled, at each checkpoint delay (newest "
+            "window evaluated there).", ["model", "version", "after"], registry=registry)
+        self.label_delay = Gauge(
+            "driftwarden_label_delay_seconds", "Label delay quantiles of the newest "
+            "evaluated window (time from prediction to its label).",
+            ["model", "version", "quantile"], registry=registry)
 
     def set_drift(self, model: str, version: str, feature: str, statistic: str,
                   value: float) -> None:
@@ -74,3 +104,34 @@ class Metrics:
                 return
             self._feature_series.add(key)
         self.drift_score.labels(*key).set(value)
+
+    def observe_performance(self, model: str, update: Any, tracker: Any) -> None:
+        """Counters of one batch's label join (a ``PerformanceUpdate``)."""
+        for outcome, n in (("joined", update.labelled), ("duplicate", update.duplicates),
+                           ("orphan", update.orphans), ("too_late", update.too_late),
+                           ("late", update.late_labels), ("invalid", update.invalid_labels)):
+            if n:
+                self.labels_joined.labels(model, outcome).inc(n)
+        if update.expired:
+            self.predictions_unlabelled.labels(model).inc(update.expired)
+        if tracker is not None:
+            self.labels_pending.labels(model, "predictions").set(tracker.join.pending_count)
+            self.labels_pending.labels(model, "outcomes").set(tracker.join.orphan_count)
+
+    def observe_performance_evaluation(self, model: str, data: dict[str, Any]) -> None:
+        """Gauges from a published performance evaluation (``data`` of its CloudEvent)."""
+        if data.get("kind") != "performance":
+            return
+        version = data["model_version"]
+        perf = data["performance"]
+        for name, value in perf["figures"].items():
+            if value is not None and not name.endswith(("_low", "_high", "_error")):
+                self.performance.labels(model, version, name).set(value)
+        if perf["baseline"] is not None:
+            self.performance_baseline.labels(model, version, perf["metric"]).set(
+                perf["baseline"])
+        if data["label_coverage"] is not None:
+            self.label_coverage.labels(model, version, data["after"]).set(data["label_coverage"])
+        for q, value in (data["label_delay_seconds"] or {}).items():
+            self.label_delay.labels(model, version, {"p50": "0.5", "p90": "0.9",
+                                                     "p99": "0.99"}[q]).set(value)

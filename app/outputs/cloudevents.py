@@ -32,6 +32,12 @@ def stable_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
+def window_id(model: str, version: str, start_ms: int) -> str:
+    """The id of one window of one model version: shared by its drift evaluation and all
+    its performance evaluations (which come later, as labels arrive)."""
+    return stable_id(model, version, "window", start_ms)
+
+
 def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
@@ -150,7 +156,8 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
     parts: tuple[object, ...] = (ev.model, ev.model_version, "evaluation", ev.start_ms)
     evaluation_id = stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
     data = {
-        "evaluation_id": evaluation_id,
+        "evaluation_id": evaluation_id, "kind": "drift",
+        "window_id": window_id(ev.model, ev.model_version, ev.start_ms),
         "model": ev.model, "model_version": ev.model_version, "versions": ev.versions,
         "segment": _segment_dict(ev.segment),
         "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms),

@@ -3,24 +3,41 @@
 The join is local to a model's state (predictions and outcomes are co-partitioned by
 model). Memory is bounded: a pending prediction keeps only what the metrics need (event
 time, version, predicted value, the positive-class score), and leaves when it is
-labelled or when the event-time watermark passes it by more than the label horizon
-(counted as unlabelled). An outcome that arrives first waits, for at most the orphan
-horizon and at most ``max_orphans`` of them, then is counted as an orphan. A second
-outcome for the same prediction is counted as a duplicate and ignored.
+labelled, when its label comes later than the label horizon (``too_late``), or when the
+watermark passes its event time by more than the horizon (counted as expired, like the
+oldest ones evicted past ``max_pending``). An outcome that arrives first waits, for at
+most the orphan horizon and at most ``max_orphans`` of them, then is counted as an
+orphan. A second outcome for the same prediction is counted as a duplicate and ignored.
+
+Ids that left are remembered until the watermark passes their time by the horizon (and
+at most about ``max_pending`` of them per map), so a prediction is labelled at most once:
+a duplicated outcome never finds it pending again, and a redelivered prediction is
+ignored, or past the horizon (late data, counted expired) once forgotten by time.
+
+Persistence is a stream of small records (see :mod:`app.performance.segments`), so that
+each batch writes only what it changed: pending predictions under ``j/p/``, waiting
+outcomes under ``j/o/`` (their removal records say why each id left: ``"j"`` labelled,
+``"l"`` too late, ``"x"`` expired or evicted, ``"o"`` orphaned, which is how joined ids
+are still recognised after a restore) and ``j/m``, the format version and watermark.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import StateError
+from app.performance.segments import Entry, SegmentedMap
 from app.sketches._state import check_state
 
 STATE_KIND = "label-join"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1 was a single blob (to_state/load)
+
+META = "j/m"
+PENDING = "j/p/"
+ORPHANS = "j/o/"
+JOINED, LATE, EXPIRED, ORPHANED = "j", "l", "x", "o"  # why an id left a map
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,7 @@ class Labelled:
     score: float | None
     label: Any
     label_ms: int  # when the label came (its event time)
+    seen_ms: int  # the caller's mark attached to the outcome (e.g. its stream's watermark)
 
     @property
     def delay_ms(self) -> int:
@@ -43,102 +61,215 @@ class Labelled:
 @dataclass
 class JoinResult:
     labelled: list[Labelled] = field(default_factory=list)
-    expired: int = 0  # predictions past the horizon without a label
+    expired: int = 0  # predictions past the horizon (or evicted) without a label
     orphans: int = 0  # outcomes whose prediction never came
     duplicates: int = 0  # second outcomes for the same prediction
+    too_late: int = 0  # labels that came more than the horizon after their prediction
 
 
 class LabelJoin:
-    """Pending predictions and early outcomes of one model.
+    """Pending predictions and early outcomes of one model, persisted as records.
 
+    Parameters
+    ----------
+    horizon_ms
+        A label counts when it comes at most this long after its prediction; a pending
+        prediction expires when the watermark passes its event time by more than this.
+    orphan_horizon_ms
+        An early outcome waits until the watermark passes its label time by more than this.
+    max_pending, max_orphans
+        Budgets: past them the oldest are evicted (counted expired, resp. orphans).
+        Each map also remembers about ``max_pending`` removed ids (for duplicates).
+    segment_size
+        Entries per segment record.
+
+    Examples
+    --------
     >>> j = LabelJoin(horizon_ms=1000, orphan_horizon_ms=1000, max_pending=10, max_orphans=10)
-    >>> _ = j.add_outcome("p1", 1, label_ms=50)          # the label comes first
-    >>> [x.label for x in j.add_prediction("p1", 10, "v1", 1, 0.9).labelled]
-    [1]
+    >>> j.add_outcomes([("p1", 1, 50, 7)]).labelled       # the label comes first
+    []
+    >>> [(x.label, x.seen_ms) for x in j.add_predictions([("p1", 10, "v1", 1, 0.9)]).labelled]
+    [(1, 7)]
+    >>> j.add_outcomes([("p1", 1, 60, 8)]).duplicates
+    1
+    >>> sorted(j.drain_records())                          # the orphan's segment never left
+    ['j/m', 'j/o/n', 'j/o/r1']
+    >>> LabelJoin.restore(j.records(), horizon_ms=1000, orphan_horizon_ms=1000, max_pending=10,
+    ...                   max_orphans=10).add_outcomes([("p1", 1, 70, 9)]).duplicates
+    1
     """
 
     def __init__(self, *, horizon_ms: int, orphan_horizon_ms: int, max_pending: int,
-                 max_orphans: int) -> None:
+                 max_orphans: int, segment_size: int = 2000) -> None:
         for name, v in (("horizon_ms", horizon_ms), ("orphan_horizon_ms", orphan_horizon_ms),
-                        ("max_pending", max_pending), ("max_orphans", max_orphans)):
+                        ("max_pending", max_pending), ("max_orphans", max_orphans),
+                        ("segment_size", segment_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.horizon_ms = horizon_ms
         self.orphan_horizon_ms = orphan_horizon_ms
         self.max_pending = max_pending
         self.max_orphans = max_orphans
-        # prediction_id -> (event_ms, version, predicted, score); insertion (arrival) order
-        self.pending: OrderedDict[str, tuple[int, str, Any, float | None]] = OrderedDict()
-        # prediction_id -> (label, label_ms)
-        self.orphans: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        # recently joined ids, to recognise duplicate outcomes (bounded like pending)
-        self.joined: OrderedDict[str, int] = OrderedDict()
+        self.segment_size = segment_size
+        # prediction_id -> (event_ms, version, predicted, score)
+        self.pending = SegmentedMap(PENDING, segment_size=segment_size,
+                                    max_removed=max_pending, width=4)
+        # prediction_id -> (label_ms, label, seen_ms)
+        self.orphans = SegmentedMap(ORPHANS, segment_size=segment_size,
+                                    max_removed=max_pending, width=3)
+        self._watermark: int | None = None  # the highest expire() argument
+        self._sent_watermark: int | None = None
+        self._meta_written = False
 
-    def add_prediction(self, prediction_id: str, event_ms: int, version: str, predicted: Any,
-                       score: float | None) -> JoinResult:
+    @property
+    def pending_count(self) -> int:
+        return len(self.pending)
+
+    @property
+    def orphan_count(self) -> int:
+        return len(self.orphans)
+
+    @property
+    def watermark(self) -> int | None:
+        return self._watermark
+
+    def add_predictions(self, rows: Sequence[tuple[str, int, str, Any, float | None]]
+                        ) -> JoinResult:
+        """Add ``(prediction_id, event_ms, version, predicted, score)`` rows.
+
+        A prediction whose outcome waits joins at once; a redelivered one (pending, or
+        remembered as labelled, too late or expired) is ignored; one already past the
+        horizon at the watermark (late data) counts as expired, even if its outcome waits.
+        """
         out = JoinResult()
-        early = self.orphans.pop(prediction_id, None)
-        if early is not None:
-            out.labelled.append(Labelled(prediction_id, event_ms, version, predicted, score,
-                                         early[0], early[1]))
-            self._remember(prediction_id, event_ms)
-            return out
-        if prediction_id in self.pending or prediction_id in self.joined:
-            return out  # a redelivered prediction
-        self.pending[prediction_id] = (event_ms, version, predicted, score)
+        fresh: dict[str, Entry] = {}
+        for pid, event_ms, version, predicted, score in rows:
+            if (pid in self.pending or pid in fresh or self.pending.removed(pid) is not None
+                    or self.orphans.removed(pid) in (JOINED, LATE)):
+                continue  # redelivered
+            if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
+                out.expired += 1  # late data (its outcome, if any, stays to be an orphan)
+                continue
+            early = self.orphans.get(pid)
+            if early is None:
+                fresh[pid] = (event_ms, version, predicted, score)
+                continue
+            label_ms, label, seen_ms = early
+            # remembered until the prediction's own time is past the horizon too, so that
+            # a redelivery is never pending again
+            remember = max(label_ms, event_ms)
+            if label_ms - event_ms > self.horizon_ms:
+                self.orphans.pop(pid, LATE, remember)
+                out.too_late += 1
+            else:
+                self.orphans.pop(pid, JOINED, remember)
+                out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
+                                             label, label_ms, seen_ms))
+        self.pending.add(fresh.items())
         while len(self.pending) > self.max_pending:  # over budget: the oldest go unlabelled
-            self.pending.popitem(last=False)
+            self.pending.pop_oldest(EXPIRED)
             out.expired += 1
         return out
 
-    def add_outcome(self, prediction_id: str, label: Any, *, label_ms: int) -> JoinResult:
+    def add_outcomes(self, rows: Sequence[tuple[str, Any, int, int]]) -> JoinResult:
+        """Add ``(prediction_id, label, label_ms, seen_ms)`` rows.
+
+        ``seen_ms`` is carried through an orphan wait into :attr:`Labelled.seen_ms`. A
+        label more than the horizon after its prediction counts as ``too_late`` (and the
+        prediction leaves); a second outcome for an id counts as a duplicate; an early
+        outcome already past the orphan horizon at the watermark counts as an orphan.
+        """
         out = JoinResult()
-        hit = self.pending.pop(prediction_id, None)
-        if hit is not None:
-            event_ms, version, predicted, score = hit
-            out.labelled.append(Labelled(prediction_id, event_ms, version, predicted, score,
-                                         label, label_ms))
-            self._remember(prediction_id, event_ms)
-        elif prediction_id in self.joined or prediction_id in self.orphans:
-            out.duplicates += 1
-        else:
-            self.orphans[prediction_id] = (label, label_ms)
-            while len(self.orphans) > self.max_orphans:
-                self.orphans.popitem(last=False)
+        fresh: dict[str, Entry] = {}
+        for pid, label, label_ms, seen_ms in rows:
+            hit = self.pending.get(pid)
+            if hit is not None:
+                event_ms, version, predicted, score = hit
+                if label_ms - event_ms > self.horizon_ms:
+                    self.pending.pop(pid, LATE)
+                    out.too_late += 1
+                else:
+                    self.pending.pop(pid, JOINED)
+                    out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
+                                                 label, label_ms, seen_ms))
+            elif (self.pending.removed(pid) in (JOINED, LATE) or pid in self.orphans
+                  or pid in fresh or self.orphans.removed(pid) is not None):
+                out.duplicates += 1
+            elif (self._watermark is not None
+                  and label_ms + self.orphan_horizon_ms < self._watermark):
                 out.orphans += 1
+            else:
+                fresh[pid] = (label_ms, label, seen_ms)
+        self.orphans.add(fresh.items())
+        while len(self.orphans) > self.max_orphans:
+            self.orphans.pop_oldest(ORPHANED)
+            out.orphans += 1
         return out
 
     def expire(self, watermark_ms: int) -> JoinResult:
-        """Drop predictions older than the horizon and outcomes older than theirs."""
+        """Drop predictions older than the horizon and outcomes older than theirs.
+
+        The watermark never goes back (the highest argument so far counts). Removed ids
+        are remembered until ``watermark - horizon_ms`` (``- max(horizon_ms,
+        orphan_horizon_ms)`` for outcomes) passes their time.
+        """
+        w = watermark_ms if self._watermark is None else max(self._watermark, watermark_ms)
+        self._watermark = w
         out = JoinResult()
-        for pid in [p for p, v in self.pending.items() if v[0] + self.horizon_ms < watermark_ms]:
-            del self.pending[pid]
-            out.expired += 1
-        for pid in [p for p, v in self.orphans.items()
-                    if v[1] + self.orphan_horizon_ms < watermark_ms]:
-            del self.orphans[pid]
-            out.orphans += 1
-        for pid in [p for p, t in self.joined.items() if t + self.horizon_ms < watermark_ms]:
-            del self.joined[pid]
+        out.expired = len(self.pending.pop_older_than(w - self.horizon_ms, EXPIRED))
+        out.orphans = len(self.orphans.pop_older_than(w - self.orphan_horizon_ms, ORPHANED))
+        self.pending.forget_before(w - self.horizon_ms)
+        self.orphans.forget_before(w - max(self.horizon_ms, self.orphan_horizon_ms))
         return out
 
-    def _remember(self, prediction_id: str, event_ms: int) -> None:
-        self.joined[prediction_id] = event_ms
-        while len(self.joined) > self.max_pending:
-            self.joined.popitem(last=False)
+    def drain_records(self) -> dict[str, Any | None]:
+        """Record key -> value (``None``: delete) changed since the last drain; once a batch."""
+        out = self.pending.drain_records()
+        out.update(self.orphans.drain_records())
+        if (out and not self._meta_written) or self._watermark != self._sent_watermark:
+            out[META] = self._meta()
+            self._meta_written = True
+            self._sent_watermark = self._watermark
+        return out
 
-    def to_state(self) -> dict[str, Any]:
-        return {"kind": STATE_KIND, "v": STATE_VERSION,
-                "pending": [[k, *v] for k, v in self.pending.items()],
-                "orphans": [[k, *v] for k, v in self.orphans.items()],
-                "joined": [[k, v] for k, v in self.joined.items()]}
+    def records(self) -> dict[str, Any]:
+        """All live records (what the accumulated drains hold)."""
+        out = self.pending.records()
+        out.update(self.orphans.records())
+        if out or self._meta_written or self._watermark is not None:
+            out[META] = self._meta()
+        return out
 
-    def load(self, state: Mapping[str, Any]) -> None:
-        check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
-        try:
-            self.pending = OrderedDict((str(k), (int(t), str(v), p, s))
-                                       for k, t, v, p, s in state["pending"])
-            self.orphans = OrderedDict((str(k), (lab, int(t))) for k, lab, t in state["orphans"])
-            self.joined = OrderedDict((str(k), int(t)) for k, t in state["joined"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"corrupt label-join state: {exc!r}") from None
+    def _meta(self) -> dict[str, Any]:
+        return {"kind": STATE_KIND, "v": STATE_VERSION, "w": self._watermark}
+
+    @classmethod
+    def restore(cls, records: Mapping[str, Any], *, horizon_ms: int, orphan_horizon_ms: int,
+                max_pending: int, max_orphans: int, segment_size: int = 2000) -> LabelJoin:
+        """Rebuild a join from its live records (keys outside ``j/`` are ignored).
+
+        Raises :class:`~app.errors.StateError` when the records are malformed.
+        """
+        j = cls(horizon_ms=horizon_ms, orphan_horizon_ms=orphan_horizon_ms,
+                max_pending=max_pending, max_orphans=max_orphans, segment_size=segment_size)
+        own = {k: v for k, v in records.items()
+               if isinstance(k, str) and k.startswith("j/") and v is not None}
+        for key in own:
+            if key != META and not key.startswith((PENDING, ORPHANS)):
+                raise StateError(f"unknown label-join record {key!r}")
+        if META not in own:
+            if own:
+                raise StateError(f"label-join records without their {META!r} record: "
+                                 f"{sorted(own)[:3]}...")
+            return j
+        meta = check_state(own[META], STATE_KIND, frozenset({STATE_VERSION}))
+        w = meta.get("w")
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int)):
+            raise StateError(f"label-join watermark must be an int or null, got {w!r}")
+        j.pending = SegmentedMap.restore(own, prefix=PENDING, segment_size=segment_size,
+                                         max_removed=max_pending, width=4)
+        j.orphans = SegmentedMap.restore(own, prefix=ORPHANS, segment_size=segment_size,
+                                         max_removed=max_pending, width=3)
+        j._watermark = j._sent_watermark = w
+        j._meta_written = True
+        return j

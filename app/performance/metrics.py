@@ -1,11 +1,29 @@
 """Streaming, mergeable performance metrics of labelled predictions.
 
-Classification: a confusion matrix over class labels (compared as categories: ``True`` is
-``"true"``, ``1.0`` is ``"1"``) gives accuracy, precision, recall, F1 (the positive class
-for binary models, macro-F1 for multiclass); the positive-class score gives log loss and
-ROC AUC. AUC comes from score histograms (``AUC_BINS`` bins on [0, 1]): pairs whose scores
-share a bin count as ties, so the reported ``auc_error`` bounds the difference from the
-exact AUC. Regression: MAE, RMSE and MAPE (MAPE over non-zero labels).
+Classification: a confusion matrix over class labels gives accuracy, precision, recall,
+F1 (of the positive class, for binary models) and macro-F1; the positive-class score
+gives log loss and ROC AUC. Labels compare as categories: booleans are the classes
+``"1"`` (True) and ``"0"`` (False), so bool and 0/1 labels of a binary model share the
+positive class ``"1"``; other numbers go through ``as_category`` (``1.0`` is ``"1"``);
+strings stay as they are. AUC comes from score histograms (``AUC_BINS`` bins on [0, 1]):
+pairs whose scores share a bin count as ties, so the reported ``roc_auc_error`` bounds
+the difference from the exact AUC. Regression: MAE, RMSE and MAPE (MAPE over non-zero
+labels).
+
+Every metric has a confidence interval (``interval(name)``, 95 % for ``z=1.96``; in
+``figures()`` as ``<name>_low`` / ``<name>_high``):
+
+- accuracy, precision, recall: Wilson score interval of the proportion.
+- f1: Wilson interval with ``2·TP`` successes out of ``2·TP + FP + FN`` (since
+  ``F1 = 2TP / (2TP + FP + FN)``); macro_f1: the mean of the per-class F1 bounds.
+- log_loss, mae, mape: normal interval ``mean ± z·s/√n`` of the per-row values (log
+  loss, ``|e|``, ``|e/y|``), ``s`` from running sums of the values and their squares.
+- rmse: normal interval of the MSE (``s`` of ``e²`` from a running sum of ``e⁴``),
+  square-rooted.
+- roc_auc: ``AUC ± (z·SE + roc_auc_error)`` with the Hanley-McNeil standard error.
+
+Bounds are clipped to the metric's range. An interval is None where it cannot be
+computed: no value, or fewer than two rows for a normal interval.
 """
 
 from __future__ import annotations
@@ -22,14 +40,32 @@ from app.sketches.categorical import as_category
 
 AUC_BINS = 200
 EPS = 1e-15
+Z = 1.96  # two-sided 95 %
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "macro_f1", "log_loss",
+                          "roc_auc")
+REGRESSION_METRICS = ("mae", "rmse", "mape")
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True, "precision": True, "recall": True, "f1": True, "macro_f1": True,
+    "roc_auc": True, "log_loss": False, "mae": False, "rmse": False, "mape": False,
+}
+
+Interval = tuple[float, float]
 
 
-def _cls(v: Any) -> str:
+def as_class(v: Any) -> str:
+    """The class spelling of a label: booleans are ``"1"``/``"0"``, strings stay.
+
+    >>> as_class(True), as_class(0), as_class(1.0), as_class("yes")
+    ('1', '0', '1', 'yes')
+    """
+    if isinstance(v, bool | np.bool_):
+        return "1" if v else "0"
     return v if isinstance(v, str) else as_category(v)
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion.
+def wilson_interval(successes: int, n: int, z: float = Z) -> Interval:
+    """Wilson score interval of a proportion ((0, 1) when ``n`` is 0).
 
     >>> [round(x, 3) for x in wilson_interval(88, 100)]
     [0.802, 0.93]
@@ -43,13 +79,39 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_interval(total: float, sq_total: float, n: int, z: float = Z) -> Interval | None:
+    """Normal interval of the mean of ``n`` non-negative values from their sum and sum of
+    squares (low bound clipped at 0; None below two values).
+
+    >>> [round(x, 3) for x in mean_interval(10.0, 30.0, 4)]  # values 1, 2, 3, 4
+    [1.235, 3.765]
+    """
+    if n < 2:
+        return None
+    mean = total / n
+    var = (sq_total - total * mean) / (n - 1)
+    if not math.isfinite(var):  # an overflowed sum
+        return None
+    half = z * math.sqrt(max(0.0, var) / n)
+    return max(0.0, mean - half), mean + half
+
+
+def _sum(x: Any) -> float:
+    """A running sum of non-negative terms read from a state. JSON has no infinity, so a
+    sum that overflowed is written as null: it reads back as ``inf``."""
+    return math.inf if x is None else float(x)
+
+
 class ClassificationMetrics:
     """Accumulates labelled classifications.
 
     >>> m = ClassificationMetrics(positive="1")
-    >>> m.update([(1, 1, 0.9), (0, 1, 0.6), (0, 0, 0.2), (1, 0, 0.4)])
-    >>> m.figures()["accuracy"], m.figures()["precision"], m.figures()["recall"]
-    (0.5, 0.5, 0.5)
+    >>> m.update([(True, 1, 0.9), (False, 1, 0.6), (0, 0, 0.2), (1, False, 0.4)])
+    >>> f = m.figures()
+    >>> f["accuracy"], f["precision"], f["recall"], f["roc_auc"]
+    (0.5, 0.5, 0.5, 0.75)
+    >>> [round(x, 3) for x in m.interval("accuracy")]
+    [0.15, 0.85]
     """
 
     KIND = "classification"
@@ -60,6 +122,7 @@ class ClassificationMetrics:
         self.confusion: dict[tuple[str, str], int] = {}  # (actual, predicted) -> count
         self.n = 0
         self.logloss_sum = 0.0
+        self.logloss_sq = 0.0  # sum of squared per-row losses
         self.logloss_n = 0
         self.pos_hist = np.zeros(AUC_BINS, dtype=np.int64)
         self.neg_hist = np.zeros(AUC_BINS, dtype=np.int64)
@@ -67,24 +130,30 @@ class ClassificationMetrics:
     def update(self, rows: Iterable[tuple[Any, Any, float | None]]) -> None:
         """Add (label, predicted, positive-class score or None) triples."""
         for label, predicted, score in rows:
-            key = (_cls(label), _cls(predicted))
+            key = (as_class(label), as_class(predicted))
             self.confusion[key] = self.confusion.get(key, 0) + 1
             self.n += 1
             if score is not None and self.positive is not None and 0.0 <= score <= 1.0:
                 is_pos = key[0] == self.positive
                 p = min(max(score, EPS), 1 - EPS)
-                self.logloss_sum += -math.log(p if is_pos else 1 - p)
+                loss = -math.log(p if is_pos else 1 - p)
+                self.logloss_sum += loss
+                self.logloss_sq += loss * loss
                 self.logloss_n += 1
                 b = min(int(score * AUC_BINS), AUC_BINS - 1)
                 (self.pos_hist if is_pos else self.neg_hist)[b] += 1
 
     def merge(self, other: ClassificationMetrics) -> ClassificationMetrics:
+        if other.positive != self.positive:
+            raise ValueError(f"cannot merge metrics of positive classes {self.positive!r} "
+                             f"and {other.positive!r}")
         out = ClassificationMetrics(self.positive)
         for src in (self, other):
             for k, v in src.confusion.items():
                 out.confusion[k] = out.confusion.get(k, 0) + v
         out.n = self.n + other.n
         out.logloss_sum = self.logloss_sum + other.logloss_sum
+        out.logloss_sq = self.logloss_sq + other.logloss_sq
         out.logloss_n = self.logloss_n + other.logloss_n
         out.pos_hist = self.pos_hist + other.pos_hist
         out.neg_hist = self.neg_hist + other.neg_hist
@@ -94,14 +163,32 @@ class ClassificationMetrics:
     def correct(self) -> int:
         return sum(v for (a, p), v in self.confusion.items() if a == p)
 
-    def _prf(self, cls: str) -> tuple[float, float, float]:
+    @property
+    def classes(self) -> list[str]:
+        """Every class seen as a label or a prediction, sorted."""
+        return sorted({a for a, _ in self.confusion} | {p for _, p in self.confusion})
+
+    def _counts(self, cls: str) -> tuple[int, int, int]:
+        """(TP, FP, FN) of one class."""
         tp = self.confusion.get((cls, cls), 0)
         predicted = sum(v for (_, p), v in self.confusion.items() if p == cls)
         actual = sum(v for (a, _), v in self.confusion.items() if a == cls)
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return precision, recall, f1
+        return tp, predicted - tp, actual - tp
+
+    def _proportions(self, name: str) -> list[tuple[int, int]]:
+        """The (successes, trials) whose mean proportion is the metric; [] if it has none."""
+        if not self.n:
+            return []
+        if name == "accuracy":
+            return [(self.correct, self.n)]
+        if name == "macro_f1":
+            return [(2 * tp, 2 * tp + fp + fn)
+                    for tp, fp, fn in map(self._counts, self.classes)]
+        if self.positive is None:
+            return []
+        tp, fp, fn = self._counts(self.positive)
+        return [{"precision": (tp, tp + fp), "recall": (tp, tp + fn),
+                 "f1": (2 * tp, 2 * tp + fp + fn)}[name]]
 
     def auc(self) -> tuple[float | None, float | None]:
         """(ROC AUC from the score histograms, the bound on its binning error)."""
@@ -114,39 +201,88 @@ class ClassificationMetrics:
         pairs = float(pos) * neg
         return (wins + 0.5 * ties) / pairs, 0.5 * ties / pairs
 
+    def _check_name(self, name: str) -> None:
+        if name not in CLASSIFICATION_METRICS:
+            raise ValueError(f"unknown classification metric {name!r}; "
+                             f"expected one of {CLASSIFICATION_METRICS}")
+
+    def value(self, name: str) -> float | None:
+        """The point value of one metric of ``CLASSIFICATION_METRICS``, None without one.
+
+        A proportion with no trials (precision without positive predictions) is 0.
+        """
+        self._check_name(name)
+        if name == "log_loss":
+            return self.logloss_sum / self.logloss_n if self.logloss_n else None
+        if name == "roc_auc":
+            return self.auc()[0]
+        parts = self._proportions(name)
+        if not parts:
+            return None
+        return sum(s / t if t else 0.0 for s, t in parts) / len(parts)
+
+    def interval(self, name: str, z: float = Z) -> Interval | None:
+        """Confidence interval of one metric (see the module docstring), None without one."""
+        self._check_name(name)
+        if name == "log_loss":
+            return mean_interval(self.logloss_sum, self.logloss_sq, self.logloss_n, z)
+        if name == "roc_auc":
+            auc, err = self.auc()
+            if auc is None or err is None:
+                return None
+            pos, neg = int(self.pos_hist.sum()), int(self.neg_hist.sum())
+            q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+            var = (auc * (1 - auc) + (pos - 1) * (q1 - auc * auc)
+                   + (neg - 1) * (q2 - auc * auc)) / (pos * neg)
+            half = z * math.sqrt(max(0.0, var)) + err
+            return max(0.0, auc - half), min(1.0, auc + half)
+        parts = self._proportions(name)
+        if not parts:
+            return None
+        bounds = [wilson_interval(s, t, z) for s, t in parts]
+        return (sum(lo for lo, _ in bounds) / len(bounds),
+                sum(hi for _, hi in bounds) / len(bounds))
+
     def figures(self) -> dict[str, float | None]:
+        """Each metric with a value, its ``_low``/``_high`` bounds, and ``roc_auc_error``."""
         if not self.n:
             return {"accuracy": None}
-        out: dict[str, float | None] = {"accuracy": self.correct / self.n}
-        lo, hi = wilson_interval(self.correct, self.n)
-        out["accuracy_low"], out["accuracy_high"] = lo, hi
-        classes = sorted({a for a, _ in self.confusion} | {p for _, p in self.confusion})
-        if self.positive is not None:
-            out["precision"], out["recall"], out["f1"] = self._prf(self.positive)
-        out["macro_f1"] = sum(self._prf(c)[2] for c in classes) / len(classes)
-        if self.logloss_n:
-            out["log_loss"] = self.logloss_sum / self.logloss_n
-        out["roc_auc"], out["roc_auc_error"] = self.auc()
+        out: dict[str, float | None] = {}
+        for name in CLASSIFICATION_METRICS:
+            value = self.value(name)
+            if value is None and name != "roc_auc":  # roc_auc is always reported
+                continue
+            out[name] = value
+            if value is not None:
+                lo_hi = self.interval(name)
+                out[f"{name}_low"], out[f"{name}_high"] = lo_hi or (None, None)
+        out["roc_auc_error"] = self.auc()[1]
         return out
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.KIND, "v": self.VERSION, "positive": self.positive,
                 "confusion": [[a, p, v] for (a, p), v in self.confusion.items()], "n": self.n,
-                "logloss": [self.logloss_sum, self.logloss_n],
+                "logloss": [self.logloss_sum, self.logloss_sq, self.logloss_n],
                 "pos": self.pos_hist.tolist(), "neg": self.neg_hist.tolist()}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> ClassificationMetrics:
         check_state(state, cls.KIND, frozenset({cls.VERSION}))
         try:
-            m = cls(state["positive"])
+            positive = state["positive"]
+            if positive is not None and not isinstance(positive, str):
+                raise TypeError(f"positive class must be a string, got {positive!r}")
+            m = cls(positive)
             m.confusion = {(str(a), str(p)): int(v) for a, p, v in state["confusion"]}
             m.n = int(state["n"])
-            m.logloss_sum, m.logloss_n = float(state["logloss"][0]), int(state["logloss"][1])
+            total, sq, n = state["logloss"]
+            m.logloss_sum, m.logloss_sq, m.logloss_n = _sum(total), _sum(sq), int(n)
             m.pos_hist = np.asarray(state["pos"], dtype=np.int64)
             m.neg_hist = np.asarray(state["neg"], dtype=np.int64)
             if m.pos_hist.shape != (AUC_BINS,) or m.neg_hist.shape != (AUC_BINS,):
                 raise ValueError("score histograms have the wrong size")
+            if m.n != sum(m.confusion.values()):
+                raise ValueError("row count does not match the confusion matrix")
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt classification metrics: {exc!r}") from None
         return m
@@ -160,6 +296,8 @@ class RegressionMetrics:
     >>> f = m.figures()
     >>> round(f["mae"], 3), round(f["rmse"], 3), round(f["mape"], 3)
     (1.667, 1.732, 0.15)
+    >>> [round(x, 3) for x in m.interval("mae")]
+    [1.013, 2.32]
     """
 
     KIND = "regression"
@@ -167,9 +305,11 @@ class RegressionMetrics:
 
     def __init__(self) -> None:
         self.n = 0
-        self.abs_sum = 0.0
-        self.sq_sum = 0.0
-        self.pct_sum = 0.0
+        self.abs_sum = 0.0  # sum of |e|
+        self.sq_sum = 0.0  # sum of e²
+        self.quad_sum = 0.0  # sum of e⁴
+        self.pct_sum = 0.0  # sum of |e / label| over non-zero labels
+        self.pct_sq = 0.0  # sum of (e / label)²
         self.pct_n = 0
 
     def update(self, rows: Iterable[tuple[float, float]]) -> None:
@@ -178,29 +318,62 @@ class RegressionMetrics:
             err = float(predicted) - float(label)
             if not math.isfinite(err):
                 continue
+            sq = err * err
             self.n += 1
             self.abs_sum += abs(err)
-            self.sq_sum += err * err
+            self.sq_sum += sq
+            self.quad_sum += sq * sq
             if label != 0:
-                self.pct_sum += abs(err / float(label))
+                pct = abs(err / float(label))
+                self.pct_sum += pct
+                self.pct_sq += pct * pct
                 self.pct_n += 1
 
     def merge(self, other: RegressionMetrics) -> RegressionMetrics:
         out = RegressionMetrics()
         out.n, out.abs_sum = self.n + other.n, self.abs_sum + other.abs_sum
-        out.sq_sum, out.pct_sum = self.sq_sum + other.sq_sum, self.pct_sum + other.pct_sum
+        out.sq_sum, out.quad_sum = self.sq_sum + other.sq_sum, self.quad_sum + other.quad_sum
+        out.pct_sum, out.pct_sq = self.pct_sum + other.pct_sum, self.pct_sq + other.pct_sq
         out.pct_n = self.pct_n + other.pct_n
         return out
 
-    def figures(self) -> dict[str, float | None]:
+    def value(self, name: str) -> float | None:
+        """The point value of one metric of ``REGRESSION_METRICS``, None without one."""
+        self._check_name(name)
+        if name == "mape":
+            return self.pct_sum / self.pct_n if self.pct_n else None
         if not self.n:
-            return {"mae": None, "rmse": None, "mape": None}
-        return {"mae": self.abs_sum / self.n, "rmse": math.sqrt(self.sq_sum / self.n),
-                "mape": self.pct_sum / self.pct_n if self.pct_n else None}
+            return None
+        return self.abs_sum / self.n if name == "mae" else math.sqrt(self.sq_sum / self.n)
+
+    def interval(self, name: str, z: float = Z) -> Interval | None:
+        """Confidence interval of one metric (see the module docstring), None without one."""
+        self._check_name(name)
+        if name == "mae":
+            return mean_interval(self.abs_sum, self.sq_sum, self.n, z)
+        if name == "mape":
+            return mean_interval(self.pct_sum, self.pct_sq, self.pct_n, z)
+        mse = mean_interval(self.sq_sum, self.quad_sum, self.n, z)
+        return None if mse is None else (math.sqrt(mse[0]), math.sqrt(mse[1]))
+
+    def _check_name(self, name: str) -> None:
+        if name not in REGRESSION_METRICS:
+            raise ValueError(f"unknown regression metric {name!r}; "
+                             f"expected one of {REGRESSION_METRICS}")
+
+    def figures(self) -> dict[str, float | None]:
+        """mae, rmse and mape (None without a value), and bounds of those with one."""
+        out: dict[str, float | None] = {}
+        for name in REGRESSION_METRICS:
+            out[name] = value = self.value(name)
+            if value is not None:
+                out[f"{name}_low"], out[f"{name}_high"] = self.interval(name) or (None, None)
+        return out
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.KIND, "v": self.VERSION, "n": self.n,
-                "sums": [self.abs_sum, self.sq_sum, self.pct_sum, self.pct_n]}
+                "sums": [self.abs_sum, self.sq_sum, self.quad_sum, self.pct_sum, self.pct_sq,
+                         self.pct_n]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RegressionMetrics:
@@ -208,8 +381,9 @@ class RegressionMetrics:
         try:
             m = cls()
             m.n = int(state["n"])
-            a, s, p, pn = state["sums"]
-            m.abs_sum, m.sq_sum, m.pct_sum, m.pct_n = float(a), float(s), float(p), int(pn)
+            a, s, q, p, ps, pn = state["sums"]
+            m.abs_sum, m.sq_sum, m.quad_sum = _sum(a), _sum(s), _sum(q)
+            m.pct_sum, m.pct_sq, m.pct_n = _sum(p), _sum(ps), int(pn)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt regression metrics: {exc!r}") from None
         return m

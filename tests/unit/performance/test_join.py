@@ -4,71 +4,314 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import StateError
-from app.performance import LabelJoin
+from app.performance import JoinResult, LabelJoin, Labelled
+
+PARAMS = {"horizon_ms": 10_000, "orphan_horizon_ms": 5_000, "max_pending": 1000,
+          "max_orphans": 1000}
 
 
 def join(**kw):
-    args = {"horizon_ms": 10_000, "orphan_horizon_ms": 5_000, "max_pending": 1000,
-            "max_orphans": 1000, **kw}
-    return LabelJoin(**args)
+    return LabelJoin(**{**PARAMS, **kw})
+
+
+def restore(records, **kw):
+    return LabelJoin.restore(orjson.loads(orjson.dumps(records)), **{**PARAMS, **kw})
+
+
+def apply(log, drained):
+    """What a compacted changelog keeps: the latest value of each key, None deletes."""
+    for key, value in drained.items():
+        if value is None:
+            log.pop(key, None)
+        else:
+            log[key] = value
 
 
 def test_either_order_joins_with_the_predictions_event_time():
     j = join()
-    assert j.add_prediction("a", 100, "v1", 1, 0.8).labelled == []
-    (a,) = j.add_outcome("a", 1, label_ms=900).labelled
-    assert (a.event_ms, a.version, a.predicted, a.score, a.label, a.delay_ms) == \
-        (100, "v1", 1, 0.8, 1, 800)
-    assert j.add_outcome("b", 0, label_ms=50).labelled == []
-    (b,) = j.add_prediction("b", 200, "v2", 1, 0.3).labelled
-    assert (b.event_ms, b.label) == (200, 0)
-    assert not j.pending and not j.orphans
+    assert j.add_predictions([("a", 100, "v1", 1, 0.8)]).labelled == []
+    (a,) = j.add_outcomes([("a", 1, 900, 42)]).labelled
+    assert a == Labelled("a", 100, "v1", 1, 0.8, 1, 900, 42) and a.delay_ms == 800
+    assert j.add_outcomes([("b", 0, 50, 7)]).labelled == []
+    (b,) = j.add_predictions([("b", 200, "v2", 1, 0.3)]).labelled
+    assert (b.event_ms, b.label, b.seen_ms) == (200, 0, 7)  # seen_ms carried through the wait
+    assert j.pending_count == 0 and j.orphan_count == 0
 
 
 def test_duplicates_count_once():
     j = join()
-    j.add_prediction("a", 100, "v1", 1, None)
-    assert len(j.add_outcome("a", 1, label_ms=200).labelled) == 1
-    r = j.add_outcome("a", 1, label_ms=300)
-    assert r.labelled == [] and r.duplicates == 1
-    assert j.add_prediction("a", 100, "v1", 1, None).labelled == []  # redelivered
+    j.add_predictions([("a", 100, "v1", 1, None)])
+    assert len(j.add_outcomes([("a", 1, 200, 0)]).labelled) == 1
+    r = j.add_outcomes([("a", 1, 300, 0), ("a", 0, 301, 0)])
+    assert r.labelled == [] and r.duplicates == 2
+    assert j.add_predictions([("a", 100, "v1", 1, None)]).labelled == []  # redelivered
+    # an outcome twice while its prediction is missing: it waits once
+    r = j.add_outcomes([("b", 1, 300, 0), ("b", 1, 300, 0)])
+    assert r.duplicates == 1 and j.orphan_count == 1
+    assert len(j.add_predictions([("b", 250, "v1", 1, None)] * 2).labelled) == 1
+    assert j.add_outcomes([("b", 1, 300, 0)]).duplicates == 1
+    assert j.add_predictions([("b", 250, "v1", 1, None)]).labelled == []
+    assert j.pending_count == 0 and j.orphan_count == 0
+
+
+def test_a_redelivered_pending_prediction_is_ignored():
+    j = join()
+    j.add_predictions([("a", 100, "v1", 1, None), ("a", 100, "v1", 1, None)])
+    j.add_predictions([("a", 100, "v1", 0, None)])
+    assert j.pending_count == 1
+    (a,) = j.add_outcomes([("a", 1, 200, 0)]).labelled
+    assert a.predicted == 1
+
+
+def test_labels_later_than_the_horizon_count_as_too_late():
+    j = join()
+    j.add_predictions([("a", 0, "v1", 1, None)])
+    r = j.add_outcomes([("a", 1, 10_001, 0)])
+    assert (r.labelled, r.too_late, j.pending_count) == ([], 1, 0)
+    assert j.add_outcomes([("a", 1, 10_002, 0)]).duplicates == 1
+    j.add_outcomes([("b", 1, 20_000, 0)])  # the outcome first
+    r = j.add_predictions([("b", 9_999, "v1", 1, None)])
+    assert (r.labelled, r.too_late, j.orphan_count, j.pending_count) == ([], 1, 0, 0)
+    assert j.add_predictions([("b", 9_999, "v1", 1, None)]).expired == 0  # redelivered
+    assert j.pending_count == 0
+
+
+def test_a_prediction_past_the_horizon_is_late_data_even_if_its_outcome_waits():
+    j = join()
+    j.add_outcomes([("a", 1, 9_000, 0)])
+    j.expire(12_000)
+    r = j.add_predictions([("a", 1_000, "v1", 1, None), ("b", 2_000, "v1", 1, None)])
+    assert (r.labelled, r.expired, j.pending_count, j.orphan_count) == ([], 1, 1, 1)
+    assert j.expire(14_001).orphans == 1  # the outcome's wait ends as usual
 
 
 def test_horizons_and_budgets_bound_memory():
     j = join(max_pending=3, max_orphans=2)
-    for i in range(5):
-        r = j.add_prediction(f"p{i}", i, "v1", 0, None)
-    assert len(j.pending) == 3 and r.expired == 1
-    r = j.add_outcome("x1", 0, label_ms=0)
-    j.add_outcome("x2", 0, label_ms=1)
-    r = j.add_outcome("x3", 0, label_ms=2)
-    assert len(j.orphans) == 2 and r.orphans == 1
-    r = j.expire(watermark_ms=20_000)
-    assert r.expired == 3 and r.orphans == 2 and not j.pending and not j.orphans
+    r = j.add_predictions([(f"p{i}", i, "v1", 0, None) for i in range(5)])
+    assert j.pending_count == 3 and r.expired == 2
+    assert j.add_outcomes([("p0", 1, 5, 0)]).labelled == []  # p0 was evicted
+    r = j.add_outcomes([("x1", 0, 0, 0), ("x2", 0, 1, 0), ("x3", 0, 2, 0)])
+    assert j.orphan_count == 2 and r.orphans == 2  # p0's outcome and x1
+    r = j.expire(20_000)
+    assert (r.expired, r.orphans, j.pending_count, j.orphan_count) == (3, 2, 0, 0)
+    # what is already past its horizon at the watermark is counted at once
+    r = j.add_predictions([("old", 9_999, "v1", 0, None), ("new", 10_000, "v1", 0, None)])
+    assert r.expired == 1 and j.pending_count == 1
+    r = j.add_outcomes([("o1", 0, 14_999, 0), ("o2", 0, 15_000, 0)])
+    assert r.orphans == 1 and j.orphan_count == 1
+    assert j.expire(19_000).expired == 0 and j.watermark == 20_000  # never goes back
 
 
-def test_state_round_trip_keeps_pending_predictions():
+def test_remembered_ids_are_bounded_too():
+    j = join(max_pending=10, segment_size=4)
+    for b in range(20):
+        rows = [(f"p{b}-{i}", b, "v1", 0, None) for i in range(5)]
+        j.add_predictions(rows)
+        j.add_outcomes([(pid, 0, b, 0) for pid, *_ in rows])
+        j.drain_records()
+    ids_in_records = sum(len(g[2]) for k, v in j.records().items() if "/r" in k
+                         for g in v["g"])
+    assert ids_in_records <= 10 + 5  # max_pending, plus the newest batch
+    assert j.add_outcomes([("p19-0", 0, 19, 0)]).duplicates == 1  # recent: still known
+
+
+def test_removal_records_say_why_ids_left():
     j = join()
-    j.add_prediction("a", 100, "v1", "churn", 0.7)
-    j.add_outcome("b", "stay", label_ms=5)
-    again = join()
-    again.load(orjson.loads(orjson.dumps(j.to_state())))
-    (a,) = again.add_outcome("a", "churn", label_ms=500).labelled
-    assert a.predicted == "churn" and a.score == 0.7
-    assert len(again.add_prediction("b", 7, "v1", "stay", None).labelled) == 1
-    with pytest.raises(StateError, match="version 9 is not supported"):
-        again.load({**j.to_state(), "v": 9})
+    j.add_predictions([("a", 0, "v1", 0, None), ("b", 0, "v1", 0, None),
+                       ("c", 0, "v1", 0, None)])
+    j.drain_records()
+    j.add_outcomes([("a", 1, 5, 0), ("b", 1, 10_005, 0)])
+    j.expire(1_000)
+    drained = j.drain_records()
+    (removal,) = [v for k, v in drained.items() if k.startswith("j/p/r")]
+    assert removal == {"t": 0, "g": [[0, "j", ["a"]], [0, "l", ["b"]]]}
+    assert drained["j/m"] == {"kind": "label-join", "v": 2, "w": 1_000}
+    r = j.expire(10_001)
+    assert r.expired == 1
+    assert j.drain_records()["j/p/s0"] is None
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.permutations([("p", i) for i in range(20)] + [("o", i) for i in range(20)]))
-def test_any_interleaving_joins_every_pair_once(order):
-    j = join()
+@given(st.permutations([("p", i) for i in range(20)] + [("o", i) for i in range(20)]),
+       st.integers(1, 5))
+def test_any_interleaving_joins_every_pair_once(order, size):
+    j = join(segment_size=size)
     got = []
     for kind, i in order:
-        r = (j.add_prediction(f"id{i}", i, "v1", i % 2, 0.5) if kind == "p"
-             else j.add_outcome(f"id{i}", (i + 1) % 2, label_ms=100 + i))
+        r = (j.add_predictions([(f"id{i}", i, "v1", i % 2, 0.5)]) if kind == "p"
+             else j.add_outcomes([(f"id{i}", (i + 1) % 2, 100 + i, i)]))
         got += r.labelled
+        j.drain_records()
     assert sorted(x.prediction_id for x in got) == sorted(f"id{i}" for i in range(20))
-    assert all(x.event_ms == int(x.prediction_id[2:]) for x in got)
-    assert not j.pending and not j.orphans
+    assert all(x.event_ms == x.seen_ms == int(x.prediction_id[2:]) for x in got)
+    assert j.pending_count == 0 and j.orphan_count == 0
+
+
+# -- restore equivalence ------------------------------------------------------------------
+
+IDS = [f"id{i}" for i in range(10)]
+prediction_rows = st.lists(st.tuples(st.sampled_from(IDS), st.integers(0, 60),
+                                     st.sampled_from(["v1", "v2"]), st.integers(0, 1),
+                                     st.none() | st.sampled_from([0.25, 0.5])), max_size=5)
+outcome_rows = st.lists(st.tuples(st.sampled_from(IDS), st.integers(0, 1), st.integers(0, 80),
+                                  st.integers(0, 99)), max_size=5)
+steps = st.lists(st.one_of(st.tuples(st.just("p"), prediction_rows),
+                           st.tuples(st.just("o"), outcome_rows),
+                           st.tuples(st.just("e"), st.integers(0, 100))),
+                 min_size=2, max_size=16)
+join_params = st.fixed_dictionaries({
+    "horizon_ms": st.integers(1, 30), "orphan_horizon_ms": st.integers(1, 30),
+    "max_pending": st.integers(1, 6), "max_orphans": st.integers(1, 6),
+    "segment_size": st.integers(1, 3)})
+
+
+def run(step_list, params, restore_at=None, source="records"):
+    """Each step is a batch (drained after it); restore before step ``restore_at``."""
+    j = LabelJoin(**params)
+    log, trace = {}, []
+    for n, (kind, arg) in enumerate(step_list):
+        if n == restore_at:
+            j = LabelJoin.restore(orjson.loads(orjson.dumps(j.records() if source == "records"
+                                                            else log)), **params)
+            assert j.drain_records() == {}  # a consistent restore has nothing to repair
+        r = (j.add_predictions(arg) if kind == "p" else j.add_outcomes(arg) if kind == "o"
+             else j.expire(arg))
+        drained = j.drain_records()
+        apply(log, drained)
+        assert log == j.records()  # the changelog holds exactly the live records
+        assert j.pending_count <= params["max_pending"]
+        assert j.orphan_count <= params["max_orphans"]
+        trace.append((r, drained, j.pending_count, j.orphan_count))
+    return trace, j.records()
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, join_params, st.data())
+def test_restore_from_records_or_changelog_equals_an_uninterrupted_run(step_list, params,
+                                                                      data):
+    want, want_records = run(step_list, params)
+    at = data.draw(st.integers(1, max(1, len(step_list) - 1)))  # mid-run, state to restore
+    source = data.draw(st.sampled_from(["records", "changelog"]))
+    got, got_records = run(step_list, params, restore_at=at, source=source)
+    assert got == want  # joined pairs, every count, every record written afterwards
+    assert got_records == want_records
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("p"), st.lists(st.integers(0, 9), max_size=4)),
+    st.tuples(st.just("o"), st.lists(st.tuples(st.integers(0, 9), st.integers(-5, 40)),
+                                     max_size=4)),
+    st.tuples(st.just("e"), st.integers(0, 80))), max_size=30),
+    st.integers(1, 20), st.integers(1, 20))
+def test_a_prediction_is_labelled_at_most_once(steps, horizon, orphan_horizon):
+    """Duplicated outcomes, redelivered predictions (same event time), any expiry."""
+    j = join(horizon_ms=horizon, orphan_horizon_ms=orphan_horizon, max_pending=50,
+             max_orphans=50, segment_size=2)
+    labelled = []
+    for kind, arg in steps:
+        if kind == "p":
+            r = j.add_predictions([(f"id{i}", 3 * i, "v1", 1, None) for i in arg])
+        elif kind == "o":
+            r = j.add_outcomes([(f"id{i}", 1, 3 * i + d, 0) for i, d in arg])
+        else:
+            r = j.expire(arg)
+        j.drain_records()
+        labelled += [x.prediction_id for x in r.labelled]
+    assert len(labelled) == len(set(labelled))
+
+
+# -- writes are proportional to the batch, and nothing is left behind ---------------------
+
+def test_each_batch_writes_in_proportion_to_itself_not_to_the_pending_total():
+    j = join(max_pending=100_000, max_orphans=100)
+    t0 = 1_767_225_600_000
+    batches = [[(f"pred-{b:02d}-{i:04d}", t0 + 1_000 * b + i, "v1", i % 2, 0.5)
+                for i in range(1000)] for b in range(10)]
+    writes = []
+    for rows in batches:
+        j.add_predictions(rows)
+        drained = j.drain_records()
+        assert len(drained) <= 3  # one segment, the counter (and the meta record, once)
+        writes.append(len(orjson.dumps(drained)))
+    total = len(orjson.dumps(j.records()))  # 10 000 pending predictions
+    for rows in batches:
+        labelled = j.add_outcomes([(pid, 1, t + 5, t) for pid, t, *_ in rows]).labelled
+        assert len(labelled) == 1000
+        drained = j.drain_records()
+        assert len(drained) == 3  # the emptied segment's tombstone, one removal, the counter
+        writes.append(len(orjson.dumps(drained)))
+    assert j.pending_count == 0
+    # a batch of 1000 writes at most 48 bytes a row (~40 a prediction, ~15 an outcome),
+    # whatever is pending: every drain is under a ninth of the 10 batches' state
+    assert max(writes) <= 48 * 1000 + 200
+    assert max(writes) * 9 < total
+    for same_kind in (writes[1:10], writes[10:]):  # not growing with the pending set
+        assert max(same_kind) - min(same_kind) <= 10  # (a counter gaining a digit)
+
+
+def test_a_fully_labelled_and_expired_run_leaves_no_records_behind():
+    j = join(max_pending=50, max_orphans=50, segment_size=7)
+    log, seen = {}, set()
+
+    def batch(result):
+        drained = j.drain_records()
+        apply(log, drained)
+        seen.update(k[:5] for k in drained)
+        return result
+
+    for b in range(10):
+        preds = [(f"p{b}-{i}", 100 * b + i, "v1", 0, None) for i in range(20)]
+        batch(j.add_outcomes([(f"p{b}-{i}", 1, 100 * b + 30, 0) for i in range(0, 20, 3)]))
+        batch(j.add_predictions(preds[:15]))  # 15..19 never come: their outcomes are orphans
+        batch(j.add_outcomes([(pid, 0, t + 50, 0) for pid, t, *_ in preds if t % 3]
+                             + [(f"p{b}-1", 0, 100 * b, 0)]))  # a duplicate
+        batch(j.expire(100 * b))
+    assert seen >= {"j/p/s", "j/p/r", "j/o/s", "j/o/r"}
+    r = j.expire(10**9)
+    apply(log, j.drain_records())
+    assert r.orphans > 0 and j.pending_count == 0 and j.orphan_count == 0
+    # only the constant-size meta and sequence counters stay
+    assert log == j.records() == {
+        "j/m": {"kind": "label-join", "v": 2, "w": 10**9},
+        "j/p/n": {"n": log["j/p/n"]["n"], "d": 10**9 - 10_000},
+        "j/o/n": {"n": log["j/o/n"]["n"], "d": 10**9 - 10_000},
+    }
+
+
+# -- malformed records --------------------------------------------------------------------
+
+def some_records():
+    j = join()
+    j.add_predictions([("a", 100, "v1", "churn", 0.7)])
+    j.add_outcomes([("b", "stay", 5, 3)])
+    return j.records()
+
+
+def test_restore_keeps_pending_predictions_and_waiting_outcomes():
+    again = restore({**some_records(), "other/key": 1})  # other keys are not the join's
+    (a,) = again.add_outcomes([("a", "churn", 500, 0)]).labelled
+    assert a.predicted == "churn" and a.score == 0.7
+    (b,) = again.add_predictions([("b", 7, "v1", "stay", None)]).labelled
+    assert (b.label, b.seen_ms) == ("stay", 3)
+    assert restore({}).pending_count == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"j/m": {"kind": "label-join", "v": 9, "w": None}}, "version 9 is not supported"),
+    ({"j/m": {"kind": "sketch", "v": 2, "w": None}}, "expected a 'label-join' state"),
+    ({"j/m": {"kind": "label-join", "v": 2, "w": "late"}}, "watermark must be an int"),
+    ({"j/m": None}, "without their 'j/m' record"),
+    ({"j/x": 1}, "unknown label-join record 'j/x'"),
+    ({"j/p/s0": {"i": ["a"], "c": [[100], ["v1"], ["churn"]]}}, "3 columns, expected 4"),
+    ({"j/o/r7": {"t": 1}}, "removal record 'j/o/r7' must be"),
+    ({"j/p/z": 1}, "unknown record 'j/p/z'"),
+])
+def test_malformed_records_raise_state_error(change, message):
+    records = {**some_records(), **change}
+    with pytest.raises(StateError, match=message):
+        restore({k: v for k, v in records.items() if v is not None})
+
+
+def test_join_result_defaults():
+    assert JoinResult() == JoinResult([], 0, 0, 0, 0)

@@ -1,0 +1,482 @@
+"""A map ``id -> entry`` persisted as append-only records (for a compacted changelog).
+
+Each batch writes only what it changed, in size proportional to the batch, never to the
+whole map. Under the ``prefix`` given to the constructor the records are:
+
+``{prefix}s{seq}`` -- a **segment**: entries added together (at most ``segment_size``),
+    as columns: ``{"i": [id, ...], "c": [[time, ...], [field1, ...], ...]}``. It is never
+    rewritten for an addition, and is deleted (``None``) as soon as none of its entries is
+    still present.
+``{prefix}r{seq}`` -- a **removal**: the ids removed during one batch, grouped by the
+    segment they left and by the caller's reason, with the largest entry time among them
+    (or the time given to :meth:`~SegmentedMap.pop`):
+    ``{"t": max_time, "g": [[segment_seq, reason, [id, ...]], ...]}``. It is deleted once
+    :meth:`SegmentedMap.forget_before` passes a time above ``t``, or, oldest first, when the
+    live removals remember more than ``max_removed`` ids.
+``{prefix}n`` -- ``{"n": next_seq, "d": drop_ms}``: the sequence counter (so that keys
+    continue after a restore) and the last :meth:`~SegmentedMap.forget_before` time.
+
+An entry is a tuple of JSON-able values whose first element is an ``int`` time in epoch
+milliseconds. The present entries are the ids of the live segments minus the ``(segment,
+id)`` pairs named by live removals, so a removal must outlive the segment its ids left.
+When a removal is deleted while that segment still lists one of its ids, the segment
+record is rewritten with its present entries only (a compaction, at most ``segment_size``
+entries; rare: a segment usually dies before the removals that emptied it expire).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from app.errors import StateError
+
+Entry = tuple[Any, ...]
+
+_KEY = re.compile(r"([sr])(0|[1-9][0-9]*)")
+_BUFFERED = -1  # the removal-record sequence number of ids removed in the current batch
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Segment:
+    """The in-memory side of one segment record (its lists *are* the record's columns)."""
+
+    __slots__ = ("alive", "cols", "head", "ids", "live", "min_t", "seq")
+
+    def __init__(self, seq: int, ids: list[str], cols: list[list[Any]],
+                 alive: bytearray | None = None) -> None:
+        self.seq = seq
+        self.ids = ids
+        self.cols = cols
+        self.alive = alive if alive is not None else bytearray(b"\x01" * len(ids))
+        self.live = sum(self.alive)
+        self.head = 0  # no present entry before this index (for pop_oldest)
+        times = cols[0]
+        # a lower bound of the present entries' times; exact again after each scan
+        self.min_t: int = min((times[i] for i, a in enumerate(self.alive) if a), default=0)
+
+    def entry(self, i: int) -> Entry:
+        return tuple(c[i] for c in self.cols)
+
+    def value(self) -> dict[str, Any]:
+        return {"i": self.ids, "c": self.cols}
+
+
+class SegmentedMap:
+    """A map ``id -> entry`` whose persistence is a stream of small append-only records.
+
+    Parameters
+    ----------
+    prefix
+        Prepended to every record key (``"j/p/"`` gives ``"j/p/s0"``, ``"j/p/r1"``, ...).
+    segment_size
+        At most this many entries per segment record.
+    max_removed
+        Remember (and keep removal records for) at most about this many removed ids: past
+        it the oldest removal records are deleted, except the newest. ``None``: no bound.
+    width
+        When given, every entry must have exactly this many fields (checked on restore).
+
+    Notes
+    -----
+    Call :meth:`drain_records` once per batch and write its output (``None`` deletes a
+    key); :meth:`restore` of the accumulated records gives back the same map, including
+    which ids were removed and why (as long as their removal records live). Do not mutate
+    the values returned by :meth:`drain_records` or :meth:`records`.
+
+    Examples
+    --------
+    >>> m = SegmentedMap("j/p/", segment_size=2)
+    >>> m.add([("a", (10, "x")), ("b", (20, "y")), ("c", (30, "z"))])
+    >>> sorted(m.drain_records())
+    ['j/p/n', 'j/p/s0', 'j/p/s1']
+    >>> m.pop_older_than(25, "expired")
+    [('a', (10, 'x')), ('b', (20, 'y'))]
+    >>> m.drain_records()
+    {'j/p/s0': None, 'j/p/r2': {'t': 20, 'g': [[0, 'expired', ['a', 'b']]]}, 'j/p/n': {'n': 3, 'd': None}}
+    >>> m.removed("a"), len(m)
+    ('expired', 1)
+    >>> m.forget_before(25)
+    >>> m.drain_records()
+    {'j/p/r2': None, 'j/p/n': {'n': 3, 'd': 25}}
+    >>> SegmentedMap.restore(m.records(), prefix="j/p/").get("c")
+    (30, 'z')
+    """  # noqa: E501
+
+    def __init__(self, prefix: str, *, segment_size: int = 2000,
+                 max_removed: int | None = None, width: int | None = None) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        for name, v in (("segment_size", segment_size), ("max_removed", max_removed),
+                        ("width", width)):
+            if v is not None and (not _is_int(v) or v <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.prefix = prefix
+        self.segment_size = segment_size
+        self.max_removed = max_removed
+        self.width = width
+        self._segs: OrderedDict[int, _Segment] = OrderedDict()  # live segments, by seq
+        self._at: dict[str, tuple[int, int]] = {}  # present id -> (segment seq, index)
+        self._seg_heap: list[tuple[int, int]] = []  # (min_t, seq), lazily invalidated
+        self._rems: OrderedDict[int, tuple[dict[str, Any], int]] = OrderedDict()  # value, ids
+        self._rem_heap: list[tuple[int, int]] = []  # (max time, seq), lazily invalidated
+        self._known = 0  # ids named by the live removal records
+        # removed id -> [(reason, removal seq)] of the live removals naming it, newest last
+        self._gone: dict[str, list[tuple[str, int]]] = {}
+        self._buf: dict[tuple[int, str], list[str]] = {}  # this batch's removals
+        self._buf_t: int | None = None
+        self._next = 0
+        self._drop_ms: int | None = None
+        self._sent_n: tuple[int, int | None] = (0, None)
+        self._dirty: dict[str, Any | None] = {}
+        self._unsent: set[str] = set()  # keys created since the last drain
+
+    # -- reading ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def get(self, key: str) -> Entry | None:
+        """The entry of a present id, else ``None``."""
+        at = self._at.get(key)
+        return None if at is None else self._segs[at[0]].entry(at[1])
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        """Present entries, oldest inserted first."""
+        for seg in self._segs.values():
+            for i, key in enumerate(seg.ids):
+                if seg.alive[i]:
+                    yield key, seg.entry(i)
+
+    def removed(self, key: str) -> str | None:
+        """The reason of the latest remembered removal of ``key``, else ``None``."""
+        gone = self._gone.get(key)
+        return None if gone is None else gone[-1][0]
+
+    @property
+    def drop_ms(self) -> int | None:
+        """The highest :meth:`forget_before` time so far."""
+        return self._drop_ms
+
+    # -- changing -----------------------------------------------------------------------
+
+    def add(self, items: Iterable[tuple[str, Entry]]) -> None:
+        """Add absent ids, as new segment records (in the given order)."""
+        batch = list(items)
+        seen: set[str] = set()
+        width = self.width
+        for key, entry in batch:
+            if not isinstance(key, str):
+                raise TypeError(f"ids must be strings, got {key!r}")
+            if key in self._at or key in seen:
+                raise ValueError(f"{key!r} is already in the map")
+            seen.add(key)
+            if not isinstance(entry, tuple) or not entry or not _is_int(entry[0]):
+                raise ValueError(f"entry of {key!r} must be a tuple starting with an int time "
+                                 f"in ms, got {entry!r}")
+            if width is None:
+                width = len(entry)
+            elif len(entry) != width:
+                raise ValueError(f"entry of {key!r} has {len(entry)} fields, expected {width}")
+        for start in range(0, len(batch), self.segment_size):
+            chunk = batch[start:start + self.segment_size]
+            seq = self._take_seq()
+            seg = _Segment(seq, [k for k, _ in chunk],
+                           [list(col) for col in zip(*(e for _, e in chunk), strict=True)])
+            self._install(seg)
+            key = self._key("s", seq)
+            self._dirty[key] = seg.value()
+            self._unsent.add(key)
+
+    def pop(self, key: str, reason: str, t_ms: int | None = None) -> Entry | None:
+        """Remove a present id (recording ``reason``) and return its entry, else ``None``.
+
+        ``t_ms``: the time its removal is remembered by, when not the entry's own.
+        """
+        return self._remove(key, reason, t_ms) if key in self._at else None
+
+    def pop_older_than(self, t_ms: int, reason: str) -> list[tuple[str, Entry]]:
+        """Remove and return the entries with time ``< t_ms``, oldest inserted first.
+
+        Only the segments whose smallest time is below ``t_ms`` are scanned.
+        """
+        found: list[tuple[int, int]] = []
+        heap = self._seg_heap
+        while heap and heap[0][0] < t_ms:
+            min_t, seq = heapq.heappop(heap)
+            seg = self._segs.get(seq)
+            if seg is None or seg.min_t != min_t:
+                continue  # a stale heap entry
+            times, alive = seg.cols[0], seg.alive
+            rest: int | None = None
+            for i, t in enumerate(times):
+                if alive[i]:
+                    if t < t_ms:
+                        found.append((seq, i))
+                    elif rest is None or t < rest:
+                        rest = t
+            if rest is not None:
+                seg.min_t = rest
+                heapq.heappush(heap, (rest, seq))
+        found.sort()  # insertion order, however stale the bounds were
+        keys = [self._segs[seq].ids[i] for seq, i in found]
+        return [(key, self._remove(key, reason)) for key in keys]
+
+    def pop_oldest(self, reason: str) -> tuple[str, Entry] | None:
+        """Remove and return the oldest inserted entry (for a size budget)."""
+        if not self._segs:
+            return None
+        seg = next(iter(self._segs.values()))
+        while not seg.alive[seg.head]:
+            seg.head += 1
+        key = seg.ids[seg.head]
+        return key, self._remove(key, reason)
+
+    def forget_before(self, t_ms: int) -> None:
+        """Delete the removal records (and forget their ids) whose largest time is ``< t_ms``.
+
+        The time only goes up; it also applies to the current batch's removals when they
+        are written (a removal record entirely older than it is not written at all).
+        """
+        if self._drop_ms is not None and t_ms <= self._drop_ms:
+            return
+        self._drop_ms = t_ms
+        self._forget()
+
+    def _forget(self) -> None:
+        heap, drop = self._rem_heap, self._drop_ms
+        while drop is not None and heap and heap[0][0] < drop:
+            _, rseq = heapq.heappop(heap)
+            if rseq in self._rems:
+                self._drop_removal(rseq)
+
+    # -- records ------------------------------------------------------------------------
+
+    def drain_records(self) -> dict[str, Any | None]:
+        """Everything changed since the last drain: full key -> value, ``None`` to delete.
+
+        Call it once per batch: it closes the batch's removal record.
+        """
+        self._flush()
+        out, self._dirty, self._unsent = self._dirty, {}, set()
+        return out
+
+    def records(self) -> dict[str, Any]:
+        """All live records (closing the current batch like :meth:`drain_records`, whose
+        next output still holds the changes)."""
+        self._flush()
+        out: dict[str, Any] = {self._key("s", seq): seg.value()
+                               for seq, seg in self._segs.items()}
+        out.update((self._key("r", rseq), value) for rseq, (value, _) in self._rems.items())
+        if (self._next, self._drop_ms) != (0, None):
+            out[self.prefix + "n"] = {"n": self._next, "d": self._drop_ms}
+        return out
+
+    @classmethod
+    def restore(cls, records: Mapping[str, Any], *, prefix: str, segment_size: int = 2000,
+                max_removed: int | None = None, width: int | None = None) -> SegmentedMap:
+        """Rebuild the map from its live records (keys outside ``prefix`` are ignored, a
+        ``None`` value counts as deleted). Raises :class:`~app.errors.StateError` when a
+        record is malformed."""
+        m = cls(prefix, segment_size=segment_size, max_removed=max_removed, width=width)
+        segs: dict[int, tuple[list[str], list[list[Any]]]] = {}
+        rems: dict[int, tuple[int, list[list[Any]]]] = {}
+        counter: tuple[int, int | None] = (0, None)
+        for key, value in records.items():
+            if not isinstance(key, str) or not key.startswith(prefix) or value is None:
+                continue
+            suffix = key[len(prefix):]
+            if suffix == "n":
+                counter = _parse_counter(key, value)
+                continue
+            match = _KEY.fullmatch(suffix)
+            if match is None:
+                raise StateError(f"unknown record {key!r}: expected {prefix}s<n>, "
+                                 f"{prefix}r<n> or {prefix}n")
+            if match[1] == "s":
+                segs[int(match[2])] = _parse_segment(key, value, width)
+            else:
+                rems[int(match[2])] = _parse_removal(key, value)
+        shadow = {(g[0], k) for _, groups in rems.values() for g in groups for k in g[2]}
+        for seq in sorted(segs):
+            ids, cols = segs[seq]
+            alive = bytearray(0 if (seq, k) in shadow else 1 for k in ids)
+            for i, k in enumerate(ids):
+                if alive[i] and k in m._at:
+                    raise StateError(f"corrupt records: {k!r} is present in both "
+                                     f"{m._key('s', m._at[k][0])} and {m._key('s', seq)}")
+                if alive[i]:
+                    m._at[k] = (seq, i)
+            seg = _Segment(seq, ids, cols, alive)
+            if seg.live:
+                m._segs[seq] = seg
+                m._seg_heap.append((seg.min_t, seq))
+            else:  # a leftover of an interrupted write: delete it with the next drain
+                m._dirty[m._key("s", seq)] = None
+        heapq.heapify(m._seg_heap)
+        for rseq in sorted(rems):
+            max_t, groups = rems[rseq]
+            count = 0
+            for _, reason, keys in groups:
+                for k in keys:
+                    m._gone.setdefault(k, []).append((reason, rseq))
+                count += len(keys)
+            m._rems[rseq] = ({"t": max_t, "g": groups}, count)
+            m._known += count
+            m._rem_heap.append((max_t, rseq))
+        heapq.heapify(m._rem_heap)
+        top = max([*segs, *rems], default=-1) + 1
+        m._next, m._drop_ms = max(counter[0], top), counter[1]
+        m._sent_n = counter
+        m._forget()  # only does something for records an interrupted write left behind
+        return m
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _key(self, kind: str, seq: int) -> str:
+        return f"{self.prefix}{kind}{seq}"
+
+    def _take_seq(self) -> int:
+        seq = self._next
+        self._next += 1
+        return seq
+
+    def _install(self, seg: _Segment) -> None:
+        self._segs[seg.seq] = seg
+        for i, key in enumerate(seg.ids):
+            self._at[key] = (seg.seq, i)
+        heapq.heappush(self._seg_heap, (seg.min_t, seg.seq))
+
+    def _delete_key(self, key: str) -> None:
+        if key in self._unsent:  # never written: nothing to delete
+            self._unsent.discard(key)
+            self._dirty.pop(key, None)
+        else:
+            self._dirty[key] = None
+
+    def _remove(self, key: str, reason: str, t_ms: int | None = None) -> Entry:
+        seq, i = self._at.pop(key)
+        seg = self._segs[seq]
+        entry = seg.entry(i)
+        seg.alive[i] = 0
+        seg.live -= 1
+        self._buf.setdefault((seq, reason), []).append(key)
+        t = entry[0] if t_ms is None else t_ms
+        self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
+        self._gone.setdefault(key, []).append((reason, _BUFFERED))
+        if not seg.live:
+            del self._segs[seq]
+            self._delete_key(self._key("s", seq))
+        return entry
+
+    def _flush(self) -> None:
+        """Close the batch: write its removal record; keep the counter record current."""
+        if self._buf:
+            groups: list[list[Any]] = [[s, reason, keys] for (s, reason), keys in self._buf.items()]
+            max_t = self._buf_t
+            assert max_t is not None
+            self._buf, self._buf_t = {}, None
+            if self._drop_ms is not None and max_t < self._drop_ms:
+                self._unshadow(_BUFFERED, groups)  # already past the drop time
+            else:
+                rseq = self._take_seq()
+                count = 0
+                for _, _, keys in groups:
+                    count += len(keys)
+                    for k in keys:
+                        self._gone[k] = [(r, rseq if s == _BUFFERED else s)
+                                         for r, s in self._gone[k]]
+                value = {"t": max_t, "g": groups}
+                self._rems[rseq] = (value, count)
+                self._known += count
+                heapq.heappush(self._rem_heap, (max_t, rseq))
+                key = self._key("r", rseq)
+                self._dirty[key] = value
+                self._unsent.add(key)
+                if self.max_removed is not None:
+                    while self._known > self.max_removed and len(self._rems) > 1:
+                        self._drop_removal(next(iter(self._rems)))
+        counter = (self._next, self._drop_ms)
+        if counter != self._sent_n:
+            self._dirty[self.prefix + "n"] = {"n": counter[0], "d": counter[1]}
+            self._sent_n = counter
+
+    def _drop_removal(self, rseq: int) -> None:
+        value, count = self._rems.pop(rseq)
+        self._known -= count
+        self._delete_key(self._key("r", rseq))
+        self._unshadow(rseq, value["g"])
+
+    def _unshadow(self, rseq: int, groups: list[list[Any]]) -> None:
+        """Forget the ids of a deleted removal; compact the live segments still listing
+        them, which would otherwise bring them back on restore."""
+        for seg_seq, _, keys in groups:
+            for k in keys:
+                gone = self._gone.get(k)
+                if gone is not None:
+                    left = [g for g in gone if g[1] != rseq]
+                    if left:
+                        self._gone[k] = left
+                    else:
+                        del self._gone[k]
+            seg = self._segs.get(seg_seq)
+            if seg is not None and not set(keys).isdisjoint(seg.ids):
+                self._rewrite(seg)
+
+    def _rewrite(self, seg: _Segment) -> None:
+        keep = [i for i, a in enumerate(seg.alive) if a]
+        seg.ids = [seg.ids[i] for i in keep]
+        seg.cols = [[col[i] for i in keep] for col in seg.cols]
+        seg.alive = bytearray(b"\x01" * len(keep))
+        seg.head = 0
+        for i, key in enumerate(seg.ids):
+            self._at[key] = (seg.seq, i)
+        self._dirty[self._key("s", seg.seq)] = seg.value()
+
+
+def _parse_counter(key: str, value: Any) -> tuple[int, int | None]:
+    if (not isinstance(value, dict) or not _is_int(value.get("n")) or value["n"] < 0
+            or not (value.get("d") is None or _is_int(value["d"]))):
+        raise StateError(f"record {key!r} must be {{'n': int >= 0, 'd': int | None}}, "
+                         f"got {value!r}")
+    return value["n"], value["d"]
+
+
+def _parse_segment(key: str, value: Any, width: int | None) -> tuple[list[str], list[list[Any]]]:
+    if not isinstance(value, dict) or not isinstance(value.get("i"), list) \
+            or not isinstance(value.get("c"), list) or not value["c"]:
+        raise StateError(f"segment record {key!r} must be {{'i': [ids], 'c': [columns]}}")
+    ids, cols = value["i"], value["c"]
+    if not ids or not all(isinstance(k, str) for k in ids) or len(set(ids)) != len(ids):
+        raise StateError(f"segment record {key!r} must list distinct string ids")
+    if width is not None and len(cols) != width:
+        raise StateError(f"segment record {key!r} has {len(cols)} columns, expected {width}")
+    if not all(isinstance(c, list) and len(c) == len(ids) for c in cols):
+        raise StateError(f"segment record {key!r}: every column must have {len(ids)} values")
+    if not all(_is_int(t) for t in cols[0]):
+        raise StateError(f"segment record {key!r}: the first column must hold int times")
+    return list(ids), [list(c) for c in cols]
+
+
+def _parse_removal(key: str, value: Any) -> tuple[int, list[list[Any]]]:
+    if not isinstance(value, dict) or not _is_int(value.get("t")) \
+            or not isinstance(value.get("g"), list) or not value["g"]:
+        raise StateError(f"removal record {key!r} must be {{'t': int, 'g': [groups]}}")
+    groups: list[list[Any]] = []
+    for g in value["g"]:
+        if not (isinstance(g, list) and len(g) == 3 and _is_int(g[0])
+                and isinstance(g[1], str) and isinstance(g[2], list)
+                and all(isinstance(k, str) for k in g[2])):
+            raise StateError(f"removal record {key!r}: a group must be "
+                             f"[segment_seq, reason, [ids]], got {g!r}")
+        groups.append([g[0], g[1], list(g[2])])
+    return value["t"], groups

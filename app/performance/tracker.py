@@ -1,0 +1,646 @@
+"""A model's performance from delayed ground truth: join, labelled windows, checkpoints.
+
+Predictions and their labels meet in the :class:`~app.performance.join.LabelJoin`. A
+labelled prediction counts in the window of the *prediction's* event time (tumbling
+windows of the model's window length, the same ids as the drift windows), for its
+version. Labels come late, so a window is evaluated more than once: at **checkpoints**
+``end + d`` for each delay ``d`` of the model's ``after`` list (default ``0``, the
+window length doubling up to the label horizon, and the horizon itself). A checkpoint
+is due when the performance watermark passes ``end + d + lateness`` and every
+prediction of the window is in (the prediction watermark passed ``end + lateness``).
+
+Which labels a checkpoint includes depends only on the outcome stream, never on how the
+two streams happened to interleave: a label belongs to the first checkpoint ``k`` not
+yet evaluated with ``label time <= end + d_k`` that it arrived in time for (the
+performance watermark when it arrived was below ``end + d_k + lateness``). So a worker
+and ``driftwarden replay`` evaluate the same labels at the same checkpoints.
+
+The **performance watermark** is the outcome stream's event time, or the prediction
+watermark minus ``max_label_lag`` when the labels lag further behind than that (labels
+that stopped coming must not stop coverage from being judged). Workers also advance it
+by wall-clock idle time, like the drift windows.
+
+Each evaluation merges the checkpoint's labels into the window's figures, feeds its
+per-prediction errors to the version's concept-drift detectors in prediction event-time
+order, and judges ``performance_drop`` (at most once per window and version) and, at the
+``coverage_after`` checkpoint, ``label_coverage``. The window is dropped after its last
+checkpoint; the version's learned baseline takes its figures if still learning.
+
+State: a small main part (:meth:`PerformanceTracker.to_state`) and **records** (one per
+open window, plus the join's segments), written only when they change
+(:meth:`PerformanceTracker.drain_records`), so a batch never rewrites the whole join.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.core.changes import DetectorRun
+from app.errors import StateError
+from app.performance.join import JoinResult, LabelJoin, Labelled
+from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_class
+from app.policy.performance import PerformanceDecision, decide_coverage, decide_performance
+from app.settings import ConceptDetectorSettings, ModelSettings, PerformanceSettings
+from app.sketches.quantile import QuantileSketch
+
+STATE_KIND = "performance"
+STATE_VERSION = 1
+WINDOW_KIND = "performance-window"
+RECORD_PREFIX = "w/"  # a window's figures
+CHUNK_PREFIX = "c/"  # labelled rows waiting for the concept-drift detectors
+JOIN_PREFIX = "j/"  # the label join's segments
+MAX_VERSIONS = 16  # versions whose detectors, learned baselines and model-event metrics are kept
+
+Metrics = ClassificationMetrics | RegressionMetrics
+
+
+def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
+    """Delays (ms after a window's end) at which its performance is evaluated.
+
+    >>> from app.settings import PerformanceSettings
+    >>> checkpoint_delays(PerformanceSettings(label_horizon="1d"), 3_600_000)[:4]
+    [0, 3600000, 7200000, 14400000]
+    >>> checkpoint_delays(PerformanceSettings(label_horizon="1d", after=["1h"]), 3_600_000)
+    [3600000, 86400000]
+    """
+    horizon = round(perf.label_horizon * 1000)
+    if perf.after is not None:
+        delays = [round(a * 1000) for a in perf.after]
+    else:
+        delays, d = [0], window_ms
+        while d < horizon:
+            delays.append(d)
+            d *= 2
+    delays.append(horizon)
+    if perf.coverage_after is not None:
+        delays.append(round(perf.coverage_after * 1000))
+    return sorted(set(delays))
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+@dataclass
+class Bucket:
+    """Labels of one checkpoint of one window and version, not evaluated yet.
+
+    ``rows`` (prediction event time, error, loss) wait for the concept-drift detectors;
+    they are saved in append-only chunk records (``chunks``), never rewritten.
+    """
+
+    metrics: Metrics
+    delays: QuantileSketch = field(default_factory=QuantileSketch)  # seconds
+    rows: list[tuple[int, float, float]] = field(default_factory=list)
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # (record seq, rows)
+    unsaved: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"metrics": self.metrics.to_state(), "delays": self.delays.to_state(),
+                "chunks": [list(c) for c in self.chunks]}
+
+
+@dataclass
+class PerfSlice:
+    """One window's labelled figures for one version."""
+
+    metrics: Metrics
+    predictions: int = 0
+    labelled: int = 0
+    delays: QuantileSketch = field(default_factory=QuantileSketch)
+    buckets: dict[int, Bucket] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PerfWindow:
+    start_ms: int
+    end_ms: int
+    next_k: int = 0  # the first checkpoint not evaluated yet
+    slices: dict[str, PerfSlice] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PerformanceEvaluation:
+    """A window's performance for one version at one checkpoint."""
+
+    model: str
+    model_version: str
+    start_ms: int
+    end_ms: int
+    checkpoint: int
+    after_ms: int
+    final: bool
+    predictions: int
+    labelled: int
+    new_labels: int
+    coverage: float | None
+    delay_quantiles: dict[str, float] | None  # p50/p90/p99 in seconds
+    figures: dict[str, float | None]
+    metric: str
+    value: float | None
+    interval: tuple[float, float] | None
+    baseline: float | None
+    baseline_source: str | None
+    min_labels: int
+    decisions: list[PerformanceDecision]
+
+
+@dataclass(frozen=True)
+class ConceptDetection:
+    model_version: str
+    detector: str
+    signal: str
+    identity: str
+    index: int  # values the detector had seen (deterministic)
+    event_ms: int  # event time of the prediction at which it detected
+    before_mean: float | None
+    recent_mean: float | None
+    severity: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PerformanceUpdate:
+    """What one batch (or one wall-clock pass) produced."""
+
+    evaluations: list[PerformanceEvaluation] = field(default_factory=list)
+    detections: list[ConceptDetection] = field(default_factory=list)
+    labelled: int = 0
+    expired: int = 0
+    orphans: int = 0
+    duplicates: int = 0
+    too_late: int = 0
+    late_labels: int = 0  # labelled after every checkpoint of their window
+    invalid_labels: int = 0  # e.g. a non-numeric label of a regression model
+
+    def count(self, r: JoinResult) -> None:
+        self.expired += r.expired
+        self.orphans += r.orphans
+        self.duplicates += r.duplicates
+        self.too_late += r.too_late
+
+
+def _identity(cfg: ConceptDetectorSettings) -> str:
+    params = ",".join(f"{k}={cfg.params[k]}" for k in sorted(cfg.params))
+    return f"{cfg.detector}:{cfg.signal}:{params}"
+
+
+class PerformanceTracker:
+    """Performance of one model: see the module docstring."""
+
+    def __init__(self, model: str, settings: ModelSettings, *, window_ms: int,
+                 lateness_ms: int) -> None:
+        if settings.performance is None:
+            raise ValueError(f"model {model!r} has no performance settings")
+        perf = self.perf = settings.performance
+        self.model = model
+        self.task = settings.task
+        self.metric = settings.performance_metric
+        self.window_ms = window_ms
+        self.lateness_ms = lateness_ms
+        self.horizon_ms = round(perf.label_horizon * 1000)
+        self.max_lag_ms = round((perf.max_label_lag if perf.max_label_lag is not None
+                                 else perf.label_horizon) * 1000)
+        self.delays = checkpoint_delays(perf, window_ms)
+        cov = perf.coverage_after
+        self.coverage_k = (len(self.delays) - 1 if cov is None
+                           else self.delays.index(round(cov * 1000)))
+        self.join = LabelJoin(horizon_ms=self.horizon_ms,
+                              orphan_horizon_ms=round(perf.orphan_horizon * 1000),
+                              max_pending=perf.max_pending, max_orphans=perf.max_orphans)
+        self.windows: dict[int, PerfWindow] = {}
+        self.dirty: set[int] = set()
+        self.dropped: set[int] = set()
+        self.next_chunk = 0
+        self.spent_chunks: set[int] = set()  # chunk records of evaluated buckets
+        self.outcome_wm: int | None = None
+        self.prediction_wm: int | None = None
+        self.versions: list[str] = []
+        self.version_metrics: dict[str, dict[str, float]] = {}  # from model events
+        self.learning: dict[str, tuple[int, Metrics]] = {}  # version -> (windows, pooled)
+        self.learned: dict[str, float] = {}
+        self.detector_settings = settings.concept_detectors
+        self.identities = [_identity(c) for c in self.detector_settings]
+        self.detectors: dict[str, list[DetectorRun]] = {}
+
+    # -- watermarks -------------------------------------------------------------------
+    def watermark(self) -> int | None:
+        """The performance watermark (event time; see the module docstring)."""
+        lagging = None if self.prediction_wm is None else self.prediction_wm - self.max_lag_ms
+        if self.outcome_wm is None:
+            return lagging
+        return self.outcome_wm if lagging is None else max(self.outcome_wm, lagging)
+
+    # -- predictions ------------------------------------------------------------------
+    def _metrics(self) -> Metrics:
+        if self.task == "regression":
+            return RegressionMetrics()
+        positive = self.perf.positive_class if self.task == "binary_classification" else None
+        return ClassificationMetrics(positive=positive)
+
+    def _slice(self, start: int, version: str) -> PerfSlice:
+        w = self.windows.get(start)
+        if w is None:
+            w = self.windows[start] = PerfWindow(start, start + self.window_ms)
+            self.dropped.discard(start)
+        sl = w.slices.get(version)
+        if sl is None:
+            sl = w.slices[version] = PerfSlice(self._metrics())
+        return sl
+
+    def add_predictions(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
+                        update: PerformanceUpdate) -> None:
+        """Predictions accepted into their windows (not late), in arrival order."""
+        positive = self.perf.positive_class
+        rows = []
+        for e, t in zip(events, times_ms, strict=True):
+            version = e["model_version"]
+            if version not in self.version_metrics and version not in self.versions:
+                self.versions.append(version)
+            start = t // self.window_ms * self.window_ms
+            self._slice(start, version).predictions += 1
+            self.dirty.add(start)
+            score = None
+            if self.task == "binary_classification":
+                score = _number((e.get("scores") or {}).get(positive))
+            rows.append((e["prediction_id"], int(t), version, e["prediction"], score))
+        if times_ms:
+            top = int(max(times_ms))
+            self.prediction_wm = top if self.prediction_wm is None else \
+                max(self.prediction_wm, top)
+        result = self.join.add_predictions(rows)
+        update.count(result)
+        self._place(result.labelled, update)
+
+    def note_version(self, version: str) -> None:
+        if version not in self.versions:
+            self.versions.append(version)
+
+    # -- outcomes ---------------------------------------------------------------------
+    def add_outcomes(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
+                     update: PerformanceUpdate) -> None:
+        """Outcomes in arrival order; each remembers the watermark it arrived at."""
+        rows = []
+        for e, t in zip(events, times_ms, strict=True):
+            wm = self.watermark()
+            rows.append((e["prediction_id"], e["label"], int(t),
+                         np.iinfo(np.int64).min if wm is None else wm))
+            self.outcome_wm = int(t) if self.outcome_wm is None else max(self.outcome_wm, int(t))
+        result = self.join.add_outcomes(rows)
+        update.count(result)
+        self._place(result.labelled, update)
+
+    def _place(self, labelled: Sequence[Labelled], update: PerformanceUpdate) -> None:
+        for x in labelled:
+            start = x.event_ms // self.window_ms * self.window_ms
+            w = self.windows.get(start)
+            sl = w.slices.get(x.version) if w is not None else None
+            k = self._checkpoint_for(w, x) if w is not None else None
+            if sl is None or k is None:
+                update.late_labels += 1
+                continue
+            row = self._row(x)
+            if row is None:
+                update.invalid_labels += 1
+                continue
+            bucket = sl.buckets.get(k)
+            if bucket is None:
+                bucket = sl.buckets[k] = Bucket(self._metrics())
+            if isinstance(bucket.metrics, RegressionMetrics):
+                bucket.metrics.update([(float(x.label), float(x.predicted))])
+            else:
+                bucket.metrics.update([(x.label, x.predicted, x.score)])
+            bucket.rows.append((x.event_ms, row[0], row[1]))
+            bucket.unsaved += 1
+            bucket.delays.update([max(0, x.delay_ms) / 1000])
+            update.labelled += 1
+            self.dirty.add(start)
+
+    def _checkpoint_for(self, w: PerfWindow, x: Labelled) -> int | None:
+        for k in range(w.next_k, len(self.delays)):
+            at = w.end_ms + self.delays[k]
+            if x.label_ms <= at and x.seen_ms < at + self.lateness_ms:
+                return k
+        return None
+
+    def _row(self, x: Labelled) -> tuple[float, float] | None:
+        """(error indicator, loss) of a labelled prediction; None for an unusable label."""
+        if self.task == "regression":
+            label, predicted = _number(x.label), _number(x.predicted)
+            if label is None or predicted is None:
+                return None
+            err = abs(predicted - label)
+            return err, err
+        error = 0.0 if as_class(x.label) == as_class(x.predicted) else 1.0
+        if x.score is None or not 0.0 <= x.score <= 1.0:
+            return error, error
+        positive = 1.0 if as_class(x.label) == self.perf.positive_class else 0.0
+        return error, (x.score - positive) ** 2  # Brier: bounded, see ConceptDetectorSettings
+
+    # -- model events -----------------------------------------------------------------
+    def add_model_event(self, event: Mapping[str, Any]) -> None:
+        """Metrics of a ``deployed``/``retrain_completed`` event become that version's
+        baseline candidates."""
+        if event["event"] not in ("deployed", "retrain_completed"):
+            return
+        metrics = event.get("metrics") or {}
+        if not metrics:
+            return
+        version = str(event["version"])
+        self.version_metrics[version] = {str(k): float(v) for k, v in metrics.items()}
+        while len(self.version_metrics) > MAX_VERSIONS:
+            self.version_metrics.pop(next(iter(self.version_metrics)))
+
+    def baseline(self, version: str) -> tuple[float, str] | None:
+        """(value, source): configured, from the version's model event, or learned (the
+        version's own, else the newest earlier version's)."""
+        if self.perf.baseline is not None:
+            return self.perf.baseline, "configured"
+        from_event = self.version_metrics.get(version, {}).get(self.metric)
+        if from_event is not None:
+            return from_event, "model_event"
+        if version in self.learned:
+            return self.learned[version], "learned"
+        earlier = self.versions[:self.versions.index(version)] if version in self.versions \
+            else self.versions
+        for v in reversed(earlier):
+            if v in self.learned:
+                return self.learned[v], f"learned:{v}"
+        return None
+
+    # -- checkpoints ------------------------------------------------------------------
+    def expire(self, watermark_ms: int, update: PerformanceUpdate) -> None:
+        update.count(self.join.expire(watermark_ms - self.lateness_ms))
+
+    def due(self, perf_wm: int | None, prediction_wm: int | None) -> list[tuple[int, int, int]]:
+        """(checkpoint time, window start, checkpoint) due at these watermarks, in order."""
+        if perf_wm is None or prediction_wm is None:
+            return []
+        out = []
+        for w in self.windows.values():
+            if prediction_wm < w.end_ms + self.lateness_ms:
+                continue
+            for k in range(w.next_k, len(self.delays)):
+                at = w.end_ms + self.delays[k]
+                if at + self.lateness_ms > perf_wm:
+                    break
+                out.append((at, w.start_ms, k))
+        return sorted(out)
+
+    def evaluate_due(self, perf_wm: int | None, prediction_wm: int | None,
+                     update: PerformanceUpdate, *, min_predictions: int) -> None:
+        """Evaluate every due checkpoint (in checkpoint-time order)."""
+        if perf_wm is not None:
+            self.expire(perf_wm, update)
+        for _, start, k in self.due(perf_wm, prediction_wm):
+            w = self.windows[start]
+            for version in sorted(w.slices, key=self._rank):
+                ev = self._evaluate(w, version, k, update, min_predictions)
+                if ev is not None:
+                    update.evaluations.append(ev)
+            w.next_k = k + 1
+            self.dirty.add(start)
+            if w.next_k >= len(self.delays):
+                del self.windows[start]
+                self.dropped.add(start)
+
+    def flush(self, update: PerformanceUpdate, *, min_predictions: int) -> None:
+        """End of input (offline replay): evaluate every remaining checkpoint."""
+        top = max((w.end_ms for w in self.windows.values()), default=None)
+        if top is not None:
+            far = top + self.delays[-1] + self.lateness_ms
+            self.evaluate_due(far, far, update, min_predictions=min_predictions)
+
+    def _rank(self, version: str) -> tuple[int, str]:
+        return (self.versions.index(version) if version in self.versions
+                else len(self.versions), version)
+
+    def _evaluate(self, w: PerfWindow, version: str, k: int, update: PerformanceUpdate,
+                  min_predictions: int) -> PerformanceEvaluation | None:
+        sl = w.slices[version]
+        bucket = sl.buckets.pop(k, None)
+        final = k == len(self.delays) - 1
+        new = 0
+        if bucket is not None:
+            new = len(bucket.rows)
+            sl.metrics = sl.metrics.merge(bucket.metrics)  # type: ignore[arg-type]
+            sl.labelled += new
+            sl.delays = sl.delays.merge(bucket.delays)
+            self.spent_chunks.update(seq for seq, _ in bucket.chunks)
+            self._detect(version, sorted(bucket.rows), update)
+        if not new and not final and k != self.coverage_k:
+            return None
+        figures = sl.metrics.figures()
+        value = figures.get(self.metric)
+        interval = sl.metrics.interval(self.metric) if value is not None else None
+        base = self.baseline(version)
+        decisions: list[PerformanceDecision] = []
+        if base is not None and "performance_drop" not in sl.fired:
+            d = decide_performance(self.metric, value, interval, base[0], self.perf.max_drop,
+                                   n=sl.labelled, min_labels=self.perf.min_labels)
+            if d is not None:
+                decisions.append(d)
+        coverage = sl.labelled / sl.predictions if sl.predictions else None
+        if k == self.coverage_k and self.perf.min_coverage is not None \
+                and "label_coverage" not in sl.fired and sl.predictions >= min_predictions:
+            d = decide_coverage(coverage, self.perf.min_coverage, self.delays[k])
+            if d is not None:
+                decisions.append(d)
+        sl.fired += [d.kind for d in decisions]
+        if final:  # judged first: a window never counts towards its own baseline
+            self._learn(version, sl)
+        quantiles = None
+        if sl.delays.n:
+            q = sl.delays.quantile([0.5, 0.9, 0.99])
+            quantiles = {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])}
+        return PerformanceEvaluation(
+            self.model, version, w.start_ms, w.end_ms, k, self.delays[k], final,
+            sl.predictions, sl.labelled, new, coverage, quantiles, figures, self.metric,
+            value, interval, None if base is None else base[0],
+            None if base is None else base[1], self.perf.min_labels, decisions)
+
+    def _learn(self, version: str, sl: PerfSlice) -> None:
+        if self.perf.baseline is not None or version in self.learned \
+                or sl.labelled < self.perf.min_labels:
+            return
+        n, pooled = self.learning.get(version, (0, self._metrics()))
+        pooled = pooled.merge(sl.metrics)  # type: ignore[arg-type]
+        n += 1
+        if n >= self.perf.baseline_windows:
+            value = pooled.figures().get(self.metric)
+            self.learning.pop(version, None)
+            if value is not None:
+                self.learned[version] = value
+                while len(self.learned) > MAX_VERSIONS:
+                    self.learned.pop(next(iter(self.learned)))
+        else:
+            self.learning[version] = (n, pooled)
+
+    def _runs(self, version: str) -> list[DetectorRun]:
+        runs = self.detectors.get(version)
+        if runs is None:
+            from app.detectors.streaming import make_detector
+
+            runs = self.detectors[version] = [
+                DetectorRun(make_detector(c.detector, **c.params))
+                for c in self.detector_settings]
+            while len(self.detectors) > MAX_VERSIONS:
+                self.detectors.pop(next(iter(self.detectors)))
+        return runs
+
+    def _detect(self, version: str, rows: list[tuple[int, float, float]],
+                update: PerformanceUpdate) -> None:
+        if not self.detector_settings or not rows:
+            return
+        for cfg, identity, run in zip(self.detector_settings, self.identities,
+                                      self._runs(version), strict=True):
+            col = 1 if cfg.signal == "error" else 2
+            for row in rows:
+                hit = run.step(row[col])
+                if hit is not None:
+                    update.detections.append(ConceptDetection(
+                        version, cfg.detector, cfg.signal, identity, run.detector.n, row[0],
+                        hit[0], hit[1], cfg.severity))
+
+    # -- state ------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """The small main part; windows and the join are records."""
+        return {
+            "kind": STATE_KIND, "v": STATE_VERSION, "outcome_wm": self.outcome_wm,
+            "prediction_wm": self.prediction_wm, "versions": self.versions,
+            "next_chunk": self.next_chunk,
+            "version_metrics": self.version_metrics, "learned": self.learned,
+            "learning": {v: [n, m.to_state()] for v, (n, m) in self.learning.items()},
+            "detectors": {v: {i: r.to_state() for i, r in zip(self.identities, runs,
+                                                               strict=True)}
+                          for v, runs in self.detectors.items()},
+        }
+
+    def drain_records(self) -> dict[str, Any | None]:
+        """Records changed since the last drain (``None``: delete); once per batch."""
+        out: dict[str, Any | None] = dict(self.join.drain_records())
+        for start in self.dirty:
+            w = self.windows.get(start)
+            if w is not None:
+                for version, sl in w.slices.items():
+                    for k, b in sl.buckets.items():
+                        if b.unsaved:
+                            out[f"{CHUNK_PREFIX}{self.next_chunk}"] = {
+                                "start": start, "version": version, "k": k,
+                                "rows": b.rows[-b.unsaved:]}
+                            b.chunks.append((self.next_chunk, b.unsaved))
+                            self.next_chunk += 1
+                            b.unsaved = 0
+            out[f"{RECORD_PREFIX}{start}"] = None if w is None else _window_state(w)
+        for seq in self.spent_chunks:
+            out[f"{CHUNK_PREFIX}{seq}"] = None
+        self.spent_chunks.clear()
+        for start in self.dropped - self.dirty:
+            out[f"{RECORD_PREFIX}{start}"] = None
+        self.dirty.clear()
+        self.dropped.clear()
+        return out
+
+    def records(self) -> dict[str, Any]:
+        """Every live record (as a restore reads them); drains first."""
+        self.drain_records()
+        out = dict(self.join.records())
+        out.update({f"{RECORD_PREFIX}{s}": _window_state(w) for s, w in self.windows.items()})
+        for w in self.windows.values():
+            for version, sl in w.slices.items():
+                for k, b in sl.buckets.items():
+                    at = 0
+                    for seq, size in b.chunks:
+                        out[f"{CHUNK_PREFIX}{seq}"] = {
+                            "start": w.start_ms, "version": version, "k": k,
+                            "rows": b.rows[at:at + size]}
+                        at += size
+        return out
+
+    def load(self, state: Mapping[str, Any], records: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("kind") != STATE_KIND:
+            raise StateError("not a performance state")
+        if state.get("v") != STATE_VERSION:
+            raise StateError(f"performance state version {state.get('v')!r} is not supported "
+                             f"(this build reads {STATE_VERSION})")
+        try:
+            self.outcome_wm = state["outcome_wm"]
+            self.next_chunk = int(state["next_chunk"])
+            self.prediction_wm = state["prediction_wm"]
+            self.versions = [str(v) for v in state["versions"]]
+            self.version_metrics = {str(v): {str(k): float(x) for k, x in m.items()}
+                                    for v, m in state["version_metrics"].items()}
+            self.learned = {str(v): float(x) for v, x in state["learned"].items()}
+            self.learning = {str(v): (int(n), _metrics_from(m))
+                             for v, (n, m) in state["learning"].items()}
+            self.detectors = {}
+            for v, saved in state["detectors"].items():
+                runs = self._runs(str(v))
+                for i, identity in enumerate(self.identities):
+                    if identity in saved:  # a detector configured anew starts afresh
+                        runs[i] = DetectorRun.from_state(saved[identity])
+            join_records = {k: r for k, r in records.items() if k.startswith(JOIN_PREFIX)}
+            self.join = LabelJoin.restore(
+                join_records, horizon_ms=self.join.horizon_ms,
+                orphan_horizon_ms=self.join.orphan_horizon_ms,
+                max_pending=self.join.max_pending, max_orphans=self.join.max_orphans)
+            self.windows = {}
+            for key, rec in records.items():
+                if key.startswith(RECORD_PREFIX):
+                    w = _window_from(rec)
+                    self.windows[w.start_ms] = w
+            chunks = {int(k[len(CHUNK_PREFIX):]): r for k, r in records.items()
+                      if k.startswith(CHUNK_PREFIX)}
+            for w in self.windows.values():
+                for sl in w.slices.values():
+                    for b in sl.buckets.values():
+                        for seq, _ in b.chunks:
+                            b.rows += [(int(r[0]), float(r[1]), float(r[2]))
+                                       for r in chunks[seq]["rows"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"corrupt performance state: {exc!r}") from None
+
+
+def _metrics_from(state: Mapping[str, Any]) -> Metrics:
+    if state.get("kind") == RegressionMetrics.KIND:
+        return RegressionMetrics.from_state(state)
+    return ClassificationMetrics.from_state(state)
+
+
+def _window_state(w: PerfWindow) -> dict[str, Any]:
+    return {"kind": WINDOW_KIND, "v": 1, "start": w.start_ms, "end": w.end_ms,
+            "next": w.next_k,
+            "slices": {v: {"metrics": sl.metrics.to_state(), "predictions": sl.predictions,
+                           "labelled": sl.labelled, "delays": sl.delays.to_state(),
+                           "fired": sl.fired,
+                           "buckets": {str(k): b.to_state() for k, b in sl.buckets.items()}}
+                       for v, sl in w.slices.items()}}
+
+
+def _window_from(state: Any) -> PerfWindow:
+    if not isinstance(state, Mapping) or state.get("kind") != WINDOW_KIND:
+        raise StateError("not a performance-window record")
+    if state.get("v") != 1:
+        raise StateError(f"performance-window version {state.get('v')!r} is not supported")
+    w = PerfWindow(int(state["start"]), int(state["end"]), int(state["next"]))
+    for v, s in state["slices"].items():
+        w.slices[str(v)] = PerfSlice(
+            _metrics_from(s["metrics"]), int(s["predictions"]), int(s["labelled"]),
+            QuantileSketch.from_state(s["delays"]), {
+                int(k): Bucket(_metrics_from(b["metrics"]),
+                               QuantileSketch.from_state(b["delays"]),
+                               chunks=[(int(c[0]), int(c[1])) for c in b["chunks"]])
+                for k, b in s["buckets"].items()},
+            [str(f) for f in s["fired"]])
+    return w

@@ -1,0 +1,266 @@
+"""Performance from delayed labels through the engine: checkpoints, baselines, alerts.
+
+The accuracy-drop tests are the product's founding scenario: a churn model that scored
+0.88 and sank to 0.82. Documented bounds (README, "Performance"): with 1 000 labelled
+predictions per window, ``performance_drop`` fires within 3 windows (3 000 labelled
+events) of the change and ``concept_drift`` within 5 000 labelled events; at a steady
+0.88, neither fires over 100 windows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.core.engine import Engine
+from app.demo.labelled import labelled_stream
+from app.errors import StateError
+from app.replay import run_replay
+from app.settings import MonitorSettings, settings_from_mapping
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z, a window boundary
+
+
+def settings(**performance: Any) -> MonitorSettings:
+    perf = {"baseline": 0.88, "max_drop": 0.03, "min_labels": 200, "label_horizon": "2d",
+            **performance}
+    return settings_from_mapping({
+        "defaults": {"window": "1h", "lateness": "5m", "min_samples": 100},
+        "models": {"churn": {
+            "features": {"tenure": {"type": "numeric"}},
+            "reference": {"warmup": 200},
+            "prediction_drift": False,
+            "performance": perf,
+        }},
+    })
+
+
+def write(path: Path, events: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    return path
+
+
+def replay(tmp: Path, cfg: MonitorSettings, preds: list[dict[str, Any]],
+           outs: list[dict[str, Any]], model_events: list[dict[str, Any]] | None = None
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    out = tmp / "out"
+    run_replay(cfg, write(tmp / "p.jsonl", preds), out, outcomes=write(tmp / "o.jsonl", outs),
+               model_events=write(tmp / "e.jsonl", model_events) if model_events else None,
+               progress=False)
+    read = lambda name: [orjson.loads(x) for x in (out / name).read_bytes().splitlines()]  # noqa: E731
+    return read("alerts.jsonl"), read("evaluations.jsonl")
+
+
+def performance_evaluations(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["data"] for e in evaluations if e["data"]["kind"] == "performance"]
+
+
+def kinds(alerts: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [a["data"] for a in alerts if a["data"]["kind"] == kind]
+
+
+def window_index(data: dict[str, Any]) -> int:
+    return (data["window"]["start_ms"] if "start_ms" in data["window"] else
+            _parse(data["window"]["start"])) // HOUR - T0 // HOUR
+
+
+def _parse(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_accuracy_drop_from_088_to_082_raises_performance_drop_and_concept_drift(tmp_path):
+    change = 20
+    preds, outs = labelled_stream(seed=11, windows=40, per_window=1000, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.88 if w < change else 0.82,
+                                  delay_ms=DAY, jitter_ms=HOUR)
+    alerts, _evaluations = replay(tmp_path, settings(), preds, outs)
+    drops = kinds(alerts, "performance_drop")
+    assert drops, "no performance_drop after the accuracy fell to 0.82"
+    first = min(window_index(d) for d in drops)
+    assert change <= first < change + 3
+    assert all(window_index(d) >= change for d in drops)
+    assert drops[0]["evidence"]["reference_value"] == 0.88
+    assert drops[0]["evidence"]["interval"][1] < 0.85  # the whole interval is below
+    concept = kinds(alerts, "concept_drift")
+    assert concept, "no concept_drift after the accuracy fell to 0.82"
+    # The detectors count labelled predictions of the version in event-time order.
+    first_index = min(d["evidence"]["n"] for d in concept)
+    assert change * 1000 < first_index <= change * 1000 + 5000
+    assert len({a["id"] for a in alerts}) == len(alerts)
+
+
+def test_steady_088_raises_neither_over_100_windows(tmp_path):
+    preds, outs = labelled_stream(seed=12, windows=100, per_window=1000, window_ms=HOUR,
+                                  t0=T0, accuracy=lambda w: 0.88, delay_ms=DAY,
+                                  jitter_ms=HOUR)
+    alerts, evaluations = replay(tmp_path, settings(), preds, outs)
+    assert kinds(alerts, "performance_drop") == []
+    assert kinds(alerts, "concept_drift") == []
+    final = [e for e in performance_evaluations(evaluations) if e["final"]]
+    assert len(final) == 100
+    assert all(e["labelled"] == e["predictions"] == 1000 for e in final)
+
+
+def test_figures_equal_the_joined_data_and_windows_follow_prediction_time(tmp_path):
+    preds, outs = labelled_stream(seed=3, windows=4, per_window=500, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.9 - 0.05 * w, delay_ms=DAY,
+                                  jitter_ms=3 * HOUR)
+    _, evaluations = replay(tmp_path, settings(), preds, outs)
+    labels = {o["prediction_id"]: o["label"] for o in outs}
+    final = {window_index(e): e for e in performance_evaluations(evaluations) if e["final"]}
+    assert sorted(final) == [0, 1, 2, 3]
+    for w, e in final.items():
+        rows = [(labels[p["prediction_id"]], p["prediction"]) for p in preds
+                if (p["timestamp"] - T0) // HOUR == w]
+        accuracy = sum(a == b for a, b in rows) / len(rows)
+        assert e["performance"]["value"] == pytest.approx(accuracy, abs=1e-12)
+        assert e["labelled"] == e["predictions"] == 500 and e["label_coverage"] == 1.0
+        assert 21 * 3600 <= e["label_delay_seconds"]["p50"] <= 27 * 3600
+    # Revisions of one window share its window id and grow in revision.
+    revs = [e for e in performance_evaluations(evaluations) if window_index(e) == 0]
+    assert len({e["window_id"] for e in revs}) == 1
+    assert [e["revision"] for e in revs] == sorted({e["revision"] for e in revs})
+    drift = [e["data"] for e in evaluations if e["data"]["kind"] == "drift"]
+    assert {e["window_id"] for e in drift} >= {e["window_id"] for e in final.values()}
+
+
+def test_late_labels_re_evaluate_a_closed_window_under_the_same_window_id(tmp_path):
+    # Half the labels come within the hour, half two hours later.
+    preds, outs = labelled_stream(seed=5, windows=3, per_window=400, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.7, delay_ms=HOUR,
+                                  jitter_ms=HOUR)
+    _, evaluations = replay(tmp_path, settings(baseline=None), preds, outs)
+    first = [e for e in performance_evaluations(evaluations) if window_index(e) == 0]
+    assert len(first) >= 2
+    assert first[0]["labelled"] < first[-1]["labelled"] == 400
+    assert [e["labelled"] for e in first] == sorted(e["labelled"] for e in first)
+    assert len({e["evaluation_id"] for e in first}) == len(first)
+
+
+def test_a_drop_fires_once_per_window_however_many_revisions(tmp_path):
+    preds, outs = labelled_stream(seed=6, windows=2, per_window=2000, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.7, delay_ms=2 * HOUR,
+                                  jitter_ms=2 * HOUR)
+    alerts, _evaluations = replay(tmp_path, settings(), preds, outs)
+    drops = kinds(alerts, "performance_drop")
+    assert sorted(window_index(d) for d in drops) == [0, 1]
+    assert drops[0]["severity"] == "critical"  # 0.70 is far below 0.88 - 2 x 0.03
+
+
+def test_baseline_from_the_versions_model_event_and_learned(tmp_path):
+    preds, outs = labelled_stream(seed=8, windows=8, per_window=1000, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.9 if w < 4 else 0.75, delay_ms=HOUR)
+    deployed = [{"model": "churn", "version": "v1", "event": "deployed", "timestamp": T0 - 1,
+                 "metrics": {"accuracy": 0.97}}]
+    alerts, evaluations = replay(tmp_path, settings(baseline=None), preds, outs, deployed)
+    finals = [e for e in performance_evaluations(evaluations) if e["final"]]
+    assert {e["performance"]["baseline_source"] for e in finals} == {"model_event"}
+    # 0.90 is far below 0.97 - 0.03 for the holdout's baseline: every window fires.
+    assert len(kinds(alerts, "performance_drop")) == 8
+
+    alerts, evaluations = replay(tmp_path, settings(baseline=None, baseline_windows=3),
+                                 preds, outs)
+    finals = [e for e in performance_evaluations(evaluations) if e["final"]]
+    learned = [e["performance"]["baseline"] for e in finals]
+    assert learned[:3] == [None, None, None]  # learning from the first three
+    assert learned[3] == pytest.approx(0.9, abs=0.02)
+    assert {window_index(d) for d in kinds(alerts, "performance_drop")} == {4, 5, 6, 7}
+
+
+def test_label_coverage_alert_when_labels_stop(tmp_path):
+    preds, outs = labelled_stream(seed=9, windows=6, per_window=500, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.88, delay_ms=HOUR)
+    # Labels stop for windows 3..5; predictions go on for two more days.
+    outs = [o for o in outs if (o["timestamp"] - HOUR - T0) // HOUR < 3]
+    more, _ = labelled_stream(seed=10, windows=50, per_window=20, window_ms=HOUR,
+                              t0=T0 + 6 * HOUR, accuracy=lambda w: 0.88, delay_ms=HOUR,
+                              id_prefix="q")
+    cfg = settings(min_coverage=0.5, coverage_after="2h", label_horizon="1d",
+                   max_label_lag="6h")
+    alerts, _evaluations = replay(tmp_path, cfg, preds + more, outs)
+    cov = kinds(alerts, "label_coverage")
+    assert sorted(window_index(a) for a in cov if window_index(a) < 6) == [3, 4, 5]
+    assert cov[0]["evidence"]["value"] == 0.0 and cov[0]["severity"] == "critical"
+
+
+def test_the_join_state_survives_a_restore_mid_stream():
+    cfg = settings()
+    preds, outs = labelled_stream(seed=4, windows=6, per_window=300, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.8, delay_ms=3 * HOUR,
+                                  jitter_ms=HOUR)
+    stream = sorted([(p["timestamp"], 0, p) for p in preds] +
+                    [(o["timestamp"], 1, o) for o in outs], key=lambda x: (x[0], x[1]))
+
+    def run(restart_at: int | None) -> list[dict[str, Any]]:
+        engine = Engine(cfg, {"churn": None}, source="urn:test")
+        outputs: list[dict[str, Any]] = []
+        saved: dict[str, Any] = {}
+        records: dict[str, Any] = {}
+        for i in range(0, len(stream), 250):
+            if restart_at is not None and i == restart_at:  # a new worker: state from saves
+                main = orjson.loads(orjson.dumps(saved))
+                engine = Engine(cfg, {"churn": None}, source="urn:test",
+                                                load_state=lambda m, main=main: main,
+                                load_records=lambda m, r=records: orjson.loads(orjson.dumps(r)))
+            batch = engine.batch()
+            for _, kind, e in stream[i:i + 250]:
+                batch.add(e, 0, kind="outcome" if kind else "prediction")
+            engine.apply(batch, None)
+            outs_now = engine.detections("churn")
+            outputs += [e for _, e in outs_now]
+            engine.ack_detections("churn", len(outs_now))
+            for start in engine.due("churn", None):
+                engine.begin_close("churn", start)
+                engine.finish_close("churn", start)
+            m = engine.monitor("churn")
+            for key, value in m.drain_records().items():  # as the changelog does
+                if value is None:
+                    records.pop(key, None)
+                else:
+                    records[key] = orjson.loads(orjson.dumps(value))
+            saved = m.to_state()
+        engine.flush("churn")
+        return outputs + [e for _, e in engine.detections("churn")]
+
+    plain = run(None)
+    restarted = run(1750)  # mid-stream: predictions pending, labels on their way
+    assert [e["id"] for e in restarted] == [e["id"] for e in plain]
+    assert [e["data"] for e in restarted] == [e["data"] for e in plain]
+    assert any(e["data"].get("labelled") == 300 for e in plain)
+
+
+def test_settings_reject_what_cannot_be_measured():
+    base = {"features": {"x": {"type": "numeric"}}, "reference": {"warmup": 100}}
+    with pytest.raises(Exception, match="needs a classification task"):
+        settings_from_mapping({"models": {"m": {**base, "task": "regression",
+                                                 "performance": {"metric": "accuracy"}}}})
+    with pytest.raises(Exception, match="use signal: loss"):
+        settings_from_mapping({"models": {"m": {**base, "task": "regression", "performance": {
+            "metric": "mae", "concept_drift": [{"detector": "adwin", "signal": "error"}]}}}})
+    regression = settings_from_mapping({"models": {"m": {**base, "task": "regression",
+                                                          "performance": {}}}})
+    assert [c.signal for c in regression.models["m"].concept_detectors] == ["loss"]
+    with pytest.raises(Exception, match="is for binary models"):
+        settings_from_mapping({"models": {"m": {
+            **base, "task": "multiclass_classification", "performance": {"metric": "f1"}}}})
+    with pytest.raises(Exception, match="reads the error indicator"):
+        settings_from_mapping({"models": {"m": {**base, "performance": {
+            "concept_drift": [{"detector": "ddm", "signal": "loss"}]}}}})
+
+
+def test_a_corrupt_saved_performance_state_fails_clearly():
+    from app.performance.tracker import PerformanceTracker
+
+    cfg = settings()
+    t = PerformanceTracker("churn", cfg.models["churn"], window_ms=HOUR, lateness_ms=0)
+    with pytest.raises(StateError, match="version 7 is not supported"):
+        t.load({**t.to_state(), "v": 7}, {})
+    with pytest.raises(StateError, match="corrupt performance state"):
+        t.load({**t.to_state(), "learned": 5}, {})
