@@ -295,6 +295,7 @@ class PerformanceSettings(_Frozen):
 
     metric: PerformanceMetric | None = None  # accuracy for classification, mae for regression
     positive_class: str = "1"  # binary models; booleans are the classes "1" and "0"
+    score_key: str | None = None  # the ``scores`` key of the positive class (default: it)
     baseline: float | None = None
     max_drop: float = Field(0.03, ge=0)
     min_labels: int = Field(200, ge=1)

@@ -3,8 +3,10 @@
 1. writes a training sample and a monitor file into a temporary folder;
 2. starts the embedded broker and creates the topics;
 3. starts a real worker process (``driftwarden worker``);
-4. produces a churn model's predictions in JSON-array messages, shifting three named
-   features after 40 % of the stream, plus a few malformed messages;
+4. announces the deployed model version with its holdout accuracy (the baseline),
+   produces the churn model's predictions in JSON-array messages, shifting three named
+   features after 40 % of the stream (and the model's accuracy with them), their ground
+   truth ten minutes of event time later, plus a few malformed messages;
 5. prints every alert as it arrives on ``mlmon.alerts``;
 6. ends with a summary read from the evaluations topic and the worker's /metrics.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import heapq
+import itertools
 import os
 import signal
 import subprocess
@@ -25,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import yaml
 
@@ -69,6 +74,11 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
             "features": features,
             "reference": {"file": "churn_train.csv"},
             "drift": {"statistic": "psi", "warning": 0.1, "critical": 0.25},
+            # Labels come ten minutes after their predictions: judge each window ten
+            # minutes after it ends; the baseline comes from the deployed event's metrics.
+            "performance": {"positive_class": "1", "score_key": "churn", "max_drop": 0.03,
+                            "min_labels": 500, "label_horizon": "20m", "after": ["10m"],
+                            "max_label_lag": "20m"},
         }},
     }
     path = workdir / "monitor.yaml"
@@ -102,6 +112,8 @@ class Demo:
         self.produced = 0
         self.alerts: list[dict[str, Any]] = []
         self.evaluations: dict[str, dict[str, Any]] = {}
+        self.performance: dict[str, dict[str, Any]] = {}  # window id -> newest revision
+        self.labels = 0
         self.done = asyncio.Event()
 
     async def produce(self) -> None:
@@ -114,19 +126,42 @@ class Demo:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
                                     max_request_size=4 * 1024 * 1024)
         await producer.start()
+        key = synthetic.MODEL.encode()
+        rng = np.random.default_rng(self.seed + 1)
+        labels: list[tuple[int, int, dict[str, Any]]] = []  # heap by label time
+        order = itertools.count()
         try:
+            await producer.send(topics.name("model_events"), orjson.dumps({
+                "model": synthetic.MODEL, "version": "v3", "event": "deployed",
+                "timestamp": start_ms - 1, "metrics": {"accuracy": synthetic.ACCURACY}}),
+                key=key)
             for bad in BAD_MESSAGES:
-                await producer.send(topics.name("predictions"), bad, key=b"churn")
+                await producer.send(topics.name("predictions"), bad, key=key)
             began = time.monotonic()
+            shift_at = self.shift_window * self.per_window
             for chunk in synthetic.prediction_events(
                     self.seed, self.total, start_ms=start_ms, spacing_ms=spacing,
-                    shift_at=self.shift_window * self.per_window, chunk=200):
-                await producer.send(topics.name("predictions"), orjson.dumps(chunk),
-                                    key=synthetic.MODEL.encode())
+                    shift_at=shift_at, chunk=200):
+                await producer.send(topics.name("predictions"), orjson.dumps(chunk), key=key)
+                shifted = self.produced >= shift_at
                 self.produced += len(chunk)
+                for o in synthetic.outcomes(chunk, rng, shifted=shifted):
+                    heapq.heappush(labels, (o["timestamp"], next(order), o))
+                # Ground truth whose time has come (by the predictions' event time).
+                due = []
+                while labels and labels[0][0] <= chunk[-1]["timestamp"]:
+                    due.append(heapq.heappop(labels)[2])
+                if due:
+                    await producer.send(topics.name("outcomes"), orjson.dumps(due), key=key)
+                    self.labels += len(due)
                 ahead = self.produced / self.rate - (time.monotonic() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+            rest = [heapq.heappop(labels)[2] for _ in range(len(labels))]
+            for i in range(0, len(rest), 500):
+                await producer.send(topics.name("outcomes"), orjson.dumps(rest[i:i + 500]),
+                                    key=key)
+            self.labels += len(rest)
             await producer.flush()
         finally:
             await producer.stop()
@@ -152,17 +187,13 @@ class Demo:
         data = event["data"]
         if topic == self.settings.topics.name("alerts"):
             self.alerts.append(data)
-            ev = data["evidence"]
-            print(f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
-                  f"{data['kind']:<17}"
-                  f"{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  "
-                  f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}  "
-                  f"({ev['reference']} -> {ev['window']})  owner {data['owners'].get('on_call')}",
-                  flush=True)
+            print(alert_line(data), flush=True)
+        elif data.get("kind") == "performance":
+            self.performance[data["window_id"]] = data
         else:
             self.evaluations[data["evaluation_id"]] = data
-            if len(self.evaluations) >= self.windows:
-                self.done.set()
+        if len(self.evaluations) >= self.windows and len(self.performance) >= self.windows:
+            self.done.set()
 
     async def run(self) -> None:
         consumer = asyncio.create_task(self.consume())
@@ -173,6 +204,26 @@ class Demo:
         finally:
             self.done.set()
             await consumer
+
+
+def alert_line(data: dict[str, Any]) -> str:
+    ev = data["evidence"]
+    window = f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}"
+    head = (f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
+            f"{data['kind']:<17}")
+    owner = f"owner {data['owners'].get('on_call')}"
+    if data["kind"] == "performance_drop":
+        low, high = ev["interval"]
+        return (f"{head}{ev['statistic']} {ev['value']:.3f} [{low:.3f}, {high:.3f}] < "
+                f"{ev['threshold']:g} (baseline {ev['reference_value']:g}, "
+                f"{ev['baseline_source']})  {window}  n={ev['n']}  {owner}")
+    if data["kind"] == "concept_drift":
+        return (f"{head}{ev['statistic']} at labelled prediction {ev['n']}  "
+                f"({ev['reference']} -> {ev['window']})  {window}  {owner}")
+    if data["kind"] == "label_coverage":
+        return f"{head}{ev['value']:.1%} < {ev['threshold']:.0%}  {window}  {owner}"
+    return (f"{head}{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  {window}  "
+            f"({ev['reference']} -> {ev['window']})  {owner}")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -195,7 +246,8 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
                    if n == name and all((k, val) in lab for k, val in labels.items()))
 
     processed = sum(e["n"] for e in demo.evaluations.values())
-    valid = total("driftwarden_events_total", outcome="valid")
+    valid = total("driftwarden_events_total", outcome="valid",
+                  topic=demo.settings.topics.name("predictions"))
     busy = total("driftwarden_batch_processing_seconds_sum")
     per_feature = Counter(a["feature"] for a in demo.alerts if a["kind"] == "feature_drift")
     outputs = Counter(a["feature"] for a in demo.alerts if a["kind"] == "prediction_drift")
@@ -209,12 +261,32 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
     print(f"windows closed:       {len(demo.evaluations)} of {demo.windows} "
           f"(shift starts in window {demo.shift_window + 1})")
     if busy > 0:
-        print(f"worker throughput:    {valid / busy:,.0f} events/s of batch processing time "
-              f"({busy:.2f} s busy)")
+        everything = total("driftwarden_events_total", outcome="valid")
+        print(f"worker throughput:    {everything / busy:,.0f} events/s of batch processing "
+              f"time ({busy:.2f} s busy; predictions and labels)")
     print("alerts per feature:   " + (", ".join(f"{f} {c}" for f, c in per_feature.most_common())
                                       or "none"))
     print("prediction drift:     " + (", ".join(f"{f} {c}" for f, c in outputs.most_common())
                                       or "none") + "  (the inputs moved the churn scores)")
+    perf = sorted(demo.performance.values(), key=lambda d: d["window"]["start_ms"])
+    if perf:
+        base = perf[0]["performance"]
+        print(f"labels:               {demo.labels} produced, "
+              f"{int(total('driftwarden_labels_total', outcome='joined'))} joined; "
+              f"judged 10 min after each window")
+        print("accuracy per window:  " + ", ".join(
+            f"{d['performance']['value']:.3f}" if d["performance"]["value"] is not None
+            else "n/a" for d in perf)
+            + f"  (baseline {base['baseline']} from the {base['baseline_source']})")
+    drops = sorted({a["window"]["start"][11:16] for a in demo.alerts
+                    if a["kind"] == "performance_drop"})
+    concept = [a for a in demo.alerts if a["kind"] == "concept_drift"]
+    print(f"performance drop:     {len(drops)} windows"
+          + (f" from {drops[0]} (accuracy {synthetic.ACCURACY} -> "
+             f"{synthetic.ACCURACY_SHIFTED} at the shift)" if drops else ""))
+    print("concept drift:        " + (", ".join(
+        f"{a['evidence']['statistic']} at labelled prediction {a['evidence']['n']}"
+        for a in concept) or "none"))
     unshifted = sorted(set(per_feature) - set(synthetic.SHIFTED))
     missed = sorted(set(synthetic.SHIFTED) - set(per_feature))
     print(f"shifted features:     {', '.join(synthetic.SHIFTED)}; missed: "

@@ -95,6 +95,23 @@ def prediction_events(seed: int, total: int, *, start_ms: int, spacing_ms: int,
         i += n
 
 
+ACCURACY, ACCURACY_SHIFTED = 0.88, 0.80  # the model's hit rate before and after the shift
+LABEL_DELAY_MS = 10 * 60 * 1000  # labels arrive ten minutes (event time) after predictions
+
+
+def outcomes(events: list[dict[str, Any]], rng: np.random.Generator, *, shifted: bool
+             ) -> list[dict[str, Any]]:
+    """Ground truth for predictions: right with the model's hit rate (lower once the
+    world has shifted), each label ``LABEL_DELAY_MS`` (± 30 s) after its prediction."""
+    n = len(events)
+    right = rng.random(n) < (ACCURACY_SHIFTED if shifted else ACCURACY)
+    jitter = rng.integers(-30_000, 30_001, n)
+    return [{"prediction_id": e["prediction_id"], "model": e["model"],
+             "label": bool(e["prediction"]) == bool(right[i]),
+             "timestamp": e["timestamp"] + LABEL_DELAY_MS + int(jitter[i])}
+            for i, e in enumerate(events)]
+
+
 def training_rows(seed: int, n: int) -> list[dict[str, Any]]:
     """Rows like the model's validation data (no shift), with its outputs: the predicted
     class and the churn score, so prediction drift has a reference too."""

@@ -262,7 +262,7 @@ class PerformanceTracker:
     def add_predictions(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
                         update: PerformanceUpdate) -> None:
         """Predictions accepted into their windows (not late), in arrival order."""
-        positive = self.perf.positive_class
+        score_key = self.perf.score_key or self.perf.positive_class
         rows = []
         for e, t in zip(events, times_ms, strict=True):
             version = e["model_version"]
@@ -273,7 +273,7 @@ class PerformanceTracker:
             self.dirty.add(start)
             score = None
             if self.task == "binary_classification":
-                score = _number((e.get("scores") or {}).get(positive))
+                score = _number((e.get("scores") or {}).get(score_key))
             rows.append((e["prediction_id"], int(t), version, e["prediction"], score))
         if times_ms:
             top = int(max(times_ms))
@@ -302,29 +302,34 @@ class PerformanceTracker:
         self._place(result.labelled, update)
 
     def _place(self, labelled: Sequence[Labelled], update: PerformanceUpdate) -> None:
+        """Put labelled predictions into their window's checkpoint buckets (one metrics
+        and sketch update per bucket, not per label)."""
+        groups: dict[tuple[int, str, int], list[tuple[Labelled, tuple[float, float]]]] = {}
         for x in labelled:
             start = x.event_ms // self.window_ms * self.window_ms
             w = self.windows.get(start)
-            sl = w.slices.get(x.version) if w is not None else None
             k = self._checkpoint_for(w, x) if w is not None else None
-            if sl is None or k is None:
+            if w is None or k is None or x.version not in w.slices:
                 update.late_labels += 1
                 continue
             row = self._row(x)
             if row is None:
                 update.invalid_labels += 1
                 continue
+            groups.setdefault((start, x.version, k), []).append((x, row))
+        for (start, version, k), items in groups.items():
+            sl = self.windows[start].slices[version]
             bucket = sl.buckets.get(k)
             if bucket is None:
                 bucket = sl.buckets[k] = Bucket(self._metrics())
             if isinstance(bucket.metrics, RegressionMetrics):
-                bucket.metrics.update([(float(x.label), float(x.predicted))])
+                bucket.metrics.update([(float(x.label), float(x.predicted)) for x, _ in items])
             else:
-                bucket.metrics.update([(x.label, x.predicted, x.score)])
-            bucket.rows.append((x.event_ms, row[0], row[1]))
-            bucket.unsaved += 1
-            bucket.delays.update([max(0, x.delay_ms) / 1000])
-            update.labelled += 1
+                bucket.metrics.update([(x.label, x.predicted, x.score) for x, _ in items])
+            bucket.rows += [(x.event_ms, row[0], row[1]) for x, row in items]
+            bucket.unsaved += len(items)
+            bucket.delays.update([max(0, x.delay_ms) / 1000 for x, _ in items])
+            update.labelled += len(items)
             self.dirty.add(start)
 
     def _checkpoint_for(self, w: PerfWindow, x: Labelled) -> int | None:

@@ -44,6 +44,13 @@ def test_demo_alerts_on_exactly_the_shifted_features():
     assert "false alarms on unshifted: none" in out and "missed: none" in out
     assert re.search(r"windows closed: +5 of 5", out), out
     assert "invalid_json 1, non_finite_number 1, unknown_model 1" in out
+    # Ground truth ten minutes later: accuracy falls with the shift (windows 3..5 of 5),
+    # judged against the deployed event's holdout accuracy.
+    drops = re.findall(r"ALERT \w+ +churn/accuracy +performance_drop .* window (\d\d:\d\d)",
+                       out)
+    assert len(drops) == 3, out
+    assert "(baseline 0.88 from the model_event)" in out
+    assert re.search(r"concept drift: +(hddm_a|adwin) at labelled prediction", out), out
     for pid in pids_of(out, "broker") + pids_of(out, "worker started"):
         assert gone(pid)
 
