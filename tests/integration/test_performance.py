@@ -107,7 +107,7 @@ def in_scope(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Outputs about the scenario's windows (not the clock-moving tail)."""
     def start(e: dict[str, Any]) -> int:
         w = e["data"]["window"]
-        return w["start_ms"] if "start_ms" in w else 0
+        return w.get("start_ms", 0)
     return sorted((e for e in events if start(e) < T0 + WINDOWS * HOUR), key=lambda e: e["id"])
 
 
@@ -122,11 +122,11 @@ def test_late_out_of_order_labels_give_sklearn_figures_and_match_replay(
     # Ten labels arrive before any prediction (they wait as early outcomes).
     early, rest = outs[:10], outs[10:]
     outcome_values = batches(early, 10) + batches(rest, 50) + [orjson.dumps(orphan)]
-    prediction_values = batches(preds, 50) + [orjson.dumps(later)]
+    prediction_values = [*batches(preds, 50), orjson.dumps(later)]
     produce(broker.bootstrap, settings.topics.name("outcomes"), batches(early, 10))
     produce(broker.bootstrap, settings.topics.name("predictions"), prediction_values)
     produce(broker.bootstrap, settings.topics.name("outcomes"),
-            batches(rest, 50) + [orjson.dumps(orphan)])
+            [*batches(rest, 50), orjson.dumps(orphan)])
 
     records = collect(broker.bootstrap, settings.topics.name("evaluations"),
                       lambda r: len(finals(cloud_events(r))) >= WINDOWS, timeout=120)
@@ -184,7 +184,7 @@ def test_restart_with_pending_predictions_keeps_the_join(broker, worker_factory,
 
     second = worker_factory(config)
     produce(broker.bootstrap, settings.topics.name("outcomes"),
-            batches(outs[half:], 50) + [orjson.dumps(orphan)])
+            [*batches(outs[half:], 50), orjson.dumps(orphan)])
     produce(broker.bootstrap, settings.topics.name("predictions"), [orjson.dumps(later)])
     second.wait_metric("driftwarden_labels_total", len(outs) - half, outcome="joined",
                        timeout=90)
