@@ -28,6 +28,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from app.plan import build_plan, last_retrains, render_json, render_text
+
+    settings = _load(args.config)
+    if args.model is not None and args.model not in settings.models:
+        raise DriftwardenError(f"model {args.model!r} is not in {args.config}; "
+                               f"configured: {sorted(settings.models)}")
+    models = [args.model] if args.model is not None else list(settings.models)
+    retrains = last_retrains(settings, args.bootstrap or settings.kafka.bootstrap, models,
+                             args.timeout)
+    plan = build_plan(settings, models, retrains, config=args.config)
+    print(render_json(plan) if args.format == "json" else render_text(plan))
+    return 1 if args.strict and plan["gap_count"] else 0
+
+
 def cmd_reference_build(args: argparse.Namespace) -> int:
     from app.reference import build_reference, read_rows
 
@@ -86,7 +101,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     predictions = Path(args.predictions)
-    extra = {"outcomes": args.outcomes, "model_events": args.model_events}
+    extra = {"outcomes": args.outcomes, "model_events": args.model_events,
+             "inputs": args.inputs}
     for path in (args.predictions, *extra.values()):
         if path is not None and not Path(path).is_file():
             raise DriftwardenError(f"{path}: no such file")
@@ -137,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JSON lines: one prediction event, or an array of them, per line")
     rp.add_argument("--outcomes", help="JSON lines of outcome events (ground-truth labels)")
     rp.add_argument("--model-events", help="JSON lines of model lifecycle events")
+    rp.add_argument("--inputs", help="JSON lines of source records (mlmon.inputs events)")
     rp.add_argument("--out", required=True, help="folder for the output JSON-lines files")
     rp.add_argument("--reference", action="append", metavar="FILE",
                     help="a version's reference (*.reference.json); repeatable")
@@ -146,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a monitor file")
     c.add_argument("file")
     c.set_defaults(func=cmd_check_config)
+
+    pl = sub.add_parser("plan", help="each model's operating plan: monitoring, data "
+                                     "dependencies, what happens when it degrades; and gaps")
+    pl.add_argument("-c", "--config", required=True, help="the monitor YAML file")
+    pl.add_argument("--model", help="only this model")
+    pl.add_argument("--strict", action="store_true", help="exit 1 when any gap is listed")
+    pl.add_argument("--format", choices=["text", "json"], default="text")
+    pl.add_argument("--bootstrap", help="Kafka bootstrap servers for the last retrain "
+                                        "(overrides kafka.bootstrap)")
+    pl.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds to read the model-events topic (default 5)")
+    pl.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("reference", help="reference data")
     rsub = r.add_subparsers(dest="reference_command", required=True)

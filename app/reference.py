@@ -52,6 +52,12 @@ class NumericReference:
     quantiles: tuple[float, ...]  # 1 %, 5 %, 25 %, 50 %, 75 %, 95 %, 99 %
     distribution: Mapping[str, Any]  # QuantileSketch state: for KS and Wasserstein
 
+    @property
+    def null_rate(self) -> float:
+        """Share of the reference rows without a number (null, absent, NaN or not numeric)."""
+        total = sum(self.counts) + self.missing
+        return self.missing / total if total else 0.0
+
     def sketch(self) -> BinnedHistogram:
         return BinnedHistogram(list(self.edges))
 
@@ -74,6 +80,12 @@ class CategoricalReference:
     categories: tuple[str, ...]
     counts: tuple[int, ...]  # per category, then "other"
     missing: int
+
+    @property
+    def null_rate(self) -> float:
+        """Share of the reference rows whose value was null or absent."""
+        total = sum(self.counts) + self.missing
+        return self.missing / total if total else 0.0
 
     def sketch(self) -> CategoryCounts:
         return CategoryCounts(self.categories)

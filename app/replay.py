@@ -38,6 +38,7 @@ from app.events.checks import SPECS, timestamp_ms
 from app.events.decode import Decoded, decode_message
 from app.reference import Reference, load_references
 from app.settings import MonitorSettings
+from app.sources.engine import SourcesEngine
 
 LINES_PER_BATCH = 1000
 
@@ -87,9 +88,18 @@ class Replay:
     def __init__(self, settings: MonitorSettings, out: Path,
                  references: dict[str, Reference | None] | None = None) -> None:
         self.settings = settings
+        uri = f"urn:driftwarden:{settings.worker.app_id}"
         self.engine = Engine(settings, load_references(settings) if references is None
-                             else references,
-                             source=f"urn:driftwarden:{settings.worker.app_id}")
+                             else references, source=uri)
+        self.sources = SourcesEngine(settings, source_uri=uri)
+        # Freshness offline: the event time of every stream is the clock. A model or
+        # source is due a check when that clock passes its last event plus its SLO.
+        self.clock_ms: int | None = None
+        self.deadlines: dict[tuple[str, str], int] = {}  # (kind, name) -> last event + SLO
+        self.slo_ms = {("model", m): round(s.freshness * 1000)
+                       for m, s in settings.models.items() if s.freshness is not None}
+        self.slo_ms.update({("source", n): round(s.freshness * 1000)
+                            for n, s in settings.sources.items() if s.freshness is not None})
         out.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, IO[bytes]] = {
             name: open(out / f"{name}.jsonl", "wb")  # noqa: SIM115
@@ -141,19 +151,22 @@ class Replay:
             yield key, order, kind, lineno, decoded, done
 
     def run(self, predictions: Path, *, outcomes: Path | None = None,
-            model_events: Path | None = None, progress: bool = True) -> ReplaySummary:
-        inputs = [(p, kind) for p, kind in ((model_events, "model_event"),
-                                            (predictions, "prediction"),
-                                            (outcomes, "outcome")) if p is not None]
-        bar = Progress(sum(os.path.getsize(p) for p, _ in inputs), progress)
-        streams = [self._decoded(p, kind, i) for i, (p, kind) in enumerate(inputs)]
-        batch = self.engine.batch()
+            model_events: Path | None = None, inputs: Path | None = None,
+            progress: bool = True) -> ReplaySummary:
+        files = [(p, kind) for p, kind in ((model_events, "model_event"),
+                                           (inputs, "input"),
+                                           (predictions, "prediction"),
+                                           (outcomes, "outcome")) if p is not None]
+        bar = Progress(sum(os.path.getsize(p) for p, _ in files), progress)
+        streams = [self._decoded(p, kind, i) for i, (p, kind) in enumerate(files)]
+        self.batch, self.source_batch = self.engine.batch(), self.sources.batch()
         pending = 0
         done: dict[str, int] = {}
-        for _, _, kind, lineno, decoded, read in heapq.merge(*streams,
-                                                             key=lambda x: (x[0], x[1])):
+        for key, _, kind, lineno, decoded, read in heapq.merge(*streams,
+                                                               key=lambda x: (x[0], x[1])):
             done[kind] = read
             self.summary.lines += 1
+            self._advance_clock(key)
             for r in decoded.rejections:
                 self._reject(lineno, r.reason, r.detail, r.raw, r.index, kind)
             for i, obj in enumerate(decoded.events):
@@ -163,23 +176,52 @@ class Replay:
                                  "offline, every event needs a timestamp", orjson.dumps(obj),
                                  index, kind)
                     continue
-                if batch.add(obj, 0, kind=kind) is not None:
-                    self._reject(lineno, "unknown_model",
-                                 f"model {obj['model']!r} is not configured",
-                                 orjson.dumps(obj), index, kind)
+                self._add(obj, kind, lineno, index)
             pending += 1
             if pending >= LINES_PER_BATCH:
-                self._flush(batch)
-                batch, pending = self.engine.batch(), 0
+                self._flush()
+                pending = 0
                 bar.show(sum(done.values()), self.summary.events)
-        self._flush(batch)
+        self._flush()
         for model in list(self.engine.monitors):  # end of input: close what is open
             for start in self.engine.open_windows(model):
                 self._emit(model, start)
             self.engine.flush(model)
             self._outputs(model)
+        for source in list(self.sources.monitors):
+            self.sources.flush(source)
+            self._source_outputs(source)
         bar.show(sum(done.values()), self.summary.events, force=True)
         return self.summary
+
+    def _add(self, obj: dict[str, Any], kind: str, lineno: int, index: int | None) -> None:
+        t = timestamp_ms(obj["timestamp"])
+        if kind == "input":
+            name = ("source", obj["source"])
+            if self.source_batch.add(obj, 0) is not None:
+                self._reject(lineno, "unknown_source",
+                             f"source {obj['source']!r} is not configured", orjson.dumps(obj),
+                             index, kind)
+                return
+        else:
+            name = ("model", obj["model"])
+            if self.batch.add(obj, 0, kind=kind) is not None:
+                self._reject(lineno, "unknown_model", f"model {obj['model']!r} is not configured",
+                             orjson.dumps(obj), index, kind)
+                return
+        if name in self.slo_ms and (kind in ("input", "prediction")):
+            self.deadlines[name] = max(self.deadlines.get(name, t), t + self.slo_ms[name])
+
+    def _advance_clock(self, key: int) -> None:
+        """Event time moves: when it passes a model's or source's last event plus its SLO,
+        apply what is pending and judge freshness at exactly that point."""
+        if key == np.iinfo(np.int64).min or (self.clock_ms is not None and key <= self.clock_ms):
+            return
+        due = any(d < key for d in self.deadlines.values())
+        self.clock_ms = key
+        if due:
+            self._flush()
+            self.deadlines = {k: d for k, d in self.deadlines.items() if d >= key}
 
     def _outputs(self, model: str) -> None:
         outputs = self.engine.detections(model)
@@ -190,17 +232,38 @@ class Replay:
                 self._write(target, event)
         self.engine.ack_detections(model, len(outputs))
 
-    def _flush(self, batch: Any) -> None:
+    def _source_outputs(self, source: str) -> None:
+        outputs = self.sources.outputs(source)
+        for target, event in outputs:
+            if target == "alerts":
+                self._count_alert(event)
+            else:
+                self._write(target, event)
+        self.sources.ack(source, len(outputs))
+
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, self.engine.batch()
+        sbatch, self.source_batch = self.source_batch, self.sources.batch()
         self.engine.apply(batch, None)
-        self.summary.events += batch.accepted
+        self.sources.apply(sbatch, None)
+        self.summary.events += batch.accepted + sbatch.accepted
         for model in batch.models:
             self._outputs(model)
             for start in self.engine.due(model, None):
                 self._emit(model, start)
+        for model in self.settings.models:  # clock-driven checks on the event-time clock
+            if model in self.engine.monitors or model in batch.models:
+                self.engine.check_time(model, None, self.clock_ms)
+                self._outputs(model)
+        for source in self.settings.sources:
+            if source in self.sources.monitors:
+                self.sources.check(source, None, self.clock_ms)
+                self._source_outputs(source)
 
 
 def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
                outcomes: Path | None = None, model_events: Path | None = None,
+               inputs: Path | None = None,
                progress: bool = True, installed: list[Reference] | None = None
                ) -> ReplaySummary:
     """Replay ``predictions``; ``installed`` are per-version references, as a worker reads
@@ -212,6 +275,6 @@ def run_replay(settings: MonitorSettings, predictions: Path, out: Path, *,
                 raise DriftwardenError(f"reference of {ref.model!r} version {ref.version!r}: "
                                        "unknown model, or built without --version")
         return replay.run(predictions, outcomes=outcomes, model_events=model_events,
-                          progress=progress)
+                          inputs=inputs, progress=progress)
     finally:
         replay.close()

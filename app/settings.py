@@ -109,9 +109,26 @@ class Defaults(_Frozen):
         return v
 
 
+class VolumeSettings(_Frozen):
+    """Expected records per window of a source: ``expected`` (configured) or learned as
+    the median of the first ``learn_windows`` windows. A window under ``min_ratio`` x
+    expected is a collapse, over ``max_ratio`` x a surge."""
+
+    expected: int | None = Field(None, ge=1)
+    learn_windows: int = Field(3, ge=1, le=1000)
+    min_ratio: float = Field(0.5, ge=0, lt=1)
+    max_ratio: float = Field(3.0, gt=1)
+
+
 class SourceSettings(_Frozen):
+    """An upstream source system: its owner, freshness SLO and expected volume."""
+
     owner: str | None = None
-    freshness: Duration | None = None
+    freshness: Duration | None = None  # source_stale when silent longer than this
+    window: Duration | None = None  # volume and schema windows (default: defaults.window)
+    volume: VolumeSettings = VolumeSettings()
+    # Record fields checked for schema changes (default: every field seen).
+    ignore_fields: tuple[str, ...] = ()
 
 
 class Owners(_Frozen):
@@ -328,6 +345,54 @@ class PerformanceSettings(_Frozen):
         return self
 
 
+class QualitySettings(_Frozen):
+    """Data-quality rules evaluated per window on a model's predictions.
+
+    Rates are shares of the window's events. Per feature: ``null`` (value null),
+    ``type`` (a string where a number is expected, or a container), ``out_of_range``
+    (outside the configured ``range``, else outside the reference's observed range
+    widened by ``range_margin`` of its span), ``unseen`` (a category outside the
+    configured ``values``, else outside the reference's vocabulary), ``missing`` (the
+    feature absent from ``features``). Per event: ``unexpected`` (a feature that is not
+    configured). ``null`` is judged against ``max_null_rate`` or, when the reference had
+    nulls, twice its null rate plus one point, whichever is higher.
+    """
+
+    enabled: bool = True
+    max_null_rate: float = Field(0.05, ge=0, le=1)
+    max_type_error_rate: float = Field(0.01, ge=0, le=1)
+    max_out_of_range_rate: float = Field(0.01, ge=0, le=1)
+    max_unseen_rate: float = Field(0.05, ge=0, le=1)
+    max_missing_rate: float = Field(0.01, ge=0, le=1)
+    max_unexpected_rate: float = Field(0.01, ge=0, le=1)
+    range_margin: float = Field(0.1, ge=0)
+    critical_factor: float = Field(3.0, ge=1, description="critical at this many times the "
+                                                           "threshold (at least 10 points)")
+
+
+AlertKind = Literal["feature_drift", "prediction_drift", "performance_drop", "concept_drift",
+                    "label_coverage", "data_quality", "schema_change", "source_stale",
+                    "source_volume", "model_silent", "retrain_overdue", "retrain_stuck",
+                    "latency_slo", "cost_budget", "rollback_recommended"]
+
+
+class RetrainSettings(_Frozen):
+    """When a model should be retrained, and how long a retrain may take."""
+
+    on: tuple[AlertKind, ...] = ()  # alert kinds that call for a retrain
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted ``on:`` key as the boolean true.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+    cooldown: Duration | None = None
+    max_age: Duration | None = None  # retrain_overdue past this since the last completion
+    expected_duration: Duration | None = None  # retrain_stuck past this after a start
+
+
 class ModelSettings(_Frozen):
     owners: Owners = Owners()
     task: Literal["binary_classification", "multiclass_classification", "regression"] = (
@@ -353,6 +418,9 @@ class ModelSettings(_Frozen):
     lateness: Duration | None = None
     min_samples: int | None = Field(None, ge=1)
     performance: PerformanceSettings | None = None
+    quality: QualitySettings = QualitySettings()
+    freshness: Duration | None = None  # model_silent when no prediction for this long
+    retrain: RetrainSettings | None = None
 
     @field_validator("features")
     @classmethod

@@ -257,10 +257,14 @@ class Pipeline:
             self.save(model)
 
     async def tick(self) -> None:
-        """Wall-clock pass: close windows of idle streams, evaluate due checkpoints."""
+        """Wall-clock pass: close windows of idle streams, evaluate due checkpoints, judge
+        freshness and the retrain lifecycle."""
         now = time.time()
         for model in self.local_models():
             async with self.locks[model]:
+                checked = self.engine.check_time(model, now)
+                if checked.freshness or checked.lifecycle:
+                    self.save(model)
                 update = self.engine.advance(model, now)
                 if update is not None and (update.evaluations or update.detections
                                            or update.expired or update.orphans):
@@ -281,8 +285,8 @@ class Pipeline:
     async def _publish(self, model: str, closed: ClosedWindow) -> None:
         await self._send(model, [(self.alerts, a) for a in closed.alerts]
                          + [(self.evaluations, e) for e in closed.evaluation_events])
-        for d in closed.decisions:
-            self.metrics.alerts.labels(model, d.kind, d.severity).inc()
+        for a in closed.alerts:
+            self.metrics.alerts.labels(model, a["data"]["kind"], a["data"]["severity"]).inc()
         self.metrics.windows_closed.labels(model).inc()
         self.metrics.window_events.labels(model).set(
             sum(ev.n for ev in closed.evaluations if ev.segment is None))
@@ -293,6 +297,11 @@ class Pipeline:
                 if fe.value is not None:
                     self.metrics.set_drift(model, ev.model_version, public_name(fe.feature),
                                            fe.statistic, fe.value)
+            for feature, rates in (ev.quality_rates or {}).items():
+                for counter, rate in rates.items():
+                    if counter != "present":
+                        self.metrics.set_quality(model, ev.model_version, feature, counter,
+                                                 rate)
 
 
 def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
@@ -385,6 +394,9 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
 
+    if settings.sources:
+        _add_sources(app, settings, metrics, raw_topic, pipeline)
+
     async def follow_references() -> None:
         """Keep installing references published while the worker runs."""
         follower = ReferenceFollower(bootstrap, settings, engine.install_reference)
@@ -402,3 +414,46 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                                     if tp.topic == topics.name("predictions")})
 
     return app, pipeline
+
+
+def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, raw_topic: Any,
+                 pipeline: Pipeline) -> None:
+    """The inputs agent and its state table (sources are keyed by source, not model)."""
+    from app.sources.engine import SourcesEngine
+    from app.streaming_sources import SOURCE_TABLE, SourcePipeline
+
+    topics = settings.topics
+    parts = settings.kafka.partitions
+    inputs_name = topics.name("inputs")
+    table = app.Table(SOURCE_TABLE, partitions=parts, key_type=bytes, value_type=bytes,
+                      extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)})
+    engine = SourcesEngine(settings, source_uri=f"urn:driftwarden:{settings.worker.app_id}")
+    sources = SourcePipeline(settings, engine, metrics, table,
+                             targets={"alerts": pipeline.alerts,
+                                      "evaluations": pipeline.evaluations},
+                             dead_letter=pipeline._dead_letter)
+    engine.load_state = sources.load_state
+    engine.on_state_error = sources.on_state_error
+    sources.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
+                                if tp.topic == inputs_name}
+    batch, within = settings.worker.batch_size, settings.worker.batch_within
+
+    async def inputs_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            await sources.process_batch(list(events))
+
+    app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
+
+    async def tick() -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if app.rebalancing or not recovery.completed.is_set():
+            return
+        await sources.tick()
+
+    app.timer(settings.worker.tick_interval, name="driftwarden.sources-tick")(tick)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
+        engine.forget([s for s, m in engine.monitors.items()
+                       if m.partition in {tp.partition for tp in revoked
+                                          if tp.topic == inputs_name}])

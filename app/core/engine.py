@@ -29,11 +29,13 @@ from app.core.monitor import IngestResult, ModelMonitor
 from app.errors import StateError
 from app.events.checks import timestamp_ms
 from app.outputs.cloudevents import alert_event, change_alert_event, evaluation_event
+from app.outputs.operational import lifecycle_event, model_silent_event
 from app.outputs.performance import (
     concept_alert_event,
     performance_alert_event,
     performance_evaluation_event,
 )
+from app.outputs.quality import quality_alert_event
 from app.performance.tracker import PerformanceUpdate
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.reference import Reference
@@ -51,7 +53,8 @@ class Batch:
     engine: Engine
     groups: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
     outcomes: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
-    model_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    model_events: dict[str, tuple[list[dict[str, Any]], list[int]]] = \
+        field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> source -> offset
     duplicates: int = 0
@@ -83,16 +86,14 @@ class Batch:
         if position is not None and m.applied(*position):
             self.duplicates += 1
             return None
-        if kind == "model_event":
-            self.model_events.setdefault(model, []).append(event)
-        else:
-            groups = self.groups if kind == "prediction" else self.outcomes
-            group = groups.get(model)
-            if group is None:
-                group = groups[model] = ([], [])
-            group[0].append(event)
-            ts = event.get("timestamp")
-            group[1].append(default_ms if ts is None else timestamp_ms(ts))
+        groups = {"prediction": self.groups, "outcome": self.outcomes,
+                  "model_event": self.model_events}[kind]
+        group = groups.get(model)
+        if group is None:
+            group = groups[model] = ([], [])
+        group[0].append(event)
+        ts = event.get("timestamp")
+        group[1].append(default_ms if ts is None else timestamp_ms(ts))
         if position is not None:
             self.positions.setdefault(model, {})[position[0]] = position[1]
         self.accepted += 1
@@ -166,11 +167,14 @@ class Engine:
         results: dict[str, IngestResult] = {}
         for model in batch.models:
             m = self.monitors[model]
+            lifecycle = []
             if model in batch.model_events:
-                m.ingest_model_events(batch.model_events[model])
+                lifecycle = m.ingest_model_events(*batch.model_events[model], now).lifecycle
             result = results[model] = IngestResult()
             if model in batch.groups:
                 result = results[model] = m.ingest(*batch.groups[model], now)
+            result.lifecycle = lifecycle + result.lifecycle
+            self._queue_operational(model, result)
             if model in batch.outcomes:
                 labels = m.ingest_outcomes(*batch.outcomes[model], now)
                 result.performance = _merge(result.performance, labels.performance)
@@ -178,6 +182,28 @@ class Engine:
             for source, offset in batch.positions.get(model, {}).items():
                 m.advance(source, offset)
         return results
+
+    def check_time(self, model: str, now: float | None, global_ms: int | None = None
+                   ) -> IngestResult:
+        """Clock-driven checks of one model (``model_silent``, retrain lifecycle); their
+        alerts wait in the model's state like every other output."""
+        result = self.monitor(model).check_time(now, global_ms)
+        self._queue_operational(model, result, now=now, global_ms=global_ms)
+        return result
+
+    def _queue_operational(self, model: str, result: IngestResult, *, now: float | None = None,
+                           global_ms: int | None = None) -> None:
+        m = self.monitor(model)
+        ms = self.settings.models[model]
+        at = int(now * 1000) if now is not None else (global_ms or m.clock_ms or 0)
+        for status, since in result.freshness:
+            silent = at - since
+            m.pending_outputs.append(("alerts", model_silent_event(
+                model, ms, status=status, since_ms=since, silent_ms=silent,
+                slo_ms=m.freshness_ms or 0, time_ms=max(at, since), uri=self.source)))
+        for f in result.lifecycle:
+            m.pending_outputs.append(("alerts", lifecycle_event(
+                f, model, ms, time_ms=max(at, f.since_ms), uri=self.source)))
 
     def advance(self, model: str, now: float | None) -> PerformanceUpdate | None:
         """Wall-clock pass: evaluate performance checkpoints of an idle model."""
@@ -222,6 +248,8 @@ class Engine:
             found = decide_drift_alerts(ev, model_settings.drift)
             decisions += found
             alerts += [alert_event(d, ev, model_settings, source=self.source) for d in found]
+            alerts += [quality_alert_event(f, ev, self.settings, uri=self.source)
+                       for f in ev.quality]
             events.append(evaluation_event(ev, found, source=self.source))
         return ClosedWindow(evaluations, decisions, alerts, events, due_since)
 

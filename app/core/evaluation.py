@@ -10,6 +10,7 @@ import numpy as np
 from app.core.signals import is_output_signal, public_name
 from app.core.windows import Sketch, Slice, Window
 from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
+from app.quality import QualityFinding
 from app.reference import CategoricalReference, FeatureReference, NumericReference, Reference
 from app.settings import DriftSettings
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
@@ -60,6 +61,8 @@ class WindowEvaluation:
     fallback: bool = False  # compared with another version's (or the configured) reference
     features: list[FeatureEvaluation] = field(default_factory=list)
     segment: str | None = None  # "region=emea": this segment's events only
+    quality: list[QualityFinding] = field(default_factory=list)  # rules the window broke
+    quality_rates: dict[str, dict[str, float]] | None = None  # per feature, per counter
 
     @property
     def sufficient(self) -> bool:

@@ -7,17 +7,20 @@ version, written once per batch by the workers and restored after a restart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
+from app.core.lifecycle import LifecycleFinding, ModelLifecycle
 from app.core.signals import reference_row, segment_label
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
+from app.quality import QualityRules
+from app.quality import evaluate as evaluate_quality
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
 
@@ -33,6 +36,8 @@ class IngestResult:
     warmup: int = 0
     problems: list[str] = field(default_factory=list)  # e.g. a warm-up with unusable data
     performance: PerformanceUpdate | None = None  # labels joined, checkpoints evaluated
+    freshness: list[tuple[str, int]] = field(default_factory=list)  # model_silent (status, since)
+    lifecycle: list[LifecycleFinding] = field(default_factory=list)
 
 
 class ModelMonitor:
@@ -84,6 +89,17 @@ class ModelMonitor:
             model, self.settings, window_ms=self.window_ms, lateness_ms=self.lateness_ms) \
             if self.settings.performance is not None else None
         self.last_outcome_arrival: float | None = None
+        retrain = self.settings.retrain
+        self.lifecycle = ModelLifecycle(
+            max_age_ms=None if retrain.max_age is None else round(retrain.max_age * 1000),
+            expected_ms=None if retrain.expected_duration is None
+            else round(retrain.expected_duration * 1000)) if retrain is not None else None
+        self.rules: dict[str, QualityRules] = {}  # reference key -> quality rules
+        self.freshness_ms = None if self.settings.freshness is None \
+            else round(self.settings.freshness * 1000)
+        self.silent_since: int | None = None  # model_silent firing: last prediction time
+        self.clock_ms: int | None = None  # the newest event time on any of its streams
+        self.last_any_arrival: float | None = None
         # CloudEvents (target, event) waiting to be published: saved with the state, so a
         # worker that dies before publishing them publishes them after its restart.
         self.pending_outputs: list[tuple[str, dict[str, Any]]] = []
@@ -139,6 +155,10 @@ class ModelMonitor:
         if now is not None:
             self.last_arrival = now
         times = np.asarray(times_ms, dtype=np.int64)
+        self._tick(int(times.max()), now)
+        if self.silent_since is not None:
+            result.freshness.append(("resolved", self.silent_since))
+            self.silent_since = None
         for tracker in self.changes:  # every event, in arrival order
             self.pending_detections += tracker.feed(events, times.tolist())
         # The event-time watermark just before each event: an event whose window was
@@ -197,6 +217,8 @@ class ModelMonitor:
                                       self._segment_labels if self.settings.segments else None)
                 if not window.slices:
                     del self.windows[ws]
+                elif self.settings.quality.enabled:
+                    self._count_quality(window, rows)
                 if back == 0:
                     result.accepted += added
 
@@ -223,17 +245,60 @@ class ModelMonitor:
             return result
         if now is not None:
             self.last_outcome_arrival = now
+        self._tick(max(times_ms), now)
         assert result.performance is not None
         self.performance.add_outcomes(events, times_ms, result.performance)
         result.accepted = len(events)
         return result
 
-    def ingest_model_events(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
-        """Model lifecycle events: a version's metrics become its baseline candidates."""
-        if self.performance is not None:
-            for e in events:
+    def ingest_model_events(self, events: Sequence[Mapping[str, Any]],
+                            times_ms: Sequence[int], now: float | None) -> IngestResult:
+        """Model lifecycle events: a version's metrics become its baseline candidates; the
+        live version and retrains are followed."""
+        result = IngestResult(accepted=len(events))
+        if events:
+            self._tick(max(times_ms), now)
+        for e, t in zip(events, times_ms, strict=True):
+            if self.performance is not None:
                 self.performance.add_model_event(e)
-        return IngestResult(accepted=len(events))
+            if self.lifecycle is not None:
+                result.lifecycle += self.lifecycle.add(e, int(t))
+        return result
+
+    def _tick(self, top_ms: int, now: float | None) -> None:
+        self.clock_ms = top_ms if self.clock_ms is None else max(self.clock_ms, top_ms)
+        if now is not None:
+            self.last_any_arrival = now
+
+    def check_time(self, now: float | None, global_ms: int | None) -> IngestResult:
+        """Clock-driven checks: ``model_silent`` and the retrain lifecycle.
+
+        Workers pass ``now`` (wall clock): silence is wall time since the last prediction
+        arrived, the lifecycle clock the model's event time plus idle time. Offline,
+        ``global_ms`` is the event time of all streams (replay's only clock).
+        """
+        result = IngestResult()
+        if now is not None:
+            if self.last_arrival is None and self.watermark_ms is not None:
+                self.last_arrival = now  # restored state: the idle clock starts now
+            silent = None if self.last_arrival is None else int((now - self.last_arrival) * 1000)
+            clock = self.clock_ms
+            if clock is not None and self.last_any_arrival is not None:
+                clock += max(0, int((now - self.last_any_arrival) * 1000))
+            elif clock is not None:
+                self.last_any_arrival = now
+        else:
+            silent = None if global_ms is None or self.watermark_ms is None \
+                else global_ms - self.watermark_ms
+            clock = global_ms
+        if self.freshness_ms is not None and silent is not None and \
+                self.silent_since is None and self.watermark_ms is not None and \
+                silent > self.freshness_ms:
+            self.silent_since = self.watermark_ms
+            result.freshness.append(("firing", self.watermark_ms))
+        if self.lifecycle is not None:
+            result.lifecycle += self.lifecycle.check(clock)
+        return result
 
     def advance_performance(self, now: float | None) -> PerformanceUpdate | None:
         """Evaluate the performance checkpoints that are due (``now``: wall clock, or None
@@ -260,6 +325,28 @@ class ModelMonitor:
         update = PerformanceUpdate()
         self.performance.flush(update, min_predictions=self.min_samples)
         return update
+
+    def rules_for(self, reference_key: str) -> QualityRules:
+        """Quality rules of the model, learned from the reference a slice was binned for."""
+        rules = self.rules.get(reference_key)
+        if rules is None:
+            rules = self.rules[reference_key] = QualityRules.build(
+                self.settings, self.reference_by_key(reference_key))
+        return rules
+
+    def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]]) -> None:
+        by_version: dict[str, list[Mapping[str, Any]]] = {}
+        for e in rows:
+            by_version.setdefault(e["model_version"], []).append(e["features"])
+        for version, features in by_version.items():
+            sl = window.slices.get(version)
+            if sl is None:
+                continue  # nothing to compare this version with yet (first warm-up)
+            rules = self.rules_for(sl.reference)
+            counts = window.quality.get(version)
+            if counts is None:
+                counts = window.quality[version] = rules.new_counts()
+            counts.update(features, rules.ranges, rules.allowed)
 
     def _segment_labels(self, event: Mapping[str, Any]) -> list[str]:
         """``key=value`` per configured segment key the event is tagged with."""
@@ -352,9 +439,15 @@ class ModelMonitor:
             reference = self.reference_by_key(sl.reference)
             if reference is not None and sl.segment is not None:
                 reference = reference.segments.get(sl.segment)
-            out.append(evaluate_window(
+            ev = evaluate_window(
                 self.model, window, key.partition(SEP)[0], sl, reference,
-                min_samples=self.min_samples, late_events=late, drift=self.settings.drift))
+                min_samples=self.min_samples, late_events=late, drift=self.settings.drift)
+            counts = window.quality.get(key) if sl.segment is None else None
+            if counts is not None:
+                ev = replace(ev, quality=evaluate_quality(
+                    counts, self.rules_for(sl.reference), min_samples=self.min_samples),
+                    quality_rates=counts.rates())
+            out.append(ev)
         return out
 
     def abort_close(self, start_ms: int, evaluations: list[WindowEvaluation]) -> None:
@@ -387,6 +480,8 @@ class ModelMonitor:
             "references": {v: self.references[v].to_dict()
                            for v in self._saved_versions()},
             "performance": None if self.performance is None else self.performance.to_state(),
+            "lifecycle": None if self.lifecycle is None else self.lifecycle.to_state(),
+            "silent_since": self.silent_since, "clock": self.clock_ms,
             "outputs": [[target, event] for target, event in self.pending_outputs],
         }
 
@@ -440,6 +535,10 @@ class ModelMonitor:
                 w = Window.from_state(ws)
                 m.windows[w.start_ms] = w
             m.pending_outputs = [(str(t), e) for t, e in state.get("outputs", [])]
+            m.silent_since = state.get("silent_since")
+            m.clock_ms = state.get("clock")
+            if m.lifecycle is not None and state.get("lifecycle") is not None:
+                m.lifecycle.load(state["lifecycle"])
             saved_performance = state.get("performance")
             if m.performance is not None and saved_performance is not None:
                 m.performance.load(saved_performance, records or {})

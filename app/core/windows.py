@@ -10,6 +10,7 @@ import numpy as np
 
 from app.core.signals import OTHER_SEGMENT, numeric_columns, segment_label, signal_rows
 from app.errors import StateError
+from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 
@@ -90,6 +91,7 @@ class Window:
     n: int = 0
     first_event_ms: int | None = None
     last_event_ms: int | None = None
+    quality: dict[str, QualityCounts] = field(default_factory=dict)  # version -> counts
 
     @property
     def versions(self) -> dict[str, int]:
@@ -154,13 +156,16 @@ class Window:
     def to_state(self) -> dict[str, Any]:
         return {"start": self.start_ms, "end": self.end_ms, "n": self.n,
                 "first": self.first_event_ms, "last": self.last_event_ms,
-                "slices": {v: sl.to_state() for v, sl in self.slices.items()}}
+                "slices": {v: sl.to_state() for v, sl in self.slices.items()},
+                "quality": {v: q.to_state() for v, q in self.quality.items()}}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Window:
         try:
             slices = {str(v): Slice.from_state(st) for v, st in state["slices"].items()}
+            quality = {str(v): QualityCounts.from_state(q)
+                       for v, q in state.get("quality", {}).items()}
             return cls(int(state["start"]), int(state["end"]), slices, int(state["n"]),
-                       state["first"], state["last"])
+                       state["first"], state["last"], quality)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt window state: {exc!r}") from None

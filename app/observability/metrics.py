@@ -66,6 +66,18 @@ class Metrics:
         self.late_events = Counter(
             "driftwarden_late_events_total", "Events that arrived after their window closed.",
             ["model"], registry=registry)
+        self.quality_rate = Gauge(
+            "driftwarden_quality_rate", "Share of the last closed window's events breaking "
+            "a data-quality rule, per feature (rule: null, type_error, out_of_range, unseen, "
+            "missing; feature @events: unexpected).", ["model", "version", "feature", "rule"],
+            registry=registry)
+        # -- sources
+        self.source_last_event = Gauge(
+            "driftwarden_source_last_event_timestamp_seconds",
+            "Event time of the newest record of each source.", ["source"], registry=registry)
+        self.source_records = Counter(
+            "driftwarden_source_records_total", "Records received per source.", ["source"],
+            registry=registry)
         # -- performance from delayed labels
         self.labels_joined = Counter(
             "driftwarden_labels_total",
@@ -104,6 +116,17 @@ class Metrics:
                 return
             self._feature_series.add(key)
         self.drift_score.labels(*key).set(value)
+
+    def set_quality(self, model: str, version: str, feature: str, rule: str,
+                    rate: float) -> None:
+        """A quality rate, under the same per-feature series cap as drift scores."""
+        key = (model, version, feature, f"quality:{rule}")
+        if key not in self._feature_series:
+            if len(self._feature_series) >= self.max_feature_series:
+                self.feature_series_dropped.inc()
+                return
+            self._feature_series.add(key)
+        self.quality_rate.labels(model, version, feature, rule).set(rate)
 
     def observe_performance(self, model: str, update: Any, tracker: Any) -> None:
         """Counters of one batch's label join (a ``PerformanceUpdate``)."""

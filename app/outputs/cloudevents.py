@@ -155,6 +155,7 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
                      source: str) -> dict[str, Any]:
     parts: tuple[object, ...] = (ev.model, ev.model_version, "evaluation", ev.start_ms)
     evaluation_id = stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
+    alert_ids = [_window_alert_id(ev, a) for a in alerts]
     data = {
         "evaluation_id": evaluation_id, "kind": "drift",
         "window_id": window_id(ev.model, ev.model_version, ev.start_ms),
@@ -166,7 +167,13 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
         "late_events": ev.late_events, "reference": ev.reference_origin,
         "reference_version": ev.reference_version, "reference_fallback": ev.fallback,
         "features": [f.to_dict() for f in ev.features],
-        "alerts": [_window_alert_id(ev, a) for a in alerts],
+        "alerts": alert_ids,
     }
+    if ev.quality_rates is not None:
+        from app.outputs.quality import quality_section
+
+        quality = quality_section(ev)
+        data["quality"] = quality
+        data["alerts"] = [*alert_ids, *(quality["alerts"] if quality else [])]
     return envelope(type_=EVALUATION, id_=evaluation_id, source=source,
                     subject=ev.model, time_ms=ev.end_ms, data=data)

@@ -548,7 +548,7 @@ def test_evaluation_schema_metrics_match_the_runtime():
     perf = schema["$defs"]["performance_evaluation"]["properties"]["performance"]
     assert set(perf["properties"]["metric"]["enum"]) == set(get_args(PerformanceMetric))
     assert set(schema["properties"]["data"]["properties"]["kind"]["enum"]) == {
-        "drift", "performance"}
+        "drift", "performance", "source"}
 
 
 # --- the schemas reject what they should ---------------------------------------------

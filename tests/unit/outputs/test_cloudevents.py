@@ -47,5 +47,5 @@ def test_ids_are_deterministic_across_rebuilds():
     b = alert_event(alerts2[0], ev2, s2.models["m"], source="x")
     assert a == b
     e1, e2 = evaluation_event(ev, alerts, source="x"), evaluation_event(ev2, alerts2, source="x")
-    assert e1 == e2 and e1["data"]["alerts"] == [a["id"]]
+    assert e1 == e2 and e1["data"]["alerts"][0] == a["id"]  # then any data-quality alerts
     assert e1["id"] != a["id"]

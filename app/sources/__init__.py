@@ -1,0 +1,1 @@
+"""Upstream sources: schema, volume and freshness of ``mlmon.inputs`` (pure)."""

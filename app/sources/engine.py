@@ -1,0 +1,176 @@
+"""The sources engine: validated input records in, source alerts and evaluations out.
+
+Pure, like the model engine (``app.core.engine``): the workers' inputs agent and
+``driftwarden replay`` drive it the same way::
+
+    batch = engine.batch()
+    batch.add(record_event, default_ms, position=("mlmon.inputs:0", 7))
+    engine.apply(batch, now)                  # windows, schema, resolved staleness
+    engine.check(source, now, global_ms)      # closes due windows, judges freshness
+    outputs = engine.outputs(source)          # CloudEvents waiting to be published
+    engine.ack(source, len(outputs))
+
+Outputs wait in the source's state until acknowledged, so a worker that dies before
+publishing them publishes them after its restart, with the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import StateError
+from app.events.checks import timestamp_ms
+from app.outputs.cloudevents import EVALUATION, envelope, iso, stable_id
+from app.outputs.operational import source_alert_event
+from app.settings import MonitorSettings
+from app.sources.monitor import ClosedSourceWindow, SourceMonitor
+
+StateLoader = Callable[[str], Any]
+StateErrorHook = Callable[[str, StateError], None]
+
+
+@dataclass
+class SourceBatch:
+    engine: SourcesEngine
+    groups: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
+    positions: dict[str, dict[str, int]] = field(default_factory=dict)
+    accepted: int = 0
+    duplicates: int = 0
+
+    def add(self, event: dict[str, Any], default_ms: int, *,
+            position: tuple[str, int] | None = None, partition: int | None = None) -> str | None:
+        """Route one validated input event; returns a rejection reason or None."""
+        source = event["source"]
+        if source not in self.engine.settings.sources:
+            return "unknown_source"
+        m = self.engine.monitor(source, partition)
+        if position is not None and m.applied(*position):
+            self.duplicates += 1
+            return None
+        group = self.groups.setdefault(source, ([], []))
+        group[0].append(event["record"])
+        ts = event.get("timestamp")
+        group[1].append(default_ms if ts is None else timestamp_ms(ts))
+        if position is not None:
+            self.positions.setdefault(source, {})[position[0]] = position[1]
+        self.accepted += 1
+        return None
+
+
+class SourcesEngine:
+    def __init__(self, settings: MonitorSettings, *, source_uri: str,
+                 load_state: StateLoader | None = None,
+                 on_state_error: StateErrorHook | None = None) -> None:
+        self.settings = settings
+        self.uri = source_uri
+        self.load_state = load_state
+        self.on_state_error = on_state_error
+        self.monitors: dict[str, SourceMonitor] = {}
+        self.pending: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.late: dict[str, int] = {}
+
+    def _new(self, source: str) -> SourceMonitor:
+        s = self.settings.sources[source]
+        d = self.settings.defaults
+        return SourceMonitor(
+            source, window_ms=round((s.window or d.window) * 1000),
+            lateness_ms=round(d.lateness * 1000), min_samples=d.min_samples,
+            expected=s.volume.expected, learn_windows=s.volume.learn_windows,
+            min_ratio=s.volume.min_ratio, max_ratio=s.volume.max_ratio,
+            freshness_ms=None if s.freshness is None else round(s.freshness * 1000),
+            ignore_fields=s.ignore_fields)
+
+    def monitor(self, source: str, partition: int | None = None) -> SourceMonitor:
+        m = self.monitors.get(source)
+        if m is None:
+            m = self.monitors[source] = self._new(source)
+            try:
+                saved = self.load_state(source) if self.load_state else None
+                if saved is not None:
+                    m.load(saved.get("monitor"))
+                    self.pending[source] = [(str(t), e) for t, e in saved.get("outputs", [])]
+            except (StateError, AttributeError) as exc:
+                m = self.monitors[source] = self._new(source)
+                if self.on_state_error is not None:
+                    err = exc if isinstance(exc, StateError) else StateError(str(exc))
+                    self.on_state_error(source, err)
+        if partition is not None:
+            m.partition = partition
+        return m
+
+    def forget(self, sources: list[str]) -> None:
+        for s in sources:
+            self.monitors.pop(s, None)
+            self.pending.pop(s, None)
+
+    def batch(self) -> SourceBatch:
+        return SourceBatch(self)
+
+    def apply(self, batch: SourceBatch, now: float | None) -> None:
+        for source, (records, times) in batch.groups.items():
+            m = self.monitors[source]
+            before = m.late
+            for f in m.ingest(records, times, now):
+                self._queue_alert(source, f)
+            self.late[source] = self.late.get(source, 0) + m.late - before
+            for pos, offset in batch.positions.get(source, {}).items():
+                m.advance(pos, offset)
+
+    def check(self, source: str, now: float | None, global_ms: int | None = None) -> int:
+        """Close due windows and judge freshness; returns how many windows closed."""
+        m = self.monitor(source)
+        closed = 0
+        for start in m.due(now):
+            self._queue_window(source, m.close(start))
+            closed += 1
+        if now is not None:
+            if m.last_arrival is None:
+                m.last_arrival = now  # never heard of (or restored): the clock starts now
+            silent: int | None = int((now - m.last_arrival) * 1000)
+        else:
+            silent = None if global_ms is None or m.watermark_ms is None \
+                else global_ms - m.watermark_ms
+        for f in m.check_stale(silent):
+            self._queue_alert(source, f, time_ms=int(now * 1000) if now is not None
+                              else global_ms)
+        return closed
+
+    def flush(self, source: str) -> None:
+        """End of input (offline): close every window left."""
+        m = self.monitor(source)
+        for start in sorted(m.windows):
+            self._queue_window(source, m.close(start))
+
+    def _queue_alert(self, source: str, f: Any, time_ms: int | None = None) -> None:
+        self.pending.setdefault(source, []).append(
+            ("alerts", source_alert_event(f, source, self.settings, uri=self.uri,
+                                          time_ms=time_ms)))
+
+    def _queue_window(self, source: str, closed: ClosedSourceWindow) -> None:
+        for f in closed.findings:
+            self._queue_alert(source, f)
+        m = self.monitors[source]
+        evaluation_id = stable_id(source, "source-evaluation", closed.start_ms)
+        data = {
+            "evaluation_id": evaluation_id, "kind": "source", "source": source,
+            "window": {"start": iso(closed.start_ms), "end": iso(closed.end_ms),
+                       "start_ms": closed.start_ms, "end_ms": closed.end_ms},
+            "n": closed.records, "expected": m.expected, "late_events": m.late,
+            "schema": closed.fingerprint, "accepted_schema": m.accepted,
+            "alerts": [stable_id(source, f.kind, f.start_ms) for f in closed.findings],
+        }
+        self.pending.setdefault(source, []).append(("evaluations", envelope(
+            type_=EVALUATION, id_=evaluation_id, source=self.uri, subject=source,
+            time_ms=closed.end_ms, data=data)))
+
+    def outputs(self, source: str) -> list[tuple[str, dict[str, Any]]]:
+        return list(self.pending.get(source, []))
+
+    def ack(self, source: str, count: int) -> None:
+        del self.pending.get(source, [])[:count]
+
+    def to_state(self, source: str) -> dict[str, Any]:
+        return {"monitor": self.monitor(source).to_state(),
+                "outputs": [[t, e] for t, e in self.pending.get(source, [])]}
