@@ -212,11 +212,18 @@ class Replay:
         if name in self.slo_ms and (kind in ("input", "prediction")):
             self.deadlines[name] = max(self.deadlines.get(name, t), t + self.slo_ms[name])
 
+    first_ms: int | None = None  # the first event time of the input: never-heard-of
+    # sources are judged silent since then
+
     def _advance_clock(self, key: int) -> None:
         """Event time moves: when it passes a model's or source's last event plus its SLO,
         apply what is pending and judge freshness at exactly that point."""
         if key == np.iinfo(np.int64).min or (self.clock_ms is not None and key <= self.clock_ms):
             return
+        if self.first_ms is None:
+            self.first_ms = key
+            self.deadlines.update({k: key + slo for k, slo in self.slo_ms.items()
+                                   if k[0] == "source"})
         due = any(d < key for d in self.deadlines.values())
         self.clock_ms = key
         if due:
@@ -255,9 +262,9 @@ class Replay:
             if model in self.engine.monitors or model in batch.models:
                 self.engine.check_time(model, None, self.clock_ms)
                 self._outputs(model)
-        for source in self.settings.sources:
-            if source in self.sources.monitors:
-                self.sources.check(source, None, self.clock_ms)
+        for source, s in self.settings.sources.items():
+            if source in self.sources.monitors or s.freshness is not None:
+                self.sources.check(source, None, self.clock_ms, since_ms=self.first_ms)
                 self._source_outputs(source)
 
 

@@ -129,6 +129,10 @@ class SourceSettings(_Frozen):
     volume: VolumeSettings = VolumeSettings()
     # Record fields checked for schema changes (default: every field seen).
     ignore_fields: tuple[str, ...] = ()
+    # Drift of the source's fields (the model features it feeds) against its own first
+    # records.
+    drift: bool = True
+    reference_warmup: int = Field(1000, ge=10, le=1_000_000)
 
 
 class Owners(_Frozen):

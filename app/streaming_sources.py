@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from app.errors import StateError
@@ -26,6 +27,11 @@ from app.settings import MonitorSettings
 from app.sources.engine import SourcesEngine
 
 log = logging.getLogger("driftwarden")
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2, as producers do)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 SOURCE_TABLE = "source-state"
 
 
@@ -123,6 +129,13 @@ class SourcePipeline:
         for key in list(self.table.data.keys()):
             names.add(key.decode() if isinstance(key, bytes) else str(key))
         owned = self.assigned() if self.assigned is not None else None
+        if owned is not None:  # sources never heard of: judged by the worker owning their key
+            parts = self.settings.kafka.partitions
+            for name, s in self.settings.sources.items():
+                partition = key_partition(name, parts)
+                if s.freshness is not None and name not in names and partition in owned:
+                    self.engine.monitor(name, partition)
+                    names.add(name)
         out = []
         for name in sorted(n for n in names if n in self.settings.sources):
             if owned is not None and self.engine.monitor(name).partition not in owned:

@@ -45,6 +45,15 @@ def _alert(*, alert_id: str, status: str, severity: str, kind: str, model: str |
                     time_ms=time_ms, data=data)
 
 
+def source_alert_id(source: str, f: SourceFinding) -> str:
+    """Deterministic: (source, kind, [field,] window start or, when stale, last record)."""
+    if f.kind == "source_stale":
+        return stable_id(source, f.kind, f.since_ms)
+    if f.feature is not None:
+        return stable_id(source, f.kind, f.feature, f.start_ms)
+    return stable_id(source, f.kind, f.start_ms)
+
+
 def source_alert_event(f: SourceFinding, source: str, settings: MonitorSettings, *,
                        uri: str, time_ms: int | None = None) -> dict[str, Any]:
     """An alert about a source, naming the models and features that depend on it."""
@@ -55,7 +64,7 @@ def source_alert_event(f: SourceFinding, source: str, settings: MonitorSettings,
                       if name in deps and m.owners.on_call})
     if on_call:
         owners["on_call"] = ", ".join(on_call)
-    alert_id = stable_id(source, f.kind, f.since_ms if f.kind == "source_stale" else f.start_ms)
+    alert_id = source_alert_id(source, f)
     evidence: dict[str, Any] = {"statistic": f.kind, "value": f.value,
                                 "threshold": f.threshold, "reference_value": f.reference_value,
                                 "n": f.n}
@@ -67,9 +76,11 @@ def source_alert_event(f: SourceFinding, source: str, settings: MonitorSettings,
     affected_features = {m: fs for m, fs in deps.items()}
     summary = f"{source}: {f.summary} ({f.severity}); affects " + (
         ", ".join(f"{m} ({', '.join(fs)})" for m, fs in deps.items()) or "no configured model")
+    if f.statistic is not None:
+        evidence["statistic"] = f.statistic
     return _alert(
         alert_id=alert_id, status=f.status, severity=f.severity, kind=f.kind, model=None,
-        model_version=None, subject=None, source_name=source, start_ms=f.start_ms,
+        model_version=None, subject=f.feature, source_name=source, start_ms=f.start_ms,
         end_ms=f.end_ms, time_ms=f.end_ms if time_ms is None else time_ms, evidence=evidence,
         owners=owners, affected_models=sorted(deps), summary=summary,
         description=f"Source {source}. Dependent features: " + (

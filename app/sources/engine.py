@@ -23,8 +23,9 @@ from typing import Any
 from app.errors import StateError
 from app.events.checks import timestamp_ms
 from app.outputs.cloudevents import EVALUATION, envelope, iso, stable_id
-from app.outputs.operational import source_alert_event
+from app.outputs.operational import source_alert_event, source_alert_id
 from app.settings import MonitorSettings
+from app.sources.drift import SourceDrift, source_fields
 from app.sources.monitor import ClosedSourceWindow, SourceMonitor
 
 StateLoader = Callable[[str], Any]
@@ -80,7 +81,15 @@ class SourcesEngine:
             expected=s.volume.expected, learn_windows=s.volume.learn_windows,
             min_ratio=s.volume.min_ratio, max_ratio=s.volume.max_ratio,
             freshness_ms=None if s.freshness is None else round(s.freshness * 1000),
-            ignore_fields=s.ignore_fields)
+            ignore_fields=s.ignore_fields, drift=self._drift(source))
+
+    def _drift(self, source: str) -> SourceDrift | None:
+        if not self.settings.sources[source].drift:
+            return None
+        fields = source_fields(self.settings, source)
+        if fields is None:
+            return None
+        return SourceDrift(source, fields, min_samples=self.settings.defaults.min_samples)
 
     def monitor(self, source: str, partition: int | None = None) -> SourceMonitor:
         m = self.monitors.get(source)
@@ -118,8 +127,12 @@ class SourcesEngine:
             for pos, offset in batch.positions.get(source, {}).items():
                 m.advance(pos, offset)
 
-    def check(self, source: str, now: float | None, global_ms: int | None = None) -> int:
-        """Close due windows and judge freshness; returns how many windows closed."""
+    def check(self, source: str, now: float | None, global_ms: int | None = None, *,
+              since_ms: int | None = None) -> int:
+        """Close due windows and judge freshness; returns how many windows closed.
+
+        Offline, a source never heard of is silent since ``since_ms`` (the input's start).
+        """
         m = self.monitor(source)
         closed = 0
         for start in m.due(now):
@@ -130,8 +143,8 @@ class SourcesEngine:
                 m.last_arrival = now  # never heard of (or restored): the clock starts now
             silent: int | None = int((now - m.last_arrival) * 1000)
         else:
-            silent = None if global_ms is None or m.watermark_ms is None \
-                else global_ms - m.watermark_ms
+            last = m.watermark_ms if m.watermark_ms is not None else since_ms
+            silent = None if global_ms is None or last is None else global_ms - last
         for f in m.check_stale(silent):
             self._queue_alert(source, f, time_ms=int(now * 1000) if now is not None
                               else global_ms)
@@ -159,7 +172,9 @@ class SourcesEngine:
                        "start_ms": closed.start_ms, "end_ms": closed.end_ms},
             "n": closed.records, "expected": m.expected, "late_events": m.late,
             "schema": closed.fingerprint, "accepted_schema": m.accepted,
-            "alerts": [stable_id(source, f.kind, f.start_ms) for f in closed.findings],
+            "alerts": [source_alert_id(source, f) for f in closed.findings],
+            "features": None if closed.drift is None else
+            [f.to_dict() for f in closed.drift.features],
         }
         self.pending.setdefault(source, []).append(("evaluations", envelope(
             type_=EVALUATION, id_=evaluation_id, source=self.uri, subject=source,

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from app.core.evaluation import WindowEvaluation
 from app.errors import StateError
+from app.sources.drift import SourceDrift
 from app.sources.schema import SchemaCounts, SchemaDiff, diff_schema
 
 STATE_KIND = "source-monitor"
@@ -59,6 +61,8 @@ class SourceFinding:
     diff: SchemaDiff | None = None
     status: str = "firing"  # or "resolved" (source_stale)
     since_ms: int | None = None  # source_stale: the last record's event time
+    feature: str | None = None  # feature_drift: the field
+    statistic: str | None = None
 
 
 @dataclass
@@ -68,6 +72,7 @@ class ClosedSourceWindow:
     records: int
     fingerprint: dict[str, str]
     findings: list[SourceFinding]
+    drift: WindowEvaluation | None = None
 
 
 class SourceMonitor:
@@ -76,7 +81,7 @@ class SourceMonitor:
     def __init__(self, source: str, *, window_ms: int, lateness_ms: int, min_samples: int,
                  expected: int | None, learn_windows: int, min_ratio: float,
                  max_ratio: float, freshness_ms: int | None,
-                 ignore_fields: Sequence[str] = ()) -> None:
+                 ignore_fields: Sequence[str] = (), drift: SourceDrift | None = None) -> None:
         self.source = source
         self.window_ms = window_ms
         self.lateness_ms = lateness_ms
@@ -87,6 +92,7 @@ class SourceMonitor:
         self.max_ratio = max_ratio
         self.freshness_ms = freshness_ms
         self.ignore_fields = tuple(ignore_fields)
+        self.drift = drift
         self.windows: dict[int, SourceWindow] = {}
         self.watermark_ms: int | None = None
         self.last_arrival: float | None = None
@@ -134,9 +140,17 @@ class SourceMonitor:
         self.first_event_ms = low if self.first_event_ms is None else \
             min(self.first_event_ms, low)
         starts = times // self.window_ms * self.window_ms
+        closed = self.closed_through_ms
+        on_time = np.ones(len(records), dtype=bool) if closed is None else \
+            starts + self.window_ms > closed
+        compared = on_time.copy()  # on time, and not taken by the drift warm-up
+        if self.drift is not None:  # the warm-up takes records in arrival order
+            in_time = np.flatnonzero(on_time)
+            warmed = self.drift.warm([records[i] for i in in_time.tolist()])
+            compared[in_time[:warmed]] = False
         for ws in np.unique(starts).tolist():
-            idx = np.flatnonzero(starts == ws).tolist()
-            if self.closed_through_ms is not None and ws + self.window_ms <= self.closed_through_ms:
+            idx: list[int] = np.flatnonzero(starts == ws).tolist()
+            if not on_time[idx[0]]:
                 self.late += len(idx)
                 continue
             w = self.windows.get(ws)
@@ -144,6 +158,8 @@ class SourceMonitor:
                 w = self.windows[ws] = SourceWindow(ws, ws + self.window_ms)
             w.records += len(idx)
             w.schema.update((records[i] for i in idx), self.ignore_fields)
+            if self.drift is not None:
+                self.drift.update(ws, [records[i] for i in idx if compared[i]])
         return out
 
     # -- closing --------------------------------------------------------------------
@@ -189,10 +205,21 @@ class SourceMonitor:
         if self.expected_configured is None and complete and \
                 len(self.learned) < self.learn_windows:
             self.learned.append(w.records)
+        drift_ev = None
+        if self.drift is not None:
+            judged = self.drift.evaluate(w.start_ms, w.end_ms)
+            if judged is not None:
+                drift_ev, decisions = judged
+                findings += [SourceFinding(
+                    "feature_drift", d.severity, w.start_ms, w.end_ms,
+                    f"{d.subject} of {self.source} drifted: {d.statistic} {d.value:.3f} >= "
+                    f"{d.threshold:g} ({d.evidence.reference_summary} -> "
+                    f"{d.evidence.window_summary})", d.value, d.threshold, 0.0, d.evidence.n,
+                    feature=d.subject, statistic=d.statistic) for d in decisions]
         if self.closed_through_ms is None or w.end_ms > self.closed_through_ms:
             self.closed_through_ms = w.end_ms
         return ClosedSourceWindow(w.start_ms, w.end_ms, w.records, w.schema.fingerprint(0.5),
-                                  findings)
+                                  findings, drift_ev)
 
     def _volume(self, start: int, end: int, records: int, windows: int) -> list[SourceFinding]:
         expected = self.expected
@@ -243,7 +270,8 @@ class SourceMonitor:
                 "late": self.late, "stale_since": self.stale_since,
                 "positions": self.positions,
                 "windows": [[w.start_ms, w.records, w.schema.to_state()]
-                            for w in self.windows.values()]}
+                            for w in self.windows.values()],
+                "drift": None if self.drift is None else self.drift.to_state()}
 
     def load(self, state: Any) -> None:
         if not isinstance(state, Mapping) or state.get("kind") != STATE_KIND:
@@ -262,6 +290,8 @@ class SourceMonitor:
             self.late = int(state["late"])
             self.stale_since = state["stale_since"]
             self.positions = {str(k): int(v) for k, v in state["positions"].items()}
+            if self.drift is not None and state.get("drift") is not None:
+                self.drift.load(state["drift"])
             self.windows = {}
             for start, records, schema in state["windows"]:
                 self.windows[int(start)] = SourceWindow(

@@ -13,7 +13,8 @@ from support import MODEL, cloud_events, collect, create_topics, produce, settin
 def source_config(tmp):
     path = write_config(tmp)
     cfg = yaml.safe_load(path.read_text())
-    cfg["sources"] = {"crm": {"owner": "data-eng", "freshness": "3s"}}
+    cfg["sources"] = {"crm": {"owner": "data-eng", "freshness": "3s"},
+                      "billing": {"owner": "payments", "freshness": "3s"}}
     cfg["models"][MODEL]["features"]["n1"]["source"] = "crm"
     cfg["defaults"]["min_samples"] = 20
     path.write_text(yaml.safe_dump(cfg))
@@ -37,10 +38,16 @@ def test_silent_source_goes_stale_without_new_events_and_resolves(broker, worker
     worker.wait_metric("driftwarden_source_records_total", 50, source="crm")
     began = time.monotonic()
     alerts_topic = settings.topics.name("alerts")
-    got = cloud_events(collect(broker.bootstrap, alerts_topic, lambda r: any(
-        orjson.loads(x.value)["data"]["kind"] == "source_stale" for x in r), timeout=30))
-    stale = [a for a in got if a["data"]["kind"] == "source_stale"]
+    got = cloud_events(collect(broker.bootstrap, alerts_topic, lambda r: {
+        orjson.loads(x.value)["data"]["source"] for x in r
+        if orjson.loads(x.value)["data"]["kind"] == "source_stale"} >= {"crm", "billing"},
+        timeout=30))
+    stale = [a for a in got if a["data"]["kind"] == "source_stale"
+             and a["data"]["source"] == "crm"]
     assert stale, worker.tail()
+    # billing never sent anything: stale too, judged by the worker owning its key.
+    never = [a["data"] for a in got if a["data"]["source"] == "billing"]
+    assert never and never[0]["evidence"]["last_record"] is None
     assert time.monotonic() - began >= 2.0  # not before the SLO passed
     data = stale[0]["data"]
     assert data["status"] == "firing" and data["source"] == "crm"

@@ -195,3 +195,53 @@ def test_replay_source_stale_schema_change_and_model_silent(tmp_path):
     assert [a["status"] for a in silent] == ["firing"]
     assert [a["kind"] for a in alerts if a["kind"] == "retrain_overdue"] == []
     assert not [a for a in alerts if a["kind"] == "source_volume" and a["source"] == "billing"]
+
+
+def test_replay_source_field_drift_names_the_field_and_the_source(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    inputs = []
+    for minute in range(12):
+        shifted = minute >= 8
+        for i in range(300):
+            value = float(rng.normal(40 if shifted else 24, 8))
+            inputs.append({"source": "crm", "timestamp": T0 + minute * MIN + i * 200,
+                           "record": {"customer_id": f"c{minute}-{i}",
+                                      "tenure_months": round(value, 2),
+                                      "segment": str(rng.choice(["a", "b"]))}})
+    cfg = settings_from_mapping({
+        "defaults": {"window": "1m", "lateness": "1s", "min_samples": 100},
+        "sources": {"crm": {"owner": "data-eng", "reference_warmup": 600}},
+        "models": {"churn": {"features": {"tenure_months": {"type": "numeric",
+                                                            "source": "crm"}},
+                             "reference": {"warmup": 50}}}})
+    run_replay(cfg, write(tmp_path / "p.jsonl", []), tmp_path / "out",
+               inputs=write(tmp_path / "i.jsonl", inputs), progress=False)
+    alerts = [orjson.loads(x)["data"] for x in
+              (tmp_path / "out" / "alerts.jsonl").read_bytes().splitlines()]
+    drift = [a for a in alerts if a["kind"] == "feature_drift"]
+    assert {int(a["window"]["start"][14:16]) for a in drift} == {8, 9, 10, 11}
+    assert all(a["source"] == "crm" and a["feature"] == "tenure_months" and
+               a["model"] is None and a["affected_models"] == ["churn"] for a in drift)
+    evaluations = [orjson.loads(x)["data"] for x in
+                   (tmp_path / "out" / "evaluations.jsonl").read_bytes().splitlines()]
+    judged = [e for e in evaluations if e["kind"] == "source" and e["features"]]
+    assert len(judged) == 10  # the first two windows are the warm-up
+
+
+def test_replay_a_source_that_never_sends_is_stale_from_the_start(tmp_path):
+    cfg = settings_from_mapping({
+        "defaults": {"window": "1m", "lateness": "1s", "min_samples": 10},
+        "sources": {"crm": {"freshness": "5m"}, "billing": {"freshness": "5m"}},
+        "models": {"churn": {"features": {"x": {"type": "numeric", "source": "crm"}},
+                             "reference": {"warmup": 50}}}})
+    inputs = [{"source": "crm", "timestamp": T0 + i * 10_000, "record": {"x": i}}
+              for i in range(60)]  # ten minutes of crm; billing never sends
+    run_replay(cfg, write(tmp_path / "p.jsonl", []), tmp_path / "out",
+               inputs=write(tmp_path / "i.jsonl", inputs), progress=False)
+    alerts = [orjson.loads(x)["data"] for x in
+              (tmp_path / "out" / "alerts.jsonl").read_bytes().splitlines()]
+    stale = [(a["source"], a["status"], a["evidence"]["last_record"]) for a in alerts
+             if a["kind"] == "source_stale"]
+    assert stale == [("billing", "firing", None)]
