@@ -169,6 +169,8 @@ class Replay:
             self._advance_clock(key)
             for r in decoded.rejections:
                 self._reject(lineno, r.reason, r.detail, r.raw, r.index, kind)
+                if kind == "prediction" and r.reason == "non_finite_number":
+                    self.batch.add_non_finite(r.raw, 0)
             for i, obj in enumerate(decoded.events):
                 index = None if decoded.positions is None else decoded.positions[i]
                 if "timestamp" not in obj:

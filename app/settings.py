@@ -369,6 +369,7 @@ class QualitySettings(_Frozen):
     max_unseen_rate: float = Field(0.05, ge=0, le=1)
     max_missing_rate: float = Field(0.01, ge=0, le=1)
     max_unexpected_rate: float = Field(0.01, ge=0, le=1)
+    max_non_finite_rate: float = Field(0.001, ge=0, le=1)
     range_margin: float = Field(0.1, ge=0)
     critical_factor: float = Field(3.0, ge=1, description="critical at this many times the "
                                                            "threshold (at least 10 points)")

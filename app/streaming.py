@@ -150,6 +150,10 @@ class Pipeline:
                                      max_elements=wset.max_array_elements)
             dead.extend((msg, r) for r in decoded.rejections)
             default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
+            if kind == "prediction":
+                for r in decoded.rejections:
+                    if r.reason == "non_finite_number":  # dead-lettered, and counted
+                        batch.add_non_finite(r.raw, default_ms)
             count = counts[msg.topic]
             count[0] += 1
             before = (batch.accepted, batch.duplicates)

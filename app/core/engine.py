@@ -20,6 +20,8 @@ One batch goes through three steps::
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,14 +58,38 @@ class Batch:
     model_events: dict[str, tuple[list[dict[str, Any]], list[int]]] = \
         field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
+    # dead-lettered for NaN / infinity, yet attributable: model -> (version, time, features)
+    non_finite: dict[str, list[tuple[str, int, list[str]]]] = field(default_factory=dict)
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> source -> offset
     duplicates: int = 0
     accepted: int = 0
 
+    def add_non_finite(self, raw: bytes, default_ms: int) -> bool:
+        """Count a prediction refused for NaN or infinity in its model's window quality
+        (the element, decoded leniently); False when it cannot be attributed."""
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            model, version = obj["model"], obj["model_version"]
+            features = obj["features"]
+            t = obj.get("timestamp")
+            t_ms = default_ms if t is None else timestamp_ms(t)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+        if not isinstance(model, str) or model not in self.engine.settings.models or \
+                not isinstance(version, str) or not isinstance(features, dict):
+            return False
+        names = [k for k, v in features.items()
+                 if isinstance(v, float) and not math.isfinite(v)]
+        if not names:
+            return False
+        self.non_finite.setdefault(model, []).append((version, t_ms, names))
+        return True
+
     @property
     def models(self) -> list[str]:
         """Models with anything in this batch."""
-        return list(dict.fromkeys([*self.groups, *self.outcomes, *self.model_events]))
+        return list(dict.fromkeys([*self.groups, *self.outcomes, *self.model_events,
+                                   *[m for m in self.non_finite if m in self.engine.monitors]]))
 
     def add(self, event: dict[str, Any], default_ms: int, *,
             position: tuple[str, int] | None = None, partition: int | None = None,
@@ -174,6 +200,8 @@ class Engine:
             if model in batch.groups:
                 result = results[model] = m.ingest(*batch.groups[model], now)
             result.lifecycle = lifecycle + result.lifecycle
+            if model in batch.non_finite:
+                m.count_non_finite(batch.non_finite[model])
             self._queue_operational(model, result)
             if model in batch.outcomes:
                 labels = m.ingest_outcomes(*batch.outcomes[model], now)

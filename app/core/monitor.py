@@ -21,6 +21,7 @@ from app.errors import ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.quality import QualityRules
 from app.quality import evaluate as evaluate_quality
+from app.quality.rules import judge_non_finite
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
 
@@ -348,6 +349,23 @@ class ModelMonitor:
                 counts = window.quality[version] = rules.new_counts()
             counts.update(features, rules.ranges, rules.allowed)
 
+    def count_non_finite(self, items: Sequence[tuple[str, int, list[str]]]) -> int:
+        """Dead-lettered events whose features held NaN or infinity: (version, event time,
+        the features) counted in their open windows' quality; returns how many counted."""
+        counted = 0
+        for version, t, names in items:
+            latest = t // self.hop_ms * self.hop_ms
+            for back in range(self.window_ms // self.hop_ms):
+                window = self.windows.get(latest - back * self.hop_ms)
+                if window is None or window.start_ms in self.closing:
+                    continue
+                window.rejected[version] = window.rejected.get(version, 0) + 1
+                per = window.non_finite.setdefault(version, {})
+                for name in names:
+                    per[name] = per.get(name, 0) + 1
+                counted += back == 0
+        return counted
+
     def _segment_labels(self, event: Mapping[str, Any]) -> list[str]:
         """``key=value`` per configured segment key the event is tagged with."""
         tags = event.get("segment")
@@ -444,9 +462,19 @@ class ModelMonitor:
                 min_samples=self.min_samples, late_events=late, drift=self.settings.drift)
             counts = window.quality.get(key) if sl.segment is None else None
             if counts is not None:
-                ev = replace(ev, quality=evaluate_quality(
-                    counts, self.rules_for(sl.reference), min_samples=self.min_samples),
-                    quality_rates=counts.rates())
+                rules = self.rules_for(sl.reference)
+                found = evaluate_quality(counts, rules, min_samples=self.min_samples)
+                rates = counts.rates()
+                bad = window.non_finite.get(key, {})
+                total = counts.events + window.rejected.get(key, 0)
+                for name, count in sorted(bad.items()):
+                    rates.setdefault(name, {})["non_finite"] = count / total
+                    if total >= self.min_samples and name in self.settings.features:
+                        f = judge_non_finite(rules, name, count, total,
+                                             self.settings.quality.max_non_finite_rate)
+                        if f is not None:
+                            found.append(f)
+                ev = replace(ev, quality=found, quality_rates=rates)
             out.append(ev)
         return out
 

@@ -92,6 +92,9 @@ class Window:
     first_event_ms: int | None = None
     last_event_ms: int | None = None
     quality: dict[str, QualityCounts] = field(default_factory=dict)  # version -> counts
+    # Dead-lettered events with NaN / infinite feature values: version -> feature -> count
+    non_finite: dict[str, dict[str, int]] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # version -> such events
 
     @property
     def versions(self) -> dict[str, int]:
@@ -157,7 +160,8 @@ class Window:
         return {"start": self.start_ms, "end": self.end_ms, "n": self.n,
                 "first": self.first_event_ms, "last": self.last_event_ms,
                 "slices": {v: sl.to_state() for v, sl in self.slices.items()},
-                "quality": {v: q.to_state() for v, q in self.quality.items()}}
+                "quality": {v: q.to_state() for v, q in self.quality.items()},
+                "non_finite": self.non_finite, "rejected": self.rejected}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Window:
@@ -166,6 +170,9 @@ class Window:
             quality = {str(v): QualityCounts.from_state(q)
                        for v, q in state.get("quality", {}).items()}
             return cls(int(state["start"]), int(state["end"]), slices, int(state["n"]),
-                       state["first"], state["last"], quality)
+                       state["first"], state["last"], quality,
+                       {str(v): {str(f): int(c) for f, c in d.items()}
+                        for v, d in state.get("non_finite", {}).items()},
+                       {str(v): int(c) for v, c in state.get("rejected", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt window state: {exc!r}") from None

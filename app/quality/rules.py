@@ -231,6 +231,23 @@ def evaluate(counts: QualityCounts, rules: QualityRules, *,
     return out
 
 
+def judge_non_finite(rules: QualityRules, feature: str, count: int, n: int,
+                     threshold: float) -> QualityFinding | None:
+    """The ``non_finite`` rule: events whose ``feature`` was NaN or infinite. JSON cannot
+    carry them, so such events are dead-lettered; ``n`` counts them with the window's
+    valid events."""
+    if not rules.enabled or n <= 0:
+        return None
+    rate = count / n
+    if not rate > threshold:
+        return None
+    critical = max(rules.critical_factor * threshold, threshold + CRITICAL_MARGIN)
+    severity = "critical" if rate >= critical - RATE_TOLERANCE else "warning"
+    return QualityFinding("non_finite", feature, rate, threshold, count, n, severity,
+                          f"{rate:.1%} NaN or infinite, dead-lettered "
+                          f"(threshold {threshold * 100:.4g}%)")
+
+
 def _judge(rules: QualityRules, rule_name: str, feature: str | None, count: int, n: int,
            threshold: float, rule: FeatureRule | None,
            names: Mapping[str, int] | None = None) -> QualityFinding | None:

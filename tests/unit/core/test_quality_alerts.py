@@ -94,3 +94,22 @@ def test_a_renamed_feature_is_missing_and_its_new_name_unexpected(tmp_path):
 
 def test_clean_windows_raise_no_quality_alert(tmp_path):
     assert replay(tmp_path, [e for w in range(4) for e in events(w)]) == []
+
+
+def test_nan_features_are_dead_lettered_and_counted_as_non_finite(tmp_path):
+    stream = [e for w in range(3) for e in events(w)]
+    lines = []
+    for e in stream:
+        line = orjson.dumps(e)
+        if e["prediction_id"].startswith("p2-") and int(e["prediction_id"][3:]) % 50 == 0:
+            line = line.replace(b'"age":', b'"age":NaN,"x_age":', 1)  # 2% of window 2
+        lines.append(line)
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    run_replay(settings(), tmp_path / "p.jsonl", tmp_path / "out", progress=False)
+    alerts = [orjson.loads(x)["data"] for x in
+              (tmp_path / "out" / "alerts.jsonl").read_bytes().splitlines()]
+    bad = [a for a in alerts if a["evidence"].get("statistic") == "non_finite"]
+    assert [(a["feature"], window_of(a)) for a in bad] == [("age", 2)]
+    assert bad[0]["evidence"]["value"] == 20 / 1000
+    dead = (tmp_path / "out" / "deadletter.jsonl").read_bytes().splitlines()
+    assert len(dead) == 20 and all(b"non_finite_number" in d for d in dead)
