@@ -83,6 +83,11 @@ class Pipeline:
                     out[key[len(prefix):].decode()] = orjson.loads(self.table.data[key])
                 except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise StateError(f"saved record {key!r} is not JSON: {exc}") from None
+        if out:
+            kinds: dict[str, int] = defaultdict(int)
+            for suffix in out:
+                kinds[suffix.rsplit("/", 1)[0] if "/" in suffix else suffix] += 1
+            log.info("model %r: restoring %d side records %s", model, len(out), dict(kinds))
         return out
 
     def on_state_error(self, model: str, exc: StateError) -> None:

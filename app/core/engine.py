@@ -53,9 +53,10 @@ class Batch:
     """Valid events of one batch grouped by model, with what was refused."""
 
     engine: Engine
-    groups: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
-    outcomes: dict[str, tuple[list[dict[str, Any]], list[int]]] = field(default_factory=dict)
-    model_events: dict[str, tuple[list[dict[str, Any]], list[int]]] = \
+    # model -> runs of one kind in arrival order: (kind, events, event times). Kept in
+    # order because labels are judged against how far event time had moved when they
+    # came; a batch of predictions only is one run.
+    runs: dict[str, list[tuple[str, list[dict[str, Any]], list[int]]]] = \
         field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
     # dead-lettered for NaN / infinity, yet attributable: model -> (version, time, features)
@@ -88,7 +89,7 @@ class Batch:
     @property
     def models(self) -> list[str]:
         """Models with anything in this batch."""
-        return list(dict.fromkeys([*self.groups, *self.outcomes, *self.model_events,
+        return list(dict.fromkeys([*self.runs,
                                    *[m for m in self.non_finite if m in self.engine.monitors]]))
 
     def add(self, event: dict[str, Any], default_ms: int, *,
@@ -112,14 +113,13 @@ class Batch:
         if position is not None and m.applied(*position):
             self.duplicates += 1
             return None
-        groups = {"prediction": self.groups, "outcome": self.outcomes,
-                  "model_event": self.model_events}[kind]
-        group = groups.get(model)
-        if group is None:
-            group = groups[model] = ([], [])
-        group[0].append(event)
+        runs = self.runs.setdefault(model, [])
+        if not runs or runs[-1][0] != kind:
+            runs.append((kind, [], []))
+        run = runs[-1]
+        run[1].append(event)
         ts = event.get("timestamp")
-        group[1].append(default_ms if ts is None else timestamp_ms(ts))
+        run[2].append(default_ms if ts is None else timestamp_ms(ts))
         if position is not None:
             self.positions.setdefault(model, {})[position[0]] = position[1]
         self.accepted += 1
@@ -187,25 +187,23 @@ class Engine:
         return Batch(self)
 
     def apply(self, batch: Batch, now: float | None) -> dict[str, IngestResult]:
-        """Update each model's state with its events of the batch (numpy over the batch):
-        model events first (a version's baseline), then predictions, then outcomes; then
-        evaluate the performance checkpoints that became due."""
+        """Update each model's state with its events of the batch, run by run in arrival
+        order (numpy over each run); then evaluate the performance checkpoints that
+        became due."""
         results: dict[str, IngestResult] = {}
         for model in batch.models:
             m = self.monitors[model]
-            lifecycle = []
-            if model in batch.model_events:
-                lifecycle = m.ingest_model_events(*batch.model_events[model], now).lifecycle
             result = results[model] = IngestResult()
-            if model in batch.groups:
-                result = results[model] = m.ingest(*batch.groups[model], now)
-            result.lifecycle = lifecycle + result.lifecycle
+            for kind, events, times in batch.runs.get(model, []):
+                if kind == "prediction":
+                    _add(result, m.ingest(events, times, now))
+                elif kind == "outcome":
+                    _add(result, m.ingest_outcomes(events, times, now))
+                else:
+                    _add(result, m.ingest_model_events(events, times, now))
             if model in batch.non_finite:
                 m.count_non_finite(batch.non_finite[model])
             self._queue_operational(model, result)
-            if model in batch.outcomes:
-                labels = m.ingest_outcomes(*batch.outcomes[model], now)
-                result.performance = _merge(result.performance, labels.performance)
             result.performance = _merge(result.performance, self._advance(model, now))
             for source, offset in batch.positions.get(model, {}).items():
                 m.advance(source, offset)
@@ -325,3 +323,14 @@ def _merge(a: PerformanceUpdate | None, b: PerformanceUpdate | None) -> Performa
                  "invalid_labels"):
         setattr(a, name, getattr(a, name) + getattr(b, name))
     return a
+
+
+def _add(total: IngestResult, part: IngestResult) -> None:
+    """Fold one run's ingest result into the batch's."""
+    total.accepted += part.accepted
+    total.late += part.late
+    total.warmup += part.warmup
+    total.problems += part.problems
+    total.freshness += part.freshness
+    total.lifecycle += part.lifecycle
+    total.performance = _merge(total.performance, part.performance)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import StateError
+from app.performance.exactsum import ExactSum
 from app.sketches._state import check_state
 from app.sketches.categorical import as_category
 
@@ -96,12 +97,6 @@ def mean_interval(total: float, sq_total: float, n: int, z: float = Z) -> Interv
     return max(0.0, mean - half), mean + half
 
 
-def _sum(x: Any) -> float:
-    """A running sum of non-negative terms read from a state. JSON has no infinity, so a
-    sum that overflowed is written as null: it reads back as ``inf``."""
-    return math.inf if x is None else float(x)
-
-
 class ClassificationMetrics:
     """Accumulates labelled classifications.
 
@@ -121,8 +116,8 @@ class ClassificationMetrics:
         self.positive = positive
         self.confusion: dict[tuple[str, str], int] = {}  # (actual, predicted) -> count
         self.n = 0
-        self.logloss_sum = 0.0
-        self.logloss_sq = 0.0  # sum of squared per-row losses
+        self._loss = ExactSum()
+        self._loss_sq = ExactSum()  # sum of squared per-row losses
         self.logloss_n = 0
         self.pos_hist = np.zeros(AUC_BINS, dtype=np.int64)
         self.neg_hist = np.zeros(AUC_BINS, dtype=np.int64)
@@ -137,11 +132,19 @@ class ClassificationMetrics:
                 is_pos = key[0] == self.positive
                 p = min(max(score, EPS), 1 - EPS)
                 loss = -math.log(p if is_pos else 1 - p)
-                self.logloss_sum += loss
-                self.logloss_sq += loss * loss
+                self._loss.add(loss)
+                self._loss_sq.add(loss * loss)
                 self.logloss_n += 1
                 b = min(int(score * AUC_BINS), AUC_BINS - 1)
                 (self.pos_hist if is_pos else self.neg_hist)[b] += 1
+
+    @property
+    def logloss_sum(self) -> float:
+        return self._loss.value
+
+    @property
+    def logloss_sq(self) -> float:
+        return self._loss_sq.value
 
     def merge(self, other: ClassificationMetrics) -> ClassificationMetrics:
         if other.positive != self.positive:
@@ -152,8 +155,8 @@ class ClassificationMetrics:
             for k, v in src.confusion.items():
                 out.confusion[k] = out.confusion.get(k, 0) + v
         out.n = self.n + other.n
-        out.logloss_sum = self.logloss_sum + other.logloss_sum
-        out.logloss_sq = self.logloss_sq + other.logloss_sq
+        out._loss = self._loss.merged(other._loss)
+        out._loss_sq = self._loss_sq.merged(other._loss_sq)
         out.logloss_n = self.logloss_n + other.logloss_n
         out.pos_hist = self.pos_hist + other.pos_hist
         out.neg_hist = self.neg_hist + other.neg_hist
@@ -262,7 +265,7 @@ class ClassificationMetrics:
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.KIND, "v": self.VERSION, "positive": self.positive,
                 "confusion": [[a, p, v] for (a, p), v in self.confusion.items()], "n": self.n,
-                "logloss": [self.logloss_sum, self.logloss_sq, self.logloss_n],
+                "logloss": [self._loss.to_state(), self._loss_sq.to_state(), self.logloss_n],
                 "pos": self.pos_hist.tolist(), "neg": self.neg_hist.tolist()}
 
     @classmethod
@@ -276,7 +279,8 @@ class ClassificationMetrics:
             m.confusion = {(str(a), str(p)): int(v) for a, p, v in state["confusion"]}
             m.n = int(state["n"])
             total, sq, n = state["logloss"]
-            m.logloss_sum, m.logloss_sq, m.logloss_n = _sum(total), _sum(sq), int(n)
+            m._loss, m._loss_sq = ExactSum.from_state(total), ExactSum.from_state(sq)
+            m.logloss_n = int(n)
             m.pos_hist = np.asarray(state["pos"], dtype=np.int64)
             m.neg_hist = np.asarray(state["neg"], dtype=np.int64)
             if m.pos_hist.shape != (AUC_BINS,) or m.neg_hist.shape != (AUC_BINS,):
@@ -305,11 +309,8 @@ class RegressionMetrics:
 
     def __init__(self) -> None:
         self.n = 0
-        self.abs_sum = 0.0  # sum of |e|
-        self.sq_sum = 0.0  # sum of e²
-        self.quad_sum = 0.0  # sum of e⁴
-        self.pct_sum = 0.0  # sum of |e / label| over non-zero labels
-        self.pct_sq = 0.0  # sum of (e / label)²
+        # sums of |e|, e², e⁴, |e / label| and (e / label)² (non-zero labels), exact
+        self._sums = {k: ExactSum() for k in ("abs", "sq", "quad", "pct", "pct_sq")}
         self.pct_n = 0
 
     def update(self, rows: Iterable[tuple[float, float]]) -> None:
@@ -320,22 +321,42 @@ class RegressionMetrics:
                 continue
             sq = err * err
             self.n += 1
-            self.abs_sum += abs(err)
-            self.sq_sum += sq
-            self.quad_sum += sq * sq
+            sums = self._sums
+            sums["abs"].add(abs(err))
+            sums["sq"].add(sq)
+            sums["quad"].add(sq * sq)
             if label != 0:
                 pct = abs(err / float(label))
-                self.pct_sum += pct
-                self.pct_sq += pct * pct
+                sums["pct"].add(pct)
+                sums["pct_sq"].add(pct * pct)
                 self.pct_n += 1
 
     def merge(self, other: RegressionMetrics) -> RegressionMetrics:
         out = RegressionMetrics()
-        out.n, out.abs_sum = self.n + other.n, self.abs_sum + other.abs_sum
-        out.sq_sum, out.quad_sum = self.sq_sum + other.sq_sum, self.quad_sum + other.quad_sum
-        out.pct_sum, out.pct_sq = self.pct_sum + other.pct_sum, self.pct_sq + other.pct_sq
+        out.n = self.n + other.n
+        out._sums = {k: s.merged(other._sums[k]) for k, s in self._sums.items()}
         out.pct_n = self.pct_n + other.pct_n
         return out
+
+    @property
+    def abs_sum(self) -> float:
+        return self._sums["abs"].value
+
+    @property
+    def sq_sum(self) -> float:
+        return self._sums["sq"].value
+
+    @property
+    def quad_sum(self) -> float:
+        return self._sums["quad"].value
+
+    @property
+    def pct_sum(self) -> float:
+        return self._sums["pct"].value
+
+    @property
+    def pct_sq(self) -> float:
+        return self._sums["pct_sq"].value
 
     def value(self, name: str) -> float | None:
         """The point value of one metric of ``REGRESSION_METRICS``, None without one."""
@@ -372,8 +393,7 @@ class RegressionMetrics:
 
     def to_state(self) -> dict[str, Any]:
         return {"kind": self.KIND, "v": self.VERSION, "n": self.n,
-                "sums": [self.abs_sum, self.sq_sum, self.quad_sum, self.pct_sum, self.pct_sq,
-                         self.pct_n]}
+                "sums": [*(s.to_state() for s in self._sums.values()), self.pct_n]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RegressionMetrics:
@@ -381,9 +401,11 @@ class RegressionMetrics:
         try:
             m = cls()
             m.n = int(state["n"])
-            a, s, q, p, ps, pn = state["sums"]
-            m.abs_sum, m.sq_sum, m.quad_sum = _sum(a), _sum(s), _sum(q)
-            m.pct_sum, m.pct_sq, m.pct_n = _sum(p), _sum(ps), int(pn)
+            *sums, pn = state["sums"]
+            if len(sums) != len(m._sums):
+                raise ValueError(f"expected {len(m._sums)} sums, got {len(sums)}")
+            m._sums = {k: ExactSum.from_state(v) for k, v in zip(m._sums, sums, strict=True)}
+            m.pct_n = int(pn)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt regression metrics: {exc!r}") from None
         return m
