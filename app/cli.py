@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Streaming monitoring and drift detection for ML "
                                             "models on Kafka.")
     sub = p.add_subparsers(dest="command", required=True)
+    from app.bridge import add_parser as add_alertmanager_bridge
+
+    add_alertmanager_bridge(sub)
+    from app.retrain_listener import add_parser as add_retrain_listener
+
+    add_retrain_listener(sub)
 
     w = sub.add_parser("worker", help="run a stream-processing worker")
     w.add_argument("-c", "--config", required=True, help="the monitor YAML file")

@@ -290,14 +290,17 @@ class ConceptDetectorSettings(_Frozen):
 
 # Chosen on seeded Bernoulli(0.12) error streams: no false alarm over 10 x 100 000 values,
 # and a fall from 0.88 to 0.82 accuracy found within about 1 000 - 4 000 labels.
+# Built without validation (model_construct): validating builds a river detector, and
+# importing river (with pandas and scipy) costs ~140 MB in every process. These values
+# are tested to be valid (tests/unit/test_settings.py).
 DEFAULT_CONCEPT_DETECTORS = (
-    ConceptDetectorSettings(detector="hddm_a", signal="error",
-                            params={"drift_confidence": 0.0001}),
-    ConceptDetectorSettings(detector="adwin", signal="loss", params={"delta": 0.002}),
+    ConceptDetectorSettings.model_construct(detector="hddm_a", signal="error",
+                                            params={"drift_confidence": 0.0001},
+                                            severity="warning"),
+    ConceptDetectorSettings.model_construct(detector="adwin", signal="loss",
+                                            params={"delta": 0.002}, severity="warning"),
 )
-DEFAULT_REGRESSION_DETECTORS = (
-    ConceptDetectorSettings(detector="adwin", signal="loss", params={"delta": 0.002}),
-)
+DEFAULT_REGRESSION_DETECTORS = (DEFAULT_CONCEPT_DETECTORS[1],)
 
 
 class PerformanceSettings(_Frozen):

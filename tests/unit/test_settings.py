@@ -97,3 +97,23 @@ def test_shipped_example_is_valid():
     example = Path(__file__).resolve().parents[2] / "examples" / "monitor.yaml"
     s = load_settings(example, env={})
     assert "churn" in s.models and s.kafka.bootstrap == "localhost:9092"
+
+
+def test_default_concept_detectors_are_valid_and_importing_settings_stays_light():
+    import subprocess
+    import sys
+
+    from app.settings import (
+        DEFAULT_CONCEPT_DETECTORS,
+        DEFAULT_REGRESSION_DETECTORS,
+        ConceptDetectorSettings,
+    )
+
+    for d in DEFAULT_CONCEPT_DETECTORS + DEFAULT_REGRESSION_DETECTORS:
+        assert ConceptDetectorSettings.model_validate(d.model_dump()) == d
+    code = ("import sys, app.streaming; "
+            "print(sorted(m for m in ('river', 'pandas', 'scipy', 'sklearn') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"  # heavy imports happen only for models that use them
