@@ -10,8 +10,7 @@ the input, every window still open is closed and every checkpoint left is evalua
 The outputs are the CloudEvents a worker publishes, one per line:
 
 - ``DIR/alerts.jsonl`` and ``DIR/evaluations.jsonl``;
-- ``DIR/retrain-triggers.jsonl`` (retrain triggers are not decided yet: the file is
-  written, empty, so downstream tooling can rely on it);
+- ``DIR/retrain-triggers.jsonl``: the retrain requests the models' policies issued;
 - ``DIR/deadletter.jsonl``: what was refused, with the reason, the line and the value.
 
 Events without a ``timestamp`` are refused (``missing_timestamp``): offline there is no
@@ -126,6 +125,8 @@ class Replay:
             self._count_alert(alert)
         for event in closed.evaluation_events:
             self._write("evaluations", event)
+        for trigger in closed.triggers:
+            self._write("retrain-triggers", trigger)
         self.engine.finish_close(model, start)
         self.summary.windows += 1
 
@@ -238,7 +239,7 @@ class Replay:
             if target == "alerts":
                 self._count_alert(event)
             else:
-                self._write(target, event)
+                self._write(target.replace("_", "-"), event)
         self.engine.ack_detections(model, len(outputs))
 
     def _source_outputs(self, source: str) -> None:

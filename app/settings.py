@@ -381,6 +381,7 @@ class QualitySettings(_Frozen):
 AlertKind = Literal["feature_drift", "prediction_drift", "performance_drop", "concept_drift",
                     "label_coverage", "data_quality", "schema_change", "source_stale",
                     "source_volume", "model_silent", "retrain_overdue", "retrain_stuck",
+                    "retrain_failed",
                     "latency_slo", "cost_budget", "rollback_recommended"]
 
 
@@ -388,6 +389,13 @@ class RetrainSettings(_Frozen):
     """When a model should be retrained, and how long a retrain may take."""
 
     on: tuple[AlertKind, ...] = ()  # alert kinds that call for a retrain
+    cooldown: Duration | None = None  # minimum time between two triggers
+    max_per_day: int | None = Field(None, ge=1, description="triggers per UTC day")
+    # When a performance alert is the reason: at least this share of the window labelled.
+    min_label_coverage: float | None = Field(None, gt=0, le=1)
+    max_age: Duration | None = None  # retrain_overdue past this since the last completion
+    expected_duration: Duration | None = None  # retrain_stuck past this after a start
+    start_within: Duration | None = None  # retrain_stuck when a trigger is not started
 
     @model_validator(mode="before")
     @classmethod
@@ -396,9 +404,6 @@ class RetrainSettings(_Frozen):
         if isinstance(data, dict) and True in data:
             data = {("on" if k is True else k): v for k, v in data.items()}
         return data
-    cooldown: Duration | None = None
-    max_age: Duration | None = None  # retrain_overdue past this since the last completion
-    expected_duration: Duration | None = None  # retrain_stuck past this after a start
 
 
 class ModelSettings(_Frozen):

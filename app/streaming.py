@@ -60,6 +60,7 @@ class Pipeline:
     alerts: Any  # faust topics
     evaluations: Any
     deadletter: Any
+    retrain_triggers: Any
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
 
@@ -254,12 +255,15 @@ class Pipeline:
             outputs = self.engine.detections(model)
             if not outputs:
                 return
-            targets = {"alerts": self.alerts, "evaluations": self.evaluations}
+            targets = {"alerts": self.alerts, "evaluations": self.evaluations,
+                       "retrain_triggers": self.retrain_triggers}
             await self._send(model, [(targets[t], e) for t, e in outputs])
             for target, e in outputs:
                 if target == "alerts":
                     self.metrics.alerts.labels(model, e["data"]["kind"],
                                                e["data"]["severity"]).inc()
+                elif target == "retrain_triggers":
+                    self.metrics.retrain_triggers.labels(model).inc()
                 else:
                     self.metrics.observe_performance_evaluation(model, e["data"])
             self.engine.ack_detections(model, len(outputs))
@@ -293,7 +297,10 @@ class Pipeline:
 
     async def _publish(self, model: str, closed: ClosedWindow) -> None:
         await self._send(model, [(self.alerts, a) for a in closed.alerts]
-                         + [(self.evaluations, e) for e in closed.evaluation_events])
+                         + [(self.evaluations, e) for e in closed.evaluation_events]
+                         + [(self.retrain_triggers, t) for t in closed.triggers])
+        if closed.triggers:
+            self.metrics.retrain_triggers.labels(model).inc(len(closed.triggers))
         for a in closed.alerts:
             self.metrics.alerts.labels(model, a["data"]["kind"], a["data"]["severity"]).inc()
         self.metrics.windows_closed.labels(model).inc()
@@ -377,7 +384,8 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     pipeline = Pipeline(settings, engine, metrics, table,
                         alerts=raw_topic(topics.name("alerts")),
                         evaluations=raw_topic(topics.name("evaluations")),
-                        deadletter=raw_topic(topics.name("deadletter")))
+                        deadletter=raw_topic(topics.name("deadletter")),
+                        retrain_triggers=raw_topic(topics.name("retrain_triggers")))
     engine.load_state = pipeline.load_state
     engine.load_records = pipeline.load_records
     pipeline.kinds = {topics.name("predictions"): "prediction",

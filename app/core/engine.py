@@ -38,6 +38,7 @@ from app.outputs.performance import (
     performance_evaluation_event,
 )
 from app.outputs.quality import quality_alert_event
+from app.outputs.retrain import retrain_trigger_event
 from app.performance.tracker import PerformanceUpdate
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.reference import Reference
@@ -135,6 +136,7 @@ class ClosedWindow:
     alerts: list[dict[str, Any]]  # CloudEvents
     evaluation_events: list[dict[str, Any]]
     due_since: float | None
+    triggers: list[dict[str, Any]] = field(default_factory=list)  # retrain requests
 
 
 class Engine:
@@ -249,6 +251,7 @@ class Engine:
             return None
         m = self.monitor(model)
         model_settings = self.settings.models[model]
+        start = len(m.pending_outputs)
         for ev in update.evaluations:
             m.pending_outputs += [("alerts", performance_alert_event(
                 d, ev, model_settings, source=self.source)) for d in ev.decisions]
@@ -257,6 +260,11 @@ class Engine:
         m.pending_outputs += [("alerts", concept_alert_event(
             d, model, model_settings, m.window_ms, source=self.source))
             for d in update.detections]
+        new_alerts = [e for t, e in m.pending_outputs[start:] if t == "alerts"]
+        if new_alerts:
+            at = max(_event_ms(e) for e in new_alerts)
+            m.pending_outputs += [("retrain_triggers", t)
+                                  for t in self._retrain(model, new_alerts, at)]
         return update
 
     # -- closing --------------------------------------------------------------------
@@ -277,7 +285,26 @@ class Engine:
             alerts += [quality_alert_event(f, ev, self.settings, uri=self.source)
                        for f in ev.quality]
             events.append(evaluation_event(ev, found, source=self.source))
-        return ClosedWindow(evaluations, decisions, alerts, events, due_since)
+        end = m.windows[start_ms].end_ms
+        return ClosedWindow(evaluations, decisions, alerts, events, due_since,
+                            self._retrain(model, alerts, end))
+
+    def _retrain(self, model: str, alerts: list[dict[str, Any]], at_ms: int
+                 ) -> list[dict[str, Any]]:
+        """A retrain trigger when the model's policy says these alerts call for one."""
+        m = self.monitor(model)
+        if m.retrain is None or not alerts:
+            return []
+        decision = m.retrain.consider([a["data"] for a in alerts], at_ms)
+        if decision is None:
+            return []
+        lc = m.lifecycle
+        live = lc.live if lc is not None else None
+        version = live or alerts[0]["data"].get("model_version")
+        last = lc.trained_ms.get(live) if lc is not None and live is not None else None
+        if lc is not None:
+            lc.track_trigger(decision.trigger_id, at_ms, version)
+        return [retrain_trigger_event(decision, model, version, last, source=self.source)]
 
     def detections(self, model: str) -> list[tuple[str, dict[str, Any]]]:
         """(target, CloudEvent) waiting to be published: alerts for streaming change
@@ -334,3 +361,8 @@ def _add(total: IngestResult, part: IngestResult) -> None:
     total.freshness += part.freshness
     total.lifecycle += part.lifecycle
     total.performance = _merge(total.performance, part.performance)
+
+
+def _event_ms(event: dict[str, Any]) -> int:
+    """A CloudEvent's time (RFC 3339) in epoch ms."""
+    return timestamp_ms(event["time"])

@@ -5,8 +5,10 @@
   its ``deployed`` event) longer than ``retrain.max_age`` ago. Resolves when a newer
   version is completed and deployed, or the live version changes.
 - **retrain_stuck**: a ``retrain_started`` (by ``trigger_id``, else by version) without
-  its ``retrain_completed`` or ``retrain_failed`` within ``retrain.expected_duration``.
-  Resolves when it finishes.
+  its ``retrain_completed`` or ``retrain_failed`` within ``retrain.expected_duration``,
+  or a retrain trigger this model published without its ``retrain_started`` within
+  ``retrain.start_within``. Resolves when it starts or finishes.
+- **retrain_failed**: a ``retrain_failed`` event. Resolves with the next completion.
 
 Ages are measured on the caller's clock: workers pass the model's event time advanced
 by wall-clock idle time, ``driftwarden replay`` the event time of all its streams.
@@ -43,9 +45,13 @@ class LifecycleFinding:
 
 
 class ModelLifecycle:
-    def __init__(self, *, max_age_ms: int | None, expected_ms: int | None) -> None:
+    def __init__(self, *, max_age_ms: int | None, expected_ms: int | None,
+                 start_ms: int | None = None) -> None:
         self.max_age_ms = max_age_ms
         self.expected_ms = expected_ms
+        self.start_ms = start_ms
+        self.triggered: dict[str, tuple[int, str]] = {}  # trigger id -> (time, version)
+        self.failed: dict[str, tuple[int, str]] = {}  # failed retrains, until a completion
         self.live: str | None = None
         self.trained_ms: dict[str, int] = {}  # version -> completed (or deployed) time
         self.started: dict[str, tuple[int, str]] = {}  # key -> (start time, version)
@@ -59,6 +65,11 @@ class ModelLifecycle:
         if kind == "retrain_started":
             self.started[key] = (t_ms, version)
             self._trim(self.started)
+            waited = self.triggered.pop(key, None)
+            if waited is not None and f"trigger:{key}" in self.stuck:
+                self.stuck.discard(f"trigger:{key}")
+                out.append(self._stuck("resolved", f"trigger:{key}", waited[0], t_ms,
+                                       waited[1], self.start_ms))
         elif kind in ("retrain_completed", "retrain_failed"):
             found = self.started.pop(key, None)
             if found is None:  # finished under another key: match by version
@@ -69,9 +80,19 @@ class ModelLifecycle:
                 self.stuck.discard(key)
                 start = found[0] if found else t_ms
                 out.append(self._stuck("resolved", key, start, t_ms, version))
+            self.triggered.pop(key, None)
             if kind == "retrain_completed":
                 self.trained_ms[version] = t_ms
                 self._trim(self.trained_ms)
+                for k, (since, v) in sorted(self.failed.items()):
+                    out.append(LifecycleFinding("retrain_failed", "resolved", k, since,
+                                                t_ms - since, 0, v))
+                self.failed.clear()
+            else:
+                self.failed[key] = (t_ms, version)
+                self._trim(self.failed)
+                out.append(LifecycleFinding("retrain_failed", "firing", key, t_ms, 0, 0,
+                                            version))
         elif kind in ("deployed", "rolled_back"):
             self.live = version
             self.trained_ms.setdefault(version, t_ms)
@@ -106,12 +127,24 @@ class ModelLifecycle:
                 if key not in self.stuck and clock_ms - start > self.expected_ms:
                     self.stuck.add(key)
                     out.append(self._stuck("firing", key, start, clock_ms, version))
+        if self.start_ms is not None:
+            for key, (at, version) in sorted(self.triggered.items()):
+                stuck_key = f"trigger:{key}"
+                if stuck_key not in self.stuck and clock_ms - at > self.start_ms:
+                    self.stuck.add(stuck_key)
+                    out.append(self._stuck("firing", stuck_key, at, clock_ms, version,
+                                           self.start_ms))
         return out
 
-    def _stuck(self, status: str, key: str, start: int, now_ms: int, version: str
-               ) -> LifecycleFinding:
+    def track_trigger(self, trigger_id: str, at_ms: int, version: str | None) -> None:
+        """A retrain trigger was published: its ``retrain_started`` is awaited."""
+        self.triggered[trigger_id] = (at_ms, version or "unknown")
+        self._trim(self.triggered)
+
+    def _stuck(self, status: str, key: str, start: int, now_ms: int, version: str,
+               limit: int | None = None) -> LifecycleFinding:
         return LifecycleFinding("retrain_stuck", status, key, start, now_ms - start,
-                                self.expected_ms or 0, version)
+                                (self.expected_ms if limit is None else limit) or 0, version)
 
     @staticmethod
     def _trim(d: dict[str, Any]) -> None:
@@ -122,6 +155,8 @@ class ModelLifecycle:
         return {"kind": "model-lifecycle", "v": 1, "live": self.live,
                 "trained": self.trained_ms,
                 "started": {k: [t, v] for k, (t, v) in self.started.items()},
+                "triggered": {k: [t, v] for k, (t, v) in self.triggered.items()},
+                "failed": {k: [t, v] for k, (t, v) in self.failed.items()},
                 "overdue": None if self.overdue is None else list(self.overdue),
                 "stuck": sorted(self.stuck)}
 
@@ -135,6 +170,10 @@ class ModelLifecycle:
             self.live = state["live"]
             self.trained_ms = {str(k): int(v) for k, v in state["trained"].items()}
             self.started = {str(k): (int(t), str(v)) for k, (t, v) in state["started"].items()}
+            self.triggered = {str(k): (int(t), str(v))
+                              for k, (t, v) in state.get("triggered", {}).items()}
+            self.failed = {str(k): (int(t), str(v))
+                           for k, (t, v) in state.get("failed", {}).items()}
             o = state["overdue"]
             self.overdue = None if o is None else (str(o[0]), int(o[1]))
             self.stuck = {str(k) for k in state["stuck"]}

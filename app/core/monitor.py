@@ -19,6 +19,7 @@ from app.core.signals import reference_row, segment_label
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
+from app.policy.retrain import RetrainPolicy
 from app.quality import QualityRules
 from app.quality import evaluate as evaluate_quality
 from app.quality.rules import judge_non_finite
@@ -94,8 +95,11 @@ class ModelMonitor:
         self.lifecycle = ModelLifecycle(
             max_age_ms=None if retrain.max_age is None else round(retrain.max_age * 1000),
             expected_ms=None if retrain.expected_duration is None
-            else round(retrain.expected_duration * 1000)) if retrain is not None else None
+            else round(retrain.expected_duration * 1000),
+            start_ms=None if retrain.start_within is None
+            else round(retrain.start_within * 1000)) if retrain is not None else None
         self.rules: dict[str, QualityRules] = {}  # reference key -> quality rules
+        self.retrain = RetrainPolicy(retrain) if retrain is not None and retrain.on else None
         self.freshness_ms = None if self.settings.freshness is None \
             else round(self.settings.freshness * 1000)
         self.silent_since: int | None = None  # model_silent firing: last prediction time
@@ -509,6 +513,7 @@ class ModelMonitor:
                            for v in self._saved_versions()},
             "performance": None if self.performance is None else self.performance.to_state(),
             "lifecycle": None if self.lifecycle is None else self.lifecycle.to_state(),
+            "retrain": None if self.retrain is None else self.retrain.to_state(),
             "silent_since": self.silent_since, "clock": self.clock_ms,
             "outputs": [[target, event] for target, event in self.pending_outputs],
         }
@@ -567,6 +572,8 @@ class ModelMonitor:
             m.clock_ms = state.get("clock")
             if m.lifecycle is not None and state.get("lifecycle") is not None:
                 m.lifecycle.load(state["lifecycle"])
+            if m.retrain is not None and state.get("retrain") is not None:
+                m.retrain.load(state["retrain"])
             saved_performance = state.get("performance")
             if m.performance is not None and saved_performance is not None:
                 m.performance.load(saved_performance, records or {})

@@ -71,6 +71,9 @@ class Metrics:
             "a data-quality rule, per feature (rule: null, type_error, out_of_range, unseen, "
             "missing; feature @events: unexpected).", ["model", "version", "feature", "rule"],
             registry=registry)
+        self.retrain_triggers = Counter(
+            "driftwarden_retrain_triggers_total", "Retrain requests published.", ["model"],
+            registry=registry)
         # -- sources
         self.source_last_event = Gauge(
             "driftwarden_source_last_event_timestamp_seconds",

@@ -115,6 +115,13 @@ def lifecycle_event(f: LifecycleFinding, model: str, settings: ModelSettings, *,
         summary = (f"{model}: live version {f.subject} was trained {age} ago, over the "
                    f"{limit} allowed (warning)") if f.status == "firing" else \
             f"{model}: a newer version is live"
+    elif f.kind == "retrain_failed":
+        summary = (f"{model}: retrain {f.subject} failed (warning)" if f.status == "firing"
+                   else f"{model}: a retrain completed after the failure of {f.subject}")
+    elif f.subject.startswith("trigger:"):
+        summary = (f"{model}: retrain trigger {f.subject[8:]} not started after {age} "
+                   f"(expected within {limit}) (warning)") if f.status == "firing" else \
+            f"{model}: retrain {f.subject[8:]} started"
     else:
         summary = (f"{model}: retrain {f.subject} started {age} ago and has not finished "
                    f"(expected within {limit}) (warning)") if f.status == "firing" else \

@@ -245,3 +245,37 @@ def test_replay_a_source_that_never_sends_is_stale_from_the_start(tmp_path):
     stale = [(a["source"], a["status"], a["evidence"]["last_record"]) for a in alerts
              if a["kind"] == "source_stale"]
     assert stale == [("billing", "firing", None)]
+
+
+def test_model_silent_fires_on_the_wall_clock_and_resolves_when_predictions_resume():
+    from app.core.monitor import ModelMonitor
+
+    cfg = scenario_settings()
+    m = ModelMonitor("churn", cfg, None)
+    event = {"prediction_id": "a", "model": "churn", "model_version": "v1",
+             "features": {"tenure_months": 1, "plan": "pro"}, "prediction": 0}
+    m.ingest([event], [T0], now=1000.0)
+    assert m.check_time(now=1000.0 + 9 * 60, global_ms=None).freshness == []
+    fired = m.check_time(now=1000.0 + 11 * 60, global_ms=None).freshness
+    assert fired == [("firing", T0)]
+    assert m.check_time(now=1000.0 + 20 * 60, global_ms=None).freshness == []  # once
+    resumed = m.ingest([{**event, "prediction_id": "b"}], [T0 + 30 * MIN], now=3000.0)
+    assert resumed.freshness == [("resolved", T0)]
+
+
+def test_a_trigger_not_started_and_a_failed_retrain_raise_alerts():
+    lc = ModelLifecycle(max_age_ms=None, expected_ms=None, start_ms=10 * MIN)
+    lc.track_trigger("t1", T0, "v1")
+    assert lc.check(T0 + 5 * MIN) == []
+    (late,) = lc.check(T0 + 11 * MIN)
+    assert (late.kind, late.status, late.subject) == ("retrain_stuck", "firing", "trigger:t1")
+    started = lc.add({"event": "retrain_started", "version": "v1", "trigger_id": "t1"},
+                     T0 + 12 * MIN)
+    assert [(f.kind, f.status) for f in started] == [("retrain_stuck", "resolved")]
+    failed = lc.add({"event": "retrain_failed", "version": "v1", "trigger_id": "t1"},
+                    T0 + 13 * MIN)
+    assert [(f.kind, f.status, f.subject) for f in failed] == [
+        ("retrain_failed", "firing", "t1")]
+    done = lc.add({"event": "retrain_completed", "version": "v2", "trigger_id": "t2"},
+                  T0 + 20 * MIN)
+    assert [(f.kind, f.status) for f in done] == [("retrain_failed", "resolved")]
