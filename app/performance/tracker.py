@@ -44,7 +44,12 @@ from app.core.changes import DetectorRun
 from app.errors import StateError
 from app.performance.join import JoinResult, LabelJoin, Labelled
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_class
-from app.policy.performance import PerformanceDecision, decide_coverage, decide_performance
+from app.policy.performance import (
+    PerformanceDecision,
+    decide_coverage,
+    decide_performance,
+    decide_rollback,
+)
 from app.settings import ConceptDetectorSettings, ModelSettings, PerformanceSettings
 from app.sketches.quantile import QuantileSketch
 
@@ -232,6 +237,12 @@ class PerformanceTracker:
         self.learned: dict[str, float] = {}
         self.detector_settings = settings.concept_detectors
         self.identities = [_identity(c) for c in self.detector_settings]
+        # Versions side by side: each version's pooled figures over its settled windows,
+        # and the live / previous version from deployed and rolled_back events.
+        self.pooled: dict[str, Metrics] = {}
+        self.live: str | None = None
+        self.previous: str | None = None
+        self.rollbacks: list[str] = []  # "new>old" pairs already recommended
         self.detectors: dict[str, list[DetectorRun]] = {}
 
     # -- watermarks -------------------------------------------------------------------
@@ -357,6 +368,10 @@ class PerformanceTracker:
     def add_model_event(self, event: Mapping[str, Any]) -> None:
         """Metrics of a ``deployed``/``retrain_completed`` event become that version's
         baseline candidates."""
+        if event["event"] in ("deployed", "rolled_back"):
+            version = str(event["version"])
+            if version != self.live:
+                self.previous, self.live = self.live, version
         if event["event"] not in ("deployed", "retrain_completed"):
             return
         metrics = event.get("metrics") or {}
@@ -462,9 +477,25 @@ class PerformanceTracker:
             d = decide_coverage(coverage, self.perf.min_coverage, self.delays[k])
             if d is not None:
                 decisions.append(d)
+        pair = f"{version}>{self.previous}"
+        if version == self.live and self.previous is not None and \
+                self.previous in self.pooled and pair not in self.rollbacks:
+            d = decide_rollback(self.metric, value, interval, self.previous,
+                                self.pooled[self.previous].value(self.metric),
+                                self.perf.max_drop, n=sl.labelled,
+                                min_labels=self.perf.min_labels)
+            if d is not None:
+                decisions.append(d)
+                self.rollbacks = [*self.rollbacks, pair][-MAX_VERSIONS:]
         sl.fired += [d.kind for d in decisions]
         if final:  # judged first: a window never counts towards its own baseline
             self._learn(version, sl)
+            if sl.labelled:
+                pooled = self.pooled.pop(version, None)
+                self.pooled[version] = sl.metrics if pooled is None else \
+                    pooled.merge(sl.metrics)  # type: ignore[arg-type]
+                while len(self.pooled) > MAX_VERSIONS:
+                    self.pooled.pop(next(iter(self.pooled)))
         quantiles = None
         if sl.delays.n:
             q = sl.delays.quantile([0.5, 0.9, 0.99])
@@ -525,6 +556,8 @@ class PerformanceTracker:
             "kind": STATE_KIND, "v": STATE_VERSION, "outcome_wm": self.outcome_wm,
             "prediction_wm": self.prediction_wm, "versions": self.versions,
             "next_chunk": self.next_chunk,
+            "pooled": {v: m.to_state() for v, m in self.pooled.items()},
+            "live": self.live, "previous": self.previous, "rollbacks": self.rollbacks,
             "version_metrics": self.version_metrics, "learned": self.learned,
             "learning": {v: [n, m.to_state()] for v, (n, m) in self.learning.items()},
             "detectors": {v: {i: r.to_state() for i, r in zip(self.identities, runs,
@@ -582,6 +615,9 @@ class PerformanceTracker:
         try:
             self.outcome_wm = state["outcome_wm"]
             self.next_chunk = int(state["next_chunk"])
+            self.pooled = {str(v): _metrics_from(m) for v, m in state.get("pooled", {}).items()}
+            self.live, self.previous = state.get("live"), state.get("previous")
+            self.rollbacks = [str(p) for p in state.get("rollbacks", [])]
             self.prediction_wm = state["prediction_wm"]
             self.versions = [str(v) for v in state["versions"]]
             self.version_metrics = {str(v): {str(k): float(x) for k, x in m.items()}

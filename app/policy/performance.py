@@ -25,6 +25,7 @@ class PerformanceDecision:
     threshold: float  # the bound the value (its interval) crossed
     reference_value: float | None  # the baseline, or the coverage floor
     summary: str
+    target_version: str | None = None  # rollback_recommended: the version to return to
 
 
 def decide_performance(metric: str, value: float | None, interval: tuple[float, float] | None,
@@ -59,6 +60,31 @@ def decide_performance(metric: str, value: float | None, interval: tuple[float, 
                f"allowed {max_drop:g}")
     return PerformanceDecision("performance_drop", severity, metric, value, threshold,
                                baseline, summary)
+
+
+def decide_rollback(metric: str, value: float | None, interval: tuple[float, float] | None,
+                    previous: str, previous_value: float | None, max_drop: float, *, n: int,
+                    min_labels: int) -> PerformanceDecision | None:
+    """``rollback_recommended``: the live version's window is significantly worse than the
+    previous known-good version's pooled figure (the whole interval past it by more than
+    ``max_drop``), with enough labels.
+
+    >>> decide_rollback("accuracy", 0.7, (0.67, 0.73), "v1", 0.88, 0.03, n=900,
+    ...                 min_labels=200).summary
+    'roll back to v1: accuracy 0.700 (95% interval 0.670..0.730, n=900) against 0.880 for v1'
+    """
+    if value is None or interval is None or previous_value is None or n < min_labels:
+        return None
+    higher = HIGHER_IS_BETTER[metric]
+    bound = round(previous_value - max_drop if higher else previous_value + max_drop, 12)
+    best = interval[1] if higher else interval[0]
+    if (best < bound) if higher else (best > bound):
+        summary = (f"roll back to {previous}: {metric} {value:.3f} (95% interval "
+                   f"{interval[0]:.3f}..{interval[1]:.3f}, n={n}) against "
+                   f"{previous_value:.3f} for {previous}")
+        return PerformanceDecision("rollback_recommended", "critical", metric, value, bound,
+                                   previous_value, summary, previous)
+    return None
 
 
 def decide_coverage(coverage: float | None, floor: float, after_ms: int

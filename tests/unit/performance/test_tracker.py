@@ -264,3 +264,29 @@ def test_a_corrupt_saved_performance_state_fails_clearly():
         t.load({**t.to_state(), "v": 7}, {})
     with pytest.raises(StateError, match="corrupt performance state"):
         t.load({**t.to_state(), "learned": 5}, {})
+
+
+def test_a_worse_new_version_recommends_rolling_back_to_the_previous_one(tmp_path):
+    v1, v1_outs = labelled_stream(seed=31, windows=6, per_window=1000, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.88, delay_ms=HOUR, version="v1",
+                                  id_prefix="a")
+    for worse, expect in ((0.70, True), (0.88, False)):
+        v2, v2_outs = labelled_stream(seed=32, windows=4, per_window=1000, window_ms=HOUR,
+                                      t0=T0 + 6 * HOUR, accuracy=lambda w, x=worse: x,
+                                      delay_ms=HOUR, version="v2", id_prefix="b")
+        events = [{"model": "churn", "version": "v1", "event": "deployed", "timestamp": T0 - 1},
+                  {"model": "churn", "version": "v2", "event": "deployed",
+                   "timestamp": T0 + 6 * HOUR - 1}]
+        out = tmp_path / f"run-{worse}"
+        out.mkdir()
+        alerts, _ = replay(out, settings(baseline=None, label_horizon="2h"), v1 + v2,
+                           sorted(v1_outs + v2_outs, key=lambda o: o["timestamp"]), events)
+        rollbacks = kinds(alerts, "rollback_recommended")
+        if expect:
+            assert len(rollbacks) == 1
+            r = rollbacks[0]
+            assert r["model_version"] == "v2" and r["evidence"]["rollback_to"] == "v1"
+            assert r["evidence"]["reference_value"] == pytest.approx(0.88, abs=0.02)
+            assert "roll back to v1" in r["summary"]
+        else:
+            assert rollbacks == []
