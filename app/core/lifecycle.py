@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import StateError
+from app.sketches._state import check_state
 
 MAX_TRACKED = 32  # versions and open retrains remembered
 
@@ -161,11 +162,7 @@ class ModelLifecycle:
                 "stuck": sorted(self.stuck)}
 
     def load(self, state: Any) -> None:
-        if not isinstance(state, Mapping) or state.get("kind") != "model-lifecycle":
-            raise StateError("not a model-lifecycle state")
-        if state.get("v") != 1:
-            raise StateError(f"model-lifecycle state version {state.get('v')!r} is not "
-                             "supported (this build reads 1)")
+        check_state(state, "model-lifecycle", frozenset({1}))
         try:
             self.live = state["live"]
             self.trained_ms = {str(k): int(v) for k, v in state["trained"].items()}

@@ -51,6 +51,7 @@ from app.policy.performance import (
     decide_rollback,
 )
 from app.settings import ConceptDetectorSettings, ModelSettings, PerformanceSettings
+from app.sketches._state import check_state
 from app.sketches.quantile import QuantileSketch
 
 STATE_KIND = "performance"
@@ -607,11 +608,7 @@ class PerformanceTracker:
         return out
 
     def load(self, state: Mapping[str, Any], records: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or state.get("kind") != STATE_KIND:
-            raise StateError("not a performance state")
-        if state.get("v") != STATE_VERSION:
-            raise StateError(f"performance state version {state.get('v')!r} is not supported "
-                             f"(this build reads {STATE_VERSION})")
+        check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
         try:
             self.outcome_wm = state["outcome_wm"]
             self.next_chunk = int(state["next_chunk"])
@@ -670,10 +667,7 @@ def _window_state(w: PerfWindow) -> dict[str, Any]:
 
 
 def _window_from(state: Any) -> PerfWindow:
-    if not isinstance(state, Mapping) or state.get("kind") != WINDOW_KIND:
-        raise StateError("not a performance-window record")
-    if state.get("v") != 1:
-        raise StateError(f"performance-window version {state.get('v')!r} is not supported")
+    check_state(state, WINDOW_KIND, frozenset({1}))
     w = PerfWindow(int(state["start"]), int(state["end"]), int(state["next"]))
     for v, s in state["slices"].items():
         w.slices[str(v)] = PerfSlice(

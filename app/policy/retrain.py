@@ -24,6 +24,7 @@ from typing import Any
 from app.errors import StateError
 from app.outputs.cloudevents import stable_id
 from app.settings import RetrainSettings
+from app.sketches._state import check_state
 
 DAY_MS = 86_400_000
 PERFORMANCE_KINDS = frozenset({"performance_drop", "concept_drift", "label_coverage"})
@@ -82,11 +83,7 @@ class RetrainPolicy:
                 "suppressed": self.suppressed}
 
     def load(self, state: Any) -> None:
-        if not isinstance(state, Mapping) or state.get("kind") != "retrain-policy":
-            raise StateError("not a retrain-policy state")
-        if state.get("v") != 1:
-            raise StateError(f"retrain-policy state version {state.get('v')!r} is not "
-                             "supported (this build reads 1)")
+        check_state(state, "retrain-policy", frozenset({1}))
         try:
             self.last_trigger_ms = state["last"]
             self.per_day = {int(d): int(n) for d, n in state["per_day"].items()}

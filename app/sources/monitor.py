@@ -30,6 +30,7 @@ import numpy as np
 
 from app.core.evaluation import WindowEvaluation
 from app.errors import StateError
+from app.sketches._state import check_state
 from app.sources.drift import SourceDrift
 from app.sources.schema import SchemaCounts, SchemaDiff, diff_schema
 
@@ -274,11 +275,7 @@ class SourceMonitor:
                 "drift": None if self.drift is None else self.drift.to_state()}
 
     def load(self, state: Any) -> None:
-        if not isinstance(state, Mapping) or state.get("kind") != STATE_KIND:
-            raise StateError("not a source-monitor state")
-        if state.get("v") != STATE_VERSION:
-            raise StateError(f"source-monitor state version {state.get('v')!r} is not "
-                             f"supported (this build reads {STATE_VERSION})")
+        check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
         try:
             self.partition = state["partition"]
             self.watermark_ms = state["watermark"]
