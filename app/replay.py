@@ -233,22 +233,22 @@ class Replay:
             self._flush()
             self.deadlines = {k: d for k, d in self.deadlines.items() if d >= key}
 
-    def _outputs(self, model: str) -> None:
-        outputs = self.engine.detections(model)
+    def _publish(self, outputs: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write (target, CloudEvent) outputs to their files, as a worker publishes them."""
         for target, event in outputs:
             if target == "alerts":
                 self._count_alert(event)
             else:
                 self._write(target.replace("_", "-"), event)
+
+    def _outputs(self, model: str) -> None:
+        outputs = self.engine.detections(model)
+        self._publish(outputs)
         self.engine.ack_detections(model, len(outputs))
 
     def _source_outputs(self, source: str) -> None:
         outputs = self.sources.outputs(source)
-        for target, event in outputs:
-            if target == "alerts":
-                self._count_alert(event)
-            else:
-                self._write(target, event)
+        self._publish(outputs)
         self.sources.ack(source, len(outputs))
 
     def _flush(self) -> None:

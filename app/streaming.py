@@ -361,6 +361,12 @@ def _credentials(settings: MonitorSettings) -> Any:
     return faust.SSLCredentials(kw["ssl_context"])
 
 
+def _ready(app: faust.App) -> bool:
+    """Timers act only on a settled worker: not rebalancing, tables recovered."""
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    return not app.rebalancing and bool(recovery.completed.is_set())
+
+
 def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str, Reference | None],
               metrics: Metrics, *, embedded: bool = False) -> tuple[faust.App, Pipeline]:
     """The faust app of one worker and the pipeline its agents drive."""
@@ -404,10 +410,8 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     app.agent(streams, name="driftwarden.predictions")(predictions_agent)
 
     async def tick() -> None:
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
-        if app.rebalancing or not recovery.completed.is_set():
-            return
-        await pipeline.tick()
+        if _ready(app):
+            await pipeline.tick()
 
     app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
 
@@ -448,7 +452,7 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
     sources = SourcePipeline(settings, engine, metrics, table,
                              targets={"alerts": pipeline.alerts,
                                       "evaluations": pipeline.evaluations},
-                             dead_letter=pipeline._dead_letter)
+                             dead_letter=pipeline._dead_letter, send=pipeline._send)
     engine.load_state = sources.load_state
     engine.on_state_error = sources.on_state_error
     sources.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
@@ -462,10 +466,8 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
     app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
 
     async def tick() -> None:
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
-        if app.rebalancing or not recovery.completed.is_set():
-            return
-        await sources.tick()
+        if _ready(app):
+            await sources.tick()
 
     app.timer(settings.worker.tick_interval, name="driftwarden.sources-tick")(tick)
 

@@ -43,6 +43,7 @@ class SourcePipeline:
     table: Any
     targets: dict[str, Any]  # "alerts" / "evaluations" -> faust topic
     dead_letter: Any  # async (list of (message, Rejection)) -> None
+    send: Any  # async (key, [(topic, CloudEvent)]) -> None: the model pipeline's _send
     assigned: Any = None  # () -> inputs partitions this worker holds
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
 
@@ -112,11 +113,7 @@ class SourcePipeline:
             self.save(source)
             if not outputs:
                 return
-            key = source.encode()
-            futures = [await self.targets[t].send(key=key, value=orjson.dumps(e))
-                       for t, e in outputs]
-            for fut in futures:
-                await fut
+            await self.send(source, [(self.targets[t], e) for t, e in outputs])
             for t, e in outputs:
                 if t == "alerts" and e["data"]["status"] == "firing":
                     self.metrics.alerts.labels("", e["data"]["kind"],
