@@ -203,6 +203,11 @@ class FiringAlerts:
         self._alerts[alert_id] = (partition, alert)
         return True
 
+    def get(self, alert_id: str) -> Alert | None:
+        """The firing alert kept under this id, if any."""
+        kept = self._alerts.get(alert_id)
+        return None if kept is None else kept[1]
+
     def remove(self, alert_id: str) -> None:
         """Forget an alert (resolved)."""
         self._alerts.pop(alert_id, None)
@@ -308,7 +313,14 @@ class Bridge:
                 self.firing.remove(converted.alert_id)
             self.next_resend = min(self.next_resend, self.clock() + 1.0)
             return True
-        if not await self.deliver([converted.alert]):
+        batch = [converted.alert]
+        previous = self.firing.get(converted.alert_id) if converted.firing else None
+        if previous is not None and previous["labels"] != converted.alert["labels"]:
+            # An escalation (same alert, new severity): Alertmanager identifies an alert by
+            # its labels, so the one with the old labels is ended, not left to time out.
+            ended = {**previous, "endsAt": _rfc3339(datetime.now(UTC))}
+            batch.insert(0, ended)
+        if not await self.deliver(batch):
             return False
         if converted.firing:
             self.firing.add(converted.alert_id, converted.alert, partition)

@@ -26,6 +26,7 @@ from pydantic import (
 
 from app.durations import parse_duration
 from app.errors import ConfigError
+from app.settings_alerting import AlertingSettings, AlertKind, ModelAlerting
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -378,13 +379,6 @@ class QualitySettings(_Frozen):
                                                            "threshold (at least 10 points)")
 
 
-AlertKind = Literal["feature_drift", "prediction_drift", "performance_drop", "concept_drift",
-                    "label_coverage", "data_quality", "schema_change", "source_stale",
-                    "source_volume", "model_silent", "retrain_overdue", "retrain_stuck",
-                    "retrain_failed",
-                    "latency_slo", "cost_budget", "rollback_recommended"]
-
-
 class RetrainSettings(_Frozen):
     """When a model should be retrained, and how long a retrain may take."""
 
@@ -434,6 +428,7 @@ class ModelSettings(_Frozen):
     quality: QualitySettings = QualitySettings()
     freshness: Duration | None = None  # model_silent when no prediction for this long
     retrain: RetrainSettings | None = None
+    alerting: ModelAlerting = ModelAlerting()
 
     @field_validator("features")
     @classmethod
@@ -507,6 +502,7 @@ class MonitorSettings(_Frozen):
     defaults: Defaults = Defaults()
     sources: dict[str, SourceSettings] = {}
     models: dict[str, ModelSettings]
+    alerting: AlertingSettings = AlertingSettings()
     base_dir: str = Field(".", exclude=True)
 
     @field_validator("models")

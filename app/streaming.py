@@ -258,11 +258,12 @@ class Pipeline:
             targets = {"alerts": self.alerts, "evaluations": self.evaluations,
                        "retrain_triggers": self.retrain_triggers}
             await self._send(model, [(targets[t], e) for t, e in outputs])
+            self.metrics.observe_alerts(model, [e for t, e in outputs if t == "alerts"],
+                                        self.engine.monitor(model).alerts)
             for target, e in outputs:
                 if target == "alerts":
-                    self.metrics.alerts.labels(model, e["data"]["kind"],
-                                               e["data"]["severity"]).inc()
-                elif target == "retrain_triggers":
+                    continue
+                if target == "retrain_triggers":
                     self.metrics.retrain_triggers.labels(model).inc()
                 else:
                     self.metrics.observe_performance_evaluation(model, e["data"])
@@ -301,8 +302,7 @@ class Pipeline:
                          + [(self.retrain_triggers, t) for t in closed.triggers])
         if closed.triggers:
             self.metrics.retrain_triggers.labels(model).inc(len(closed.triggers))
-        for a in closed.alerts:
-            self.metrics.alerts.labels(model, a["data"]["kind"], a["data"]["severity"]).inc()
+        self.metrics.observe_alerts(model, closed.alerts, self.engine.monitor(model).alerts)
         self.metrics.windows_closed.labels(model).inc()
         self.metrics.window_events.labels(model).set(
             sum(ev.n for ev in closed.evaluations if ev.segment is None))

@@ -114,10 +114,8 @@ class SourcePipeline:
             if not outputs:
                 return
             await self.send(source, [(self.targets[t], e) for t, e in outputs])
-            for t, e in outputs:
-                if t == "alerts" and e["data"]["status"] == "firing":
-                    self.metrics.alerts.labels("", e["data"]["kind"],
-                                               e["data"]["severity"]).inc()
+            self.metrics.observe_alerts("", [e for t, e in outputs if t == "alerts"],
+                                        self.engine.books[source])
             self.engine.ack(source, len(outputs))
             self.save(source)
 

@@ -28,9 +28,15 @@ from typing import Any
 
 from app.core.evaluation import WindowEvaluation
 from app.core.monitor import IngestResult, ModelMonitor
+from app.core.signals import is_output_signal, public_name
 from app.errors import StateError
 from app.events.checks import timestamp_ms
-from app.outputs.cloudevents import alert_event, change_alert_event, evaluation_event
+from app.outputs.cloudevents import (
+    _segment_dict,
+    alert_event,
+    change_alert_event,
+    evaluation_event,
+)
 from app.outputs.operational import lifecycle_event, model_silent_event
 from app.outputs.performance import (
     concept_alert_event,
@@ -39,8 +45,10 @@ from app.outputs.performance import (
 )
 from app.outputs.quality import quality_alert_event
 from app.outputs.retrain import retrain_trigger_event
-from app.performance.tracker import PerformanceUpdate
+from app.performance.tracker import PerformanceEvaluation, PerformanceUpdate
+from app.policy.alerts import AlertBook, alert_key
 from app.policy.drift import AlertDecision, decide_drift_alerts
+from app.policy.performance import performance_healthy
 from app.reference import Reference
 from app.settings import MonitorSettings
 
@@ -137,6 +145,7 @@ class ClosedWindow:
     evaluation_events: list[dict[str, Any]]
     due_since: float | None
     triggers: list[dict[str, Any]] = field(default_factory=list)  # retrain requests
+    policy_state: dict[str, Any] | None = None  # alert book and retrain policy before it
 
 
 class Engine:
@@ -224,14 +233,13 @@ class Engine:
         m = self.monitor(model)
         ms = self.settings.models[model]
         at = int(now * 1000) if now is not None else (global_ms or m.clock_ms or 0)
-        for status, since in result.freshness:
-            silent = at - since
-            m.pending_outputs.append(("alerts", model_silent_event(
-                model, ms, status=status, since_ms=since, silent_ms=silent,
-                slo_ms=m.freshness_ms or 0, time_ms=max(at, since), uri=self.source)))
-        for f in result.lifecycle:
-            m.pending_outputs.append(("alerts", lifecycle_event(
-                f, model, ms, time_ms=max(at, f.since_ms), uri=self.source)))
+        events = [model_silent_event(
+            model, ms, status=status, since_ms=since, silent_ms=at - since,
+            slo_ms=m.freshness_ms or 0, time_ms=max(at, since), uri=self.source)
+            for status, since in result.freshness]
+        events += [lifecycle_event(f, model, ms, time_ms=max(at, f.since_ms), uri=self.source)
+                   for f in result.lifecycle]
+        m.pending_outputs += [("alerts", e) for e in m.alerts.passthrough(events)]
 
     def advance(self, model: str, now: float | None) -> PerformanceUpdate | None:
         """Wall-clock pass: evaluate performance checkpoints of an idle model."""
@@ -251,20 +259,32 @@ class Engine:
             return None
         m = self.monitor(model)
         model_settings = self.settings.models[model]
-        start = len(m.pending_outputs)
+        perf = model_settings.performance
+        alerts: list[dict[str, Any]] = []
+        evaluations = []
         for ev in update.evaluations:
-            m.pending_outputs += [("alerts", performance_alert_event(
-                d, ev, model_settings, source=self.source)) for d in ev.decisions]
-            m.pending_outputs.append(("evaluations", performance_evaluation_event(
-                ev, source=self.source)))
-        m.pending_outputs += [("alerts", concept_alert_event(
-            d, model, model_settings, m.window_ms, source=self.source))
-            for d in update.detections]
-        new_alerts = [e for t, e in m.pending_outputs[start:] if t == "alerts"]
-        if new_alerts:
-            at = max(_event_ms(e) for e in new_alerts)
+            events = [performance_alert_event(d, ev, model_settings, source=self.source)
+                      for d in ev.decisions]
+            windowed = [e for e in events if e["data"]["kind"] != "rollback_recommended"]
+            at = ev.end_ms + ev.after_ms
+            goods = _performance_goods(ev, perf.max_drop if perf else 0.0)
+            published, ids = m.alerts.window(at, ev.start_ms, windowed, goods)
+            alerts += published
+            advice = [e for e in events if e["data"]["kind"] == "rollback_recommended"]
+            alerts += m.alerts.detections(advice, at)
+            ids.update({e["id"]: e["id"] for e in advice})
+            evaluation = performance_evaluation_event(ev, source=self.source)
+            _episode_ids(evaluation["data"], ids)
+            evaluations.append(evaluation)
+        alerts += m.alerts.detections([concept_alert_event(
+            d, model, model_settings, m.window_ms, source=self.source)
+            for d in update.detections])
+        m.pending_outputs += [("alerts", a) for a in alerts]
+        m.pending_outputs += [("evaluations", e) for e in evaluations]
+        if alerts:
+            at = max(_event_ms(e) for e in alerts)
             m.pending_outputs += [("retrain_triggers", t)
-                                  for t in self._retrain(model, new_alerts, at)]
+                                  for t in self._retrain(model, alerts, at)]
         return update
 
     # -- closing --------------------------------------------------------------------
@@ -275,32 +295,43 @@ class Engine:
     def begin_close(self, model: str, start_ms: int, now: float | None = None) -> ClosedWindow:
         m = self.monitor(model)
         due_since = m.due_since(start_ms) if now is not None else None
+        saved = _policy_state(m)  # restored if publishing fails (abort_close)
         evaluations = m.begin_close(start_ms)
         model_settings = self.settings.models[model]
-        decisions, alerts, events = [], [], []
+        decisions, candidates, events = [], [], []
+        per_evaluation = []
         for ev in evaluations:
             found = decide_drift_alerts(ev, model_settings.drift)
             decisions += found
-            alerts += [alert_event(d, ev, model_settings, source=self.source) for d in found]
-            alerts += [quality_alert_event(f, ev, self.settings, uri=self.source)
+            drift = [alert_event(d, ev, model_settings, source=self.source) for d in found]
+            quality = [quality_alert_event(f, ev, self.settings, uri=self.source)
                        for f in ev.quality]
-            events.append(evaluation_event(ev, found, source=self.source))
+            candidates += drift + quality
+            per_evaluation.append((ev, found))
         end = m.windows[start_ms].end_ms
+        alerts, ids = m.alerts.window(end, start_ms, candidates,
+                                      _window_goods(evaluations, m.alerts))
+        alerts += m.alerts.expire(end)
+        for ev, found in per_evaluation:
+            event = evaluation_event(ev, found, source=self.source)
+            _episode_ids(event["data"], ids)
+            events.append(event)
         return ClosedWindow(evaluations, decisions, alerts, events, due_since,
-                            self._retrain(model, alerts, end))
+                            self._retrain(model, alerts, end), saved)
 
     def _retrain(self, model: str, alerts: list[dict[str, Any]], at_ms: int
                  ) -> list[dict[str, Any]]:
         """A retrain trigger when the model's policy says these alerts call for one."""
         m = self.monitor(model)
-        if m.retrain is None or not alerts:
+        firing = [a["data"] for a in alerts if a["data"].get("status") == "firing"]
+        if m.retrain is None or not firing:
             return []
-        decision = m.retrain.consider([a["data"] for a in alerts], at_ms)
+        decision = m.retrain.consider(firing, at_ms)
         if decision is None:
             return []
         lc = m.lifecycle
         live = lc.live if lc is not None else None
-        version = live or alerts[0]["data"].get("model_version")
+        version = live or firing[0].get("model_version")
         last = lc.trained_ms.get(live) if lc is not None and live is not None else None
         if lc is not None:
             lc.track_trigger(decision.trigger_id, at_ms, version)
@@ -310,19 +341,24 @@ class Engine:
         """(target, CloudEvent) waiting to be published: alerts for streaming change
         detections, then performance evaluations and their alerts."""
         m = self.monitor(model)
-        return [("alerts", change_alert_event(d, model, self.settings.models[model],
-                                              m.window_ms, source=self.source))
-                for d in m.pending_detections] + list(m.pending_outputs)
+        if m.pending_detections:  # through the alert book, into the outputs
+            m.pending_outputs += [("alerts", e) for e in m.alerts.detections(
+                [change_alert_event(d, model, self.settings.models[model], m.window_ms,
+                                    source=self.source) for d in m.pending_detections])]
+            m.pending_detections = []
+        return list(m.pending_outputs)
 
     def ack_detections(self, model: str, count: int) -> None:
         """The first ``count`` outputs of :meth:`detections` are published."""
-        m = self.monitor(model)
-        done = min(count, len(m.pending_detections))
-        del m.pending_detections[:done]
-        del m.pending_outputs[:count - done]
+        del self.monitor(model).pending_outputs[:count]
 
     def abort_close(self, model: str, start_ms: int, closed: ClosedWindow) -> None:
-        self.monitor(model).abort_close(start_ms, closed.evaluations)
+        m = self.monitor(model)
+        m.abort_close(start_ms, closed.evaluations)
+        if closed.policy_state is not None:  # the window closes again, judged afresh
+            m.alerts.load(closed.policy_state["alerts"])
+            if m.retrain is not None and closed.policy_state["retrain"] is not None:
+                m.retrain.load(closed.policy_state["retrain"])
 
     def finish_close(self, model: str, start_ms: int) -> None:
         self.monitor(model).finish_close(start_ms)
@@ -339,6 +375,50 @@ class Engine:
 
     def open_windows(self, model: str) -> list[int]:
         return sorted(self.monitor(model).windows)
+
+
+def _policy_state(m: ModelMonitor) -> dict[str, Any]:
+    return {"alerts": m.alerts.to_state(),
+            "retrain": None if m.retrain is None else m.retrain.to_state()}
+
+
+def _window_goods(evaluations: list[WindowEvaluation], book: AlertBook) -> list[str]:
+    """Keys of the signals a closed window judged (enough events, a figure): the drift
+    of each evaluated signal, and the data quality of a window with enough events."""
+    goods = []
+    for ev in evaluations:
+        if not ev.sufficient:
+            continue
+        segment = _segment_dict(ev.segment)
+        for fe in ev.features:
+            if fe.value is not None and fe.n >= ev.min_samples:
+                kind = "prediction_drift" if is_output_signal(fe.feature) else "feature_drift"
+                goods.append(alert_key({"kind": kind, "feature": public_name(fe.feature),
+                                        "segment": segment}))
+        if ev.segment is None and ev.quality_rates is not None:
+            goods += book.open_keys("data_quality")
+    return list(dict.fromkeys(goods))
+
+
+def _performance_goods(ev: PerformanceEvaluation, max_drop: float) -> list[str]:
+    goods = []
+    if performance_healthy(ev.metric, ev.value, ev.interval, ev.baseline, max_drop,
+                           n=ev.labelled, min_labels=ev.min_labels, final=ev.final):
+        goods.append(alert_key({"kind": "performance_drop", "feature": ev.metric,
+                                "model_version": ev.model_version}))
+    if ev.coverage_judged and not any(d.kind == "label_coverage" for d in ev.decisions):
+        goods.append(alert_key({"kind": "label_coverage", "feature": "label_coverage",
+                                "model_version": ev.model_version}))
+    return goods
+
+
+def _episode_ids(data: dict[str, Any], ids: dict[str, str | None]) -> None:
+    """An evaluation names the alerts firing for its bad signals (episode ids)."""
+    data["alerts"] = [i for i in dict.fromkeys(ids.get(a) for a in data["alerts"]) if i]
+    quality = data.get("quality")
+    if quality:
+        quality["alerts"] = [i for i in dict.fromkeys(ids.get(a) for a in quality["alerts"])
+                             if i]
 
 
 def _merge(a: PerformanceUpdate | None, b: PerformanceUpdate | None) -> PerformanceUpdate | None:

@@ -19,7 +19,9 @@ from app.core.signals import reference_row, segment_label
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
+from app.policy.alerts import AlertBook
 from app.policy.retrain import RetrainPolicy
+from app.policy.routing import episode_policy
 from app.quality import QualityRules
 from app.quality import evaluate as evaluate_quality
 from app.quality.rules import judge_non_finite
@@ -108,6 +110,12 @@ class ModelMonitor:
         # CloudEvents (target, event) waiting to be published: saved with the state, so a
         # worker that dies before publishing them publishes them after its restart.
         self.pending_outputs: list[tuple[str, dict[str, Any]]] = []
+        alerting = self.settings.alerting
+        self.alerts = AlertBook(
+            model, lambda kind: episode_policy(settings.alerting, alerting, kind,
+                                               self.hop_ms),
+            routes=(*alerting.routes, *settings.alerting.routes),
+            silences=settings.alerting.silences)
 
     # -- references -----------------------------------------------------------------
     @property
@@ -516,6 +524,7 @@ class ModelMonitor:
             "retrain": None if self.retrain is None else self.retrain.to_state(),
             "silent_since": self.silent_since, "clock": self.clock_ms,
             "outputs": [[target, event] for target, event in self.pending_outputs],
+            "alerting": self.alerts.to_state(),
         }
 
     def drain_records(self) -> dict[str, Any | None]:
@@ -568,6 +577,8 @@ class ModelMonitor:
                 w = Window.from_state(ws)
                 m.windows[w.start_ms] = w
             m.pending_outputs = [(str(t), e) for t, e in state.get("outputs", [])]
+            if state.get("alerting") is not None:  # absent in states of earlier builds
+                m.alerts.load(state["alerting"])
             m.silent_since = state.get("silent_since")
             m.clock_ms = state.get("clock")
             if m.lifecycle is not None and state.get("lifecycle") is not None:

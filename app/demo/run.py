@@ -211,7 +211,11 @@ def alert_line(data: dict[str, Any]) -> str:
     window = f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}"
     head = (f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
             f"{data['kind']:<17}")
-    owner = f"owner {data['owners'].get('on_call')}"
+    route = data.get("route") or {}
+    owner = f"to {route.get('to') or data['owners'].get('on_call')}"
+    if data["status"] == "resolved":
+        return (f"  RESOLVED {data['severity']:<5} {data['model']}/{data['feature']:<22} "
+                f"{data['kind']:<17}{data['summary'].partition(':')[0]}  {owner}")
     if data["kind"] == "performance_drop":
         low, high = ev["interval"]
         return (f"{head}{ev['statistic']} {ev['value']:.3f} [{low:.3f}, {high:.3f}] < "
@@ -249,8 +253,9 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
     valid = total("driftwarden_events_total", outcome="valid",
                   topic=demo.settings.topics.name("predictions"))
     busy = total("driftwarden_batch_processing_seconds_sum")
-    per_feature = Counter(a["feature"] for a in demo.alerts if a["kind"] == "feature_drift")
-    outputs = Counter(a["feature"] for a in demo.alerts if a["kind"] == "prediction_drift")
+    firing = [a for a in demo.alerts if a["status"] == "firing"]
+    per_feature = Counter(a["feature"] for a in firing if a["kind"] == "feature_drift")
+    outputs = Counter(a["feature"] for a in firing if a["kind"] == "prediction_drift")
     dead = {dict(lab).get("reason", "?"): v for (n, lab), v in metrics.items()
             if n == "driftwarden_deadletters_total"}
     print("\n== summary ==")
@@ -278,12 +283,12 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
             f"{d['performance']['value']:.3f}" if d["performance"]["value"] is not None
             else "n/a" for d in perf)
             + f"  (baseline {base['baseline']} from the {base['baseline_source']})")
-    drops = sorted({a["window"]["start"][11:16] for a in demo.alerts
+    drops = sorted({a["window"]["start"][11:16] for a in firing
                     if a["kind"] == "performance_drop"})
-    concept = [a for a in demo.alerts if a["kind"] == "concept_drift"]
-    print(f"performance drop:     {len(drops)} windows"
-          + (f" from {drops[0]} (accuracy {synthetic.ACCURACY} -> "
-             f"{synthetic.ACCURACY_SHIFTED} at the shift)" if drops else ""))
+    concept = [a for a in firing if a["kind"] == "concept_drift"]
+    print(f"performance drop:     {len(drops)} alert"
+          + (f" from window {drops[0]} on (accuracy {synthetic.ACCURACY} -> "
+             f"{synthetic.ACCURACY_SHIFTED} at the shift)" if drops else "s"))
     print("concept drift:        " + (", ".join(
         f"{a['evidence']['statistic']} at labelled prediction {a['evidence']['n']}"
         for a in concept) or "none"))

@@ -41,8 +41,17 @@ class Metrics:
             "driftwarden_drift_threshold", "Configured drift threshold, per severity.",
             ["model", "statistic", "severity"], registry=registry)
         self.alerts = Counter(
-            "driftwarden_alerts_total", "Alert events published.",
+            "driftwarden_alerts_total", "Alert events published, by status (firing: a "
+            "problem fired or escalated; resolved: it cleared). Source alerts have model \"\".",
+            ["model", "kind", "severity", "status"], registry=registry)
+        self.alerts_firing = Gauge(
+            "driftwarden_alerts_firing", "Problems firing now (published, not silenced), "
+            "per model (\"\" for sources), kind and severity.",
             ["model", "kind", "severity"], registry=registry)
+        self.alerts_suppressed = Counter(
+            "driftwarden_alerts_suppressed_total", "Alerts not published, by reason "
+            "(silenced, cooldown, deduplicated).", ["model", "reason"], registry=registry)
+        self._firing: dict[str, set[tuple[str, str]]] = {}
         self.feature_series_dropped = Counter(
             "driftwarden_feature_series_dropped_total",
             "Per-feature samples not exported because the series cap was reached.",
@@ -109,6 +118,23 @@ class Metrics:
             "driftwarden_label_delay_seconds", "Label delay quantiles of the newest "
             "evaluated window (time from prediction to its label).",
             ["model", "version", "quantile"], registry=registry)
+
+    def observe_alerts(self, model: str, published: Any, book: Any) -> None:
+        """Alert events just published (CloudEvents) and the alert book they came from."""
+        for e in published:
+            data = e["data"]
+            self.alerts.labels(model, data["kind"], data["severity"], data["status"]).inc()
+        for reason, n in book.drain_suppressed().items():
+            self.alerts_suppressed.labels(model, reason).inc(n)
+        counts: dict[tuple[str, str], int] = {}
+        for e in book.firing():
+            key = (e["data"]["kind"], e["data"]["severity"])
+            counts[key] = counts.get(key, 0) + 1
+        for key in self._firing.get(model, set()) - set(counts):
+            self.alerts_firing.labels(model, *key).set(0)
+        for key, n in counts.items():
+            self.alerts_firing.labels(model, *key).set(n)
+        self._firing[model] = set(counts)
 
     def set_drift(self, model: str, version: str, feature: str, statistic: str,
                   value: float) -> None:

@@ -158,6 +158,7 @@ class PerformanceEvaluation:
     baseline_source: str | None
     min_labels: int
     decisions: list[PerformanceDecision]
+    coverage_judged: bool = False  # this checkpoint judged label coverage
 
 
 @dataclass(frozen=True)
@@ -473,8 +474,10 @@ class PerformanceTracker:
             if d is not None:
                 decisions.append(d)
         coverage = sl.labelled / sl.predictions if sl.predictions else None
-        if k == self.coverage_k and self.perf.min_coverage is not None \
-                and "label_coverage" not in sl.fired and sl.predictions >= min_predictions:
+        coverage_judged = k == self.coverage_k and self.perf.min_coverage is not None \
+            and sl.predictions >= min_predictions
+        if coverage_judged and self.perf.min_coverage is not None \
+                and "label_coverage" not in sl.fired:
             d = decide_coverage(coverage, self.perf.min_coverage, self.delays[k])
             if d is not None:
                 decisions.append(d)
@@ -505,7 +508,8 @@ class PerformanceTracker:
             self.model, version, w.start_ms, w.end_ms, k, self.delays[k], final,
             sl.predictions, sl.labelled, new, coverage, quantiles, figures, self.metric,
             value, interval, None if base is None else base[0],
-            None if base is None else base[1], self.perf.min_labels, decisions)
+            None if base is None else base[1], self.perf.min_labels, decisions,
+            coverage_judged)
 
     def _learn(self, version: str, sl: PerfSlice) -> None:
         if self.perf.baseline is not None or version in self.learned \

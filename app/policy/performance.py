@@ -102,3 +102,28 @@ def decide_coverage(coverage: float | None, floor: float, after_ms: int
                f"{' after' if after_ms else ''} the window")
     return PerformanceDecision("label_coverage", severity, "label_coverage", coverage, floor,
                                floor, summary)
+
+
+def performance_healthy(metric: str, value: float | None, interval: tuple[float, float] | None,
+                        baseline: float | None, max_drop: float, *, n: int, min_labels: int,
+                        final: bool) -> bool:
+    """A window that counts as good for the ``performance_drop`` episode: enough labels
+    and either the whole interval within the bound, or the window's last checkpoint
+    without a drop (later labels cannot change its verdict any more).
+
+    >>> performance_healthy("accuracy", 0.88, (0.87, 0.89), 0.88, 0.03, n=5000,
+    ...                     min_labels=200, final=False)
+    True
+    >>> performance_healthy("accuracy", 0.86, (0.80, 0.92), 0.88, 0.03, n=300,
+    ...                     min_labels=200, final=False)
+    False
+    """
+    if value is None or interval is None or baseline is None or n < min_labels:
+        return False
+    higher = HIGHER_IS_BETTER[metric]
+    bound = round(baseline - max_drop if higher else baseline + max_drop, 12)
+    worst = interval[0] if higher else interval[1]
+    if (worst >= bound) if higher else (worst <= bound):
+        return True
+    return final and decide_performance(metric, value, interval, baseline, max_drop, n=n,
+                                        min_labels=min_labels) is None

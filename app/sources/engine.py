@@ -24,6 +24,8 @@ from app.errors import StateError
 from app.events.checks import timestamp_ms
 from app.outputs.cloudevents import EVALUATION, envelope, iso, stable_id
 from app.outputs.operational import source_alert_event, source_alert_id
+from app.policy.alerts import AlertBook
+from app.policy.routing import episode_policy
 from app.settings import MonitorSettings
 from app.sources.drift import SourceDrift, source_fields
 from app.sources.monitor import ClosedSourceWindow, SourceMonitor
@@ -71,6 +73,7 @@ class SourcesEngine:
         self.monitors: dict[str, SourceMonitor] = {}
         self.pending: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self.late: dict[str, int] = {}
+        self.books: dict[str, AlertBook] = {}  # per source: its alert episodes
 
     def _new(self, source: str) -> SourceMonitor:
         s = self.settings.sources[source]
@@ -91,17 +94,27 @@ class SourcesEngine:
             return None
         return SourceDrift(source, fields, min_samples=self.settings.defaults.min_samples)
 
+    def _book(self, source: str) -> AlertBook:
+        window_ms = self.monitors[source].window_ms
+        return AlertBook(source, lambda kind: episode_policy(
+            self.settings.alerting, None, kind, window_ms),
+            routes=self.settings.alerting.routes, silences=self.settings.alerting.silences)
+
     def monitor(self, source: str, partition: int | None = None) -> SourceMonitor:
         m = self.monitors.get(source)
         if m is None:
             m = self.monitors[source] = self._new(source)
+            self.books[source] = self._book(source)
             try:
                 saved = self.load_state(source) if self.load_state else None
                 if saved is not None:
                     m.load(saved.get("monitor"))
                     self.pending[source] = [(str(t), e) for t, e in saved.get("outputs", [])]
+                    if saved.get("alerting") is not None:  # absent before episodes
+                        self.books[source].load(saved["alerting"])
             except (StateError, AttributeError) as exc:
                 m = self.monitors[source] = self._new(source)
+                self.books[source] = self._book(source)
                 if self.on_state_error is not None:
                     err = exc if isinstance(exc, StateError) else StateError(str(exc))
                     self.on_state_error(source, err)
@@ -113,6 +126,7 @@ class SourcesEngine:
         for s in sources:
             self.monitors.pop(s, None)
             self.pending.pop(s, None)
+            self.books.pop(s, None)
 
     def batch(self) -> SourceBatch:
         return SourceBatch(self)
@@ -121,8 +135,9 @@ class SourcesEngine:
         for source, (records, times) in batch.groups.items():
             m = self.monitors[source]
             before = m.late
-            for f in m.ingest(records, times, now):
-                self._queue_alert(source, f)
+            found = m.ingest(records, times, now)  # source_stale resolved
+            self._queue(source, self.books[source].passthrough(
+                [self._event(source, f) for f in found]))
             self.late[source] = self.late.get(source, 0) + m.late - before
             for pos, offset in batch.positions.get(source, {}).items():
                 m.advance(pos, offset)
@@ -145,9 +160,9 @@ class SourcesEngine:
         else:
             last = m.watermark_ms if m.watermark_ms is not None else since_ms
             silent = None if global_ms is None or last is None else global_ms - last
-        for f in m.check_stale(silent):
-            self._queue_alert(source, f, time_ms=int(now * 1000) if now is not None
-                              else global_ms)
+        at = int(now * 1000) if now is not None else global_ms
+        self._queue(source, self.books[source].passthrough(
+            [self._event(source, f, at) for f in m.check_stale(silent)]))
         return closed
 
     def flush(self, source: str) -> None:
@@ -156,14 +171,23 @@ class SourcesEngine:
         for start in sorted(m.windows):
             self._queue_window(source, m.close(start))
 
-    def _queue_alert(self, source: str, f: Any, time_ms: int | None = None) -> None:
-        self.pending.setdefault(source, []).append(
-            ("alerts", source_alert_event(f, source, self.settings, uri=self.uri,
-                                          time_ms=time_ms)))
+    def _event(self, source: str, f: Any, time_ms: int | None = None) -> dict[str, Any]:
+        return source_alert_event(f, source, self.settings, uri=self.uri, time_ms=time_ms)
+
+    def _queue(self, source: str, alerts: list[dict[str, Any]]) -> None:
+        self.pending.setdefault(source, []).extend(("alerts", a) for a in alerts)
 
     def _queue_window(self, source: str, closed: ClosedSourceWindow) -> None:
-        for f in closed.findings:
-            self._queue_alert(source, f)
+        """A closed window's volume and drift findings are its bad verdicts, the problems
+        of those kinds it did not find are good; a schema change is a detection."""
+        book = self.books[source]
+        events = [self._event(source, f) for f in closed.findings]
+        bad = [e for e in events if e["data"]["kind"] != "schema_change"]
+        goods = [*book.open_keys("source_volume"), *book.open_keys("feature_drift")]
+        alerts, ids = book.window(closed.end_ms, closed.start_ms, bad, goods)
+        alerts += book.detections([e for e in events if e["data"]["kind"] == "schema_change"])
+        ids.update({e["id"]: e["id"] for e in events if e["data"]["kind"] == "schema_change"})
+        self._queue(source, alerts + book.expire(closed.end_ms))
         m = self.monitors[source]
         evaluation_id = stable_id(source, "source-evaluation", closed.start_ms)
         data = {
@@ -172,7 +196,8 @@ class SourcesEngine:
                        "start_ms": closed.start_ms, "end_ms": closed.end_ms},
             "n": closed.records, "expected": m.expected, "late_events": m.late,
             "schema": closed.fingerprint, "accepted_schema": m.accepted,
-            "alerts": [source_alert_id(source, f) for f in closed.findings],
+            "alerts": [i for i in dict.fromkeys(
+                ids.get(source_alert_id(source, f)) for f in closed.findings) if i],
             "features": None if closed.drift is None else
             [f.to_dict() for f in closed.drift.features],
         }
@@ -187,5 +212,7 @@ class SourcesEngine:
         del self.pending.get(source, [])[:count]
 
     def to_state(self, source: str) -> dict[str, Any]:
-        return {"monitor": self.monitor(source).to_state(),
-                "outputs": [[t, e] for t, e in self.pending.get(source, [])]}
+        m = self.monitor(source)
+        return {"monitor": m.to_state(),
+                "outputs": [[t, e] for t, e in self.pending.get(source, [])],
+                "alerting": self.books[source].to_state()}

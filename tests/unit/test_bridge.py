@@ -133,6 +133,19 @@ async def test_resend_bookkeeping():
     assert len(send.sent) == n  # nothing firing: nothing sent
 
 
+async def test_an_escalation_ends_the_alert_with_the_old_labels():
+    send = FakeSender()
+    bridge = Bridge(send, asyncio.Event(), resend=60, clock=Clock())
+    assert await bridge.handle(firing("a1", severity="warning"), "p0")
+    assert await bridge.handle(firing("a1", severity="warning"), "p0")  # redelivered
+    assert [len(b) for b in send.sent] == [1, 1]
+    assert await bridge.handle(firing("a1", severity="critical"), "p0")
+    ended, escalated = send.sent[-1]
+    assert ended["labels"]["severity"] == "warning" and "endsAt" in ended
+    assert escalated["labels"]["severity"] == "critical" and "endsAt" not in escalated
+    assert bridge.firing.alerts() == [escalated]
+
+
 async def test_replay_rebuilds_without_sending():
     send, clock = FakeSender(), Clock()
     bridge = Bridge(send, asyncio.Event(), resend=60, clock=clock)

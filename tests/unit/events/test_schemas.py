@@ -12,6 +12,7 @@ root with::
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -37,8 +38,10 @@ from app.outputs.performance import (
     performance_evaluation_event,
 )
 from app.performance.tracker import ConceptDetection, PerformanceEvaluation, checkpoint_delays
+from app.policy.alerts import AlertBook, alert_key
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.policy.performance import PerformanceDecision, decide_coverage, decide_performance
+from app.policy.routing import EpisodePolicy
 from app.settings import DriftSettings, ModelSettings, PerformanceMetric
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -61,12 +64,13 @@ INPUTS = [stem for stem, (_, spec) in CONTRACT.items() if spec is not None]
 MORE_EXAMPLES: dict[str, str] = {
     "evaluation-performance.json": "evaluation",
     "alert-performance.json": "alert",
+    "alert-resolved.json": "alert",
 }
 EXAMPLE_FILES: dict[str, str] = {
     **{example: stem for stem, (example, _) in CONTRACT.items()}, **MORE_EXAMPLES}
 # The examples that are exactly what a builder produces (see build_examples).
 BUILT = ["alert.json", "evaluation.json", "alert-performance.json",
-         "evaluation-performance.json"]
+         "evaluation-performance.json", "alert-resolved.json"]
 
 
 def load_schema(stem: str) -> dict[str, Any]:
@@ -193,7 +197,25 @@ def build_examples() -> dict[str, dict[str, Any]]:
         "alert-performance.json": performance_alert_event(
             perf.decisions[0], perf, example_model(), source=SOURCE),
         "evaluation-performance.json": performance_evaluation_event(perf, source=SOURCE),
+        "alert-resolved.json": example_resolution(ev, decisions[0]),
     }
+
+
+def example_resolution(ev: WindowEvaluation, decision: AlertDecision) -> dict[str, Any]:
+    """The alert lifecycle's end: the example's problem, bad for two windows (so it fires
+    with fire_after 2), then good for two (so it resolves with resolve_after 2)."""
+    hour = WINDOW_END - WINDOW_START
+    p = EpisodePolicy(fire_after=2, resolve_after=2)
+    book = AlertBook("churn", lambda kind: p)
+    key = ""
+    for i in range(4):
+        start = WINDOW_START + (i - 1) * hour
+        window = replace(ev, start_ms=start, end_ms=start + hour)
+        candidate = alert_event(decision, window, example_model(), source=SOURCE)
+        key = alert_key(candidate["data"])
+        published, _ = book.window(start + hour, start, [candidate] if i < 2 else [], [key])
+    assert [e["data"]["status"] for e in published] == ["resolved"]
+    return published[0]
 
 
 # --- the schemas themselves ----------------------------------------------------------

@@ -64,7 +64,9 @@ def test_ten_windows_of_drift_with_a_day_of_cooldown_make_one_trigger(tmp_path):
     read = lambda n: [orjson.loads(x) for x in (tmp_path / "out" / n).read_bytes().splitlines()]  # noqa: E731
     alerts = [a for a in read("alerts.jsonl") if a["data"]["kind"] == "feature_drift"]
     triggers = read("retrain-triggers.jsonl")
-    assert len(alerts) >= 9
+    # Ten bad windows: one problem, one firing alert, one trigger.
+    assert [a["data"]["status"] for a in alerts] == ["firing"]
+    assert alerts[0]["data"]["episode"]["first_window"] == "2026-01-01T00:03:00.000Z"
     assert len(triggers) == 1
     data = triggers[0]["data"]
     assert data["trigger_id"] == triggers[0]["id"] and data["model"] == "churn"
