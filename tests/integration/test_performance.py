@@ -158,7 +158,11 @@ def test_late_out_of_order_labels_give_sklearn_figures_and_match_replay(
                                   lambda r: False, timeout=3))
     drops = {(a["data"]["kind"], (_start(a) - T0) // HOUR) for a in alerts
              if a["data"]["kind"] == "performance_drop"}
-    assert drops >= {("performance_drop", 4), ("performance_drop", 5)}
+    # One problem from the shift on (labels out of order may settle window 3 or 4 first).
+    firing = [a for a in alerts if a["data"]["kind"] == "performance_drop"
+              and a["data"]["status"] == "firing"]
+    assert len({a["data"]["alert_id"] for a in firing}) == 1, firing
+    assert drops in ({("performance_drop", 3)}, {("performance_drop", 4)}), drops
     assert not drops & {("performance_drop", 0), ("performance_drop", 1)}
     assert worker.metric("driftwarden_labels_total", outcome="duplicate") == 0
     assert worker.metric("driftwarden_label_coverage_ratio", after="2d") == 1.0
