@@ -162,7 +162,8 @@ def test_late_out_of_order_labels_give_sklearn_figures_and_match_replay(
     firing = [a for a in alerts if a["data"]["kind"] == "performance_drop"
               and a["data"]["status"] == "firing"]
     assert len({a["data"]["alert_id"] for a in firing}) == 1, firing
-    assert drops in ({("performance_drop", 3)}, {("performance_drop", 4)}), drops
+    # (an escalation to critical in a later window is the same alert)
+    assert drops and drops <= {("performance_drop", w) for w in (3, 4, 5)}, drops
     assert not drops & {("performance_drop", 0), ("performance_drop", 1)}
     assert worker.metric("driftwarden_labels_total", outcome="duplicate") == 0
     assert worker.metric("driftwarden_label_coverage_ratio", after="2d") == 1.0
