@@ -174,7 +174,11 @@ def test_late_out_of_order_labels_give_sklearn_figures_and_match_replay(
     worker_data = [e["data"] for e in in_scope(evaluations)]
     replay_data = [e["data"] for e in in_scope(r_evaluations)]
     assert worker_data == replay_data, _first_difference(worker_data, replay_data)
-    assert [a["id"] for a in in_scope(alerts)] == [a["id"] for a in in_scope(r_alerts)]
+    # The same problems fire with the same ids; when a detection's hold runs out (its
+    # resolution) depends on how far the worker's windows had closed when it stopped.
+    def fired(events: list[dict[str, Any]]) -> list[str]:
+        return [a["id"] for a in in_scope(events) if a["data"]["status"] == "firing"]
+    assert fired(alerts) == fired(r_alerts)
 
 
 def _first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
