@@ -36,6 +36,7 @@ from app.outputs.cloudevents import (
     alert_event,
     change_alert_event,
     evaluation_event,
+    event_ms,
 )
 from app.outputs.operational import lifecycle_event, model_silent_event
 from app.outputs.performance import (
@@ -282,7 +283,7 @@ class Engine:
         m.pending_outputs += [("alerts", a) for a in alerts]
         m.pending_outputs += [("evaluations", e) for e in evaluations]
         if alerts:
-            at = max(_event_ms(e) for e in alerts)
+            at = max(event_ms(e) for e in alerts)
             m.pending_outputs += [("retrain_triggers", t)
                                   for t in self._retrain(model, alerts, at)]
         return update
@@ -395,8 +396,9 @@ def _window_goods(evaluations: list[WindowEvaluation], book: AlertBook) -> list[
                 kind = "prediction_drift" if is_output_signal(fe.feature) else "feature_drift"
                 goods.append(alert_key({"kind": kind, "feature": public_name(fe.feature),
                                         "segment": segment}))
-        if ev.segment is None and ev.quality_rates is not None:
-            goods += book.open_keys("data_quality")
+    if any(ev.sufficient and ev.segment is None and ev.quality_rates is not None
+           for ev in evaluations):
+        goods += book.open_keys("data_quality")
     return list(dict.fromkeys(goods))
 
 
@@ -443,6 +445,3 @@ def _add(total: IngestResult, part: IngestResult) -> None:
     total.performance = _merge(total.performance, part.performance)
 
 
-def _event_ms(event: dict[str, Any]) -> int:
-    """A CloudEvent's time (RFC 3339) in epoch ms."""
-    return timestamp_ms(event["time"])

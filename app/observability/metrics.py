@@ -51,7 +51,9 @@ class Metrics:
         self.alerts_suppressed = Counter(
             "driftwarden_alerts_suppressed_total", "Alerts not published, by reason "
             "(silenced, cooldown, deduplicated).", ["model", "reason"], registry=registry)
-        self._firing: dict[str, set[tuple[str, str]]] = {}
+        # (model label, book) -> firing problems by (kind, severity): every source's book
+        # shares the model label "".
+        self._firing: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
         self.feature_series_dropped = Counter(
             "driftwarden_feature_series_dropped_total",
             "Per-feature samples not exported because the series cap was reached.",
@@ -130,11 +132,12 @@ class Metrics:
         for e in book.firing():
             key = (e["data"]["kind"], e["data"]["severity"])
             counts[key] = counts.get(key, 0) + 1
-        for key in self._firing.get(model, set()) - set(counts):
-            self.alerts_firing.labels(model, *key).set(0)
-        for key, n in counts.items():
-            self.alerts_firing.labels(model, *key).set(n)
-        self._firing[model] = set(counts)
+        before = set(self._firing.get((model, book.model), {}))
+        self._firing[(model, book.model)] = counts
+        for key in before | set(counts):
+            total = sum(c.get(key, 0) for (label, _), c in self._firing.items()
+                        if label == model)
+            self.alerts_firing.labels(model, *key).set(total)
 
     def set_drift(self, model: str, version: str, feature: str, statistic: str,
                   value: float) -> None:

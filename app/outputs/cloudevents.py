@@ -43,6 +43,13 @@ def iso(ms: int) -> str:
         "+00:00", "Z")
 
 
+def event_ms(event: dict[str, Any]) -> int:
+    """A CloudEvent's ``time`` (RFC 3339) in epoch ms: the inverse of :func:`iso`."""
+    from app.events.checks import timestamp_ms
+
+    return timestamp_ms(event["time"])
+
+
 def envelope(*, type_: str, id_: str, source: str, subject: str, time_ms: int,
              data: dict[str, Any]) -> dict[str, Any]:
     return {"specversion": SPEC_VERSION, "type": type_, "source": source, "id": id_,

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.errors import StateError
-from app.outputs.cloudevents import ALERT_FIRING, ALERT_RESOLVED, iso, stable_id
+from app.outputs.cloudevents import ALERT_FIRING, ALERT_RESOLVED, event_ms, iso, stable_id
 from app.policy.routing import EpisodePolicy, apply_route, silence_of
 from app.settings_alerting import RouteSettings, SilenceSettings
 from app.sketches._state import check_state
@@ -204,7 +204,7 @@ class AlertBook:
         out: list[Event] = []
         for event in events:
             data = event["data"]
-            when = at_ms if at_ms is not None else _event_ms(event)
+            when = at_ms if at_ms is not None else event_ms(event)
             key = alert_key(data, detection=True)
             policy = self.policy_of(data["kind"])
             ep = self.episodes.setdefault(key, Episode(key))
@@ -232,7 +232,7 @@ class AlertBook:
                 if data["alert_id"] in self.silenced_ids:
                     self.silenced_ids.remove(data["alert_id"])
                     continue
-            elif silence_of(data, _event_ms(event), self.silences) is not None:
+            elif silence_of(data, event_ms(event), self.silences) is not None:
                 self.silenced_ids = [*self.silenced_ids, data["alert_id"]][-MAX_SILENCED_IDS:]
                 self._count("silenced")
                 continue
@@ -366,8 +366,3 @@ class AlertBook:
 def _rank(event: Event) -> int:
     return SEVERITY_RANK.get(event["data"].get("severity", ""), 0)
 
-
-def _event_ms(event: Event) -> int:
-    from app.events.checks import timestamp_ms
-
-    return timestamp_ms(event["time"])

@@ -282,3 +282,20 @@ def test_replay_of_flapping_then_persistent_drift(tmp_path, drift_stream):
     # Bad windows name the firing alert once it fires; counting windows name none.
     assert named[T0 + 8 * MIN] == [] and named[T0 + 9 * MIN] == named[T0 + 10 * MIN] == [
         alerts[0]["data"]["alert_id"]]
+
+
+def test_the_firing_gauge_adds_up_books_that_share_a_model_label():
+    from prometheus_client import CollectorRegistry
+
+    from app.observability.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    crm, billing = AlertBook("crm", lambda k: EpisodePolicy()), \
+        AlertBook("billing", lambda k: EpisodePolicy())
+    for b in (crm, billing):  # every source's alerts have the model label ""
+        metrics.observe_alerts("", b.detections([candidate(T0, kind="schema_change")]), b)
+    labels = {"model": "", "kind": "schema_change", "severity": "warning"}
+    assert registry.get_sample_value("driftwarden_alerts_firing", labels) == 2
+    metrics.observe_alerts("", crm.expire(T0 + 60 * MIN), crm)  # crm's resolves
+    assert registry.get_sample_value("driftwarden_alerts_firing", labels) == 1
