@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -182,3 +183,34 @@ def collect(bootstrap: str, topic: str, done: Callable[[list[Any]], bool],
 
 def cloud_events(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
+
+
+class InBackground:
+    """A service (e.g. a ``RetrainListener``): its ``run(stop)`` coroutine in a thread and
+    event loop of its own."""
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.listener.run(self.stop))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.loop.close()
+
+    def __enter__(self) -> InBackground:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the listener did not stop"
+        assert self.error is None, repr(self.error)

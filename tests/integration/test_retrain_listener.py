@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import shlex
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,15 @@ from typing import Any
 
 import orjson
 import pytest
-from support import MODEL, collect, create_topics, produce, settings_of, write_config
+from support import (
+    MODEL,
+    InBackground,
+    collect,
+    create_topics,
+    produce,
+    settings_of,
+    write_config,
+)
 
 from app.retrain_listener import (
     HandledTriggers,
@@ -175,36 +182,6 @@ def test_parser_defaults():
 
 
 # --- integration: the embedded broker --------------------------------------------------
-
-class InBackground:
-    """A :class:`RetrainListener` running in its own thread and event loop."""
-
-    def __init__(self, listener: RetrainListener) -> None:
-        self.listener = listener
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.loop.run_until_complete(self.listener.run(self.stop))
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.loop.close()
-
-    def __enter__(self) -> InBackground:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the listener did not stop"
-        assert self.error is None, repr(self.error)
-
 
 TRAIN = """\
 import json, os, sys
