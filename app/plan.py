@@ -20,8 +20,8 @@ gives, model by model, and lists what it leaves unanswered::
    owner, freshness SLO (``source_stale``), volume and schema window and expected
    volume, and which other models share the source.
 3. **What happens when it degrades**: the retrain policy (the alert kinds that call for
-   a retrain, cooldown, ``max_age``, ``expected_duration``), rollback (there is no
-   rollback policy yet: said so, with what per-version figures exist), and how old the
+   a retrain, cooldown, ``max_age``, ``expected_duration``), rollback advice (on the
+   outputs after a deploy, on per-version performance, or neither), and how old the
    last retrain is. That last answer needs the broker: with ``--bootstrap H:P`` or
    ``kafka.bootstrap`` the command reads the model-events topic from the beginning (no
    consumer group, at most ``--timeout`` seconds, default 5) and reports the newest
@@ -232,17 +232,30 @@ def _degradation(settings: MonitorSettings, name: str,
     retrain = None if rt is None else {"on": list(rt.on), "cooldown": rt.cooldown,
                                        "max_age": rt.max_age,
                                        "expected_duration": rt.expected_duration}
+    rb = model.rollback
+    outputs = rb.on_prediction_drift and model.prediction_drift
+    evidence = []
+    if outputs:
+        evidence.append(f"the new version's outputs against the previous version's last "
+                        f"{rb.previous_windows} windows, in its first {rb.judge_windows} "
+                        "windows")
     if model.performance is not None:
-        note = ("not configured; rollback advice: per-version figures are compared after "
-                f"a deploy ({model.performance_metric} of each version against its baseline)")
+        evidence.append(f"{model.performance_metric} of each window against the previous "
+                        "version's pooled figure")
+    if evidence:
+        note = "rollback advice after a deploy: " + "; ".join(evidence)
     else:
-        note = "not configured (and no per-version performance: no label source)"
+        note = ("off: rollback.on_prediction_drift or prediction_drift is off, and no "
+                "label source (no per-version performance)")
     last_out: dict[str, Any] = {k: v for k, v in asdict(last).items() if k != "timestamp_ms"}
     last_out["timestamp"] = None if last.timestamp_ms is None else _iso(last.timestamp_ms)
     last_out["overdue"] = (last.age > rt.max_age
                            if last.age is not None and rt is not None and rt.max_age is not None
                            else None)
-    return {"retrain": retrain, "rollback": {"configured": False, "note": note},
+    return {"retrain": retrain,
+            "rollback": {"outputs": outputs, "performance": model.performance is not None,
+                         "previous_windows": rb.previous_windows,
+                         "judge_windows": rb.judge_windows, "note": note},
             "last_retrain": last_out}
 
 

@@ -400,6 +400,19 @@ class RetrainSettings(_Frozen):
         return data
 
 
+class RollbackSettings(_Frozen):
+    """Rollback advice from the model's outputs (see ``app.core.versions``); the
+    performance variant follows ``performance``."""
+
+    # After a deploy, compare the new version's outputs with the previous version's.
+    on_prediction_drift: bool = True
+    previous_windows: int = Field(12, ge=1, le=1000,
+                                  description="the previous version's most recent windows "
+                                              "that its outputs are compared with")
+    judge_windows: int = Field(24, ge=1, le=100_000,
+                               description="windows of a new version judged after its deploy")
+
+
 class ModelSettings(_Frozen):
     owners: Owners = Owners()
     task: Literal["binary_classification", "multiclass_classification", "regression"] = (
@@ -428,6 +441,7 @@ class ModelSettings(_Frozen):
     quality: QualitySettings = QualitySettings()
     freshness: Duration | None = None  # model_silent when no prediction for this long
     retrain: RetrainSettings | None = None
+    rollback: RollbackSettings = RollbackSettings()
     alerting: ModelAlerting = ModelAlerting()
 
     @field_validator("features")

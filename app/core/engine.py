@@ -41,12 +41,13 @@ from app.outputs.cloudevents import (
 from app.outputs.operational import lifecycle_event, model_silent_event
 from app.outputs.performance import (
     concept_alert_event,
+    output_rollback_event,
     performance_alert_event,
     performance_evaluation_event,
 )
 from app.outputs.quality import quality_alert_event
 from app.outputs.retrain import retrain_trigger_event
-from app.performance.tracker import PerformanceEvaluation, PerformanceUpdate
+from app.performance.tracker import MAX_VERSIONS, PerformanceEvaluation, PerformanceUpdate
 from app.policy.alerts import AlertBook, alert_key
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.policy.performance import performance_healthy
@@ -272,6 +273,9 @@ class Engine:
             published, ids = m.alerts.window(at, ev.start_ms, windowed, goods)
             alerts += published
             advice = [e for e in events if e["data"]["kind"] == "rollback_recommended"]
+            for e in advice:  # not advised again on output evidence
+                m.versions.mark_advised(f"{e['data']['model_version']}>"
+                                        f"{e['data']['evidence']['rollback_to']}")
             alerts += m.alerts.detections(advice, at)
             ids.update({e["id"]: e["id"] for e in advice})
             evaluation = performance_evaluation_event(ev, source=self.source)
@@ -309,9 +313,19 @@ class Engine:
                        for f in ev.quality]
             candidates += drift + quality
             per_evaluation.append((ev, found))
-        end = m.windows[start_ms].end_ms
+        window = m.windows[start_ms]
+        end = window.end_ms
         alerts, ids = m.alerts.window(end, start_ms, candidates,
                                       _window_goods(evaluations, m.alerts))
+        tracker = m.performance
+        advice = m.versions.close(window, model_settings.drift, min_samples=m.min_samples,
+                                  already=set(tracker.rollbacks) if tracker else set())
+        if advice is not None:
+            if tracker is not None:  # not advised again on performance evidence
+                tracker.rollbacks = [*tracker.rollbacks,
+                                     f"{advice.version}>{advice.target}"][-MAX_VERSIONS:]
+            alerts += m.alerts.detections(
+                [output_rollback_event(advice, model, model_settings, source=self.source)], end)
         alerts += m.alerts.expire(end)
         for ev, found in per_evaluation:
             event = evaluation_event(ev, found, source=self.source)
@@ -358,6 +372,9 @@ class Engine:
         m.abort_close(start_ms, closed.evaluations)
         if closed.policy_state is not None:  # the window closes again, judged afresh
             m.alerts.load(closed.policy_state["alerts"])
+            m.versions.load(closed.policy_state["versions"])
+            if m.performance is not None and closed.policy_state["rollbacks"] is not None:
+                m.performance.rollbacks = closed.policy_state["rollbacks"]
             if m.retrain is not None and closed.policy_state["retrain"] is not None:
                 m.retrain.load(closed.policy_state["retrain"])
 
@@ -379,7 +396,8 @@ class Engine:
 
 
 def _policy_state(m: ModelMonitor) -> dict[str, Any]:
-    return {"alerts": m.alerts.to_state(),
+    return {"alerts": m.alerts.to_state(), "versions": m.versions.to_state(),
+            "rollbacks": None if m.performance is None else list(m.performance.rollbacks),
             "retrain": None if m.retrain is None else m.retrain.to_state()}
 
 

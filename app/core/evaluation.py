@@ -101,7 +101,8 @@ def _figures(ftype: str, ref: FeatureReference, sketch: Sketch,
     return out
 
 
-def _chosen(drift: DriftSettings, ftype: str, n: int) -> str:
+def chosen_statistic(drift: DriftSettings, ftype: str, n: int) -> str:
+    """The statistic the settings pick for a feature type and sample size."""
     named = drift.statistic
     if named != "auto" and ftype in STATISTICS[named].feature_types:
         return named
@@ -160,7 +161,7 @@ def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice,
         ftype = "categorical"
     else:
         comparable, evidence, ftype = False, ("", ""), "unknown"
-    statistic = _chosen(drift, ftype, sketch.n) if ftype != "unknown" else "n/a"
+    statistic = chosen_statistic(drift, ftype, sketch.n) if ftype != "unknown" else "n/a"
     if not comparable:
         return FeatureEvaluation(name, ftype, statistic, None, sketch.n, sketch.missing, ref_n,
                                  *evidence, "window bins differ from the reference's")

@@ -16,6 +16,7 @@ from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
 from app.core.signals import reference_row, segment_label
+from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
@@ -111,6 +112,7 @@ class ModelMonitor:
         # worker that dies before publishing them publishes them after its restart.
         self.pending_outputs: list[tuple[str, dict[str, Any]]] = []
         alerting = self.settings.alerting
+        self.versions = VersionOutputs(self.settings.rollback)  # outputs side by side
         self.alerts = AlertBook(
             model, lambda kind: episode_policy(settings.alerting, alerting, kind,
                                                self.hop_ms),
@@ -274,6 +276,7 @@ class ModelMonitor:
         for e, t in zip(events, times_ms, strict=True):
             if self.performance is not None:
                 self.performance.add_model_event(e)
+            self.versions.note_event(e)
             if self.lifecycle is not None:
                 result.lifecycle += self.lifecycle.add(e, int(t))
         return result
@@ -525,6 +528,7 @@ class ModelMonitor:
             "silent_since": self.silent_since, "clock": self.clock_ms,
             "outputs": [[target, event] for target, event in self.pending_outputs],
             "alerting": self.alerts.to_state(),
+            "version_outputs": self.versions.to_state(),
         }
 
     def drain_records(self) -> dict[str, Any | None]:
@@ -579,6 +583,8 @@ class ModelMonitor:
             m.pending_outputs = [(str(t), e) for t, e in state.get("outputs", [])]
             if state.get("alerting") is not None:  # absent in states of earlier builds
                 m.alerts.load(state["alerting"])
+            if state.get("version_outputs") is not None:
+                m.versions.load(state["version_outputs"])
             m.silent_since = state.get("silent_since")
             m.clock_ms = state.get("clock")
             if m.lifecycle is not None and state.get("lifecycle") is not None:

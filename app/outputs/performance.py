@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.versions import OutputRollback
 from app.durations import format_duration
 from app.outputs.cloudevents import (
     ALERT_FIRING,
@@ -92,6 +93,53 @@ def performance_alert_event(d: PerformanceDecision, ev: PerformanceEvaluation,
     return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
                     subject=f"{ev.model}/{d.subject}", time_ms=ev.end_ms + ev.after_ms,
                     data=data)
+
+
+def output_rollback_event(advice: OutputRollback, model_name: str, model: ModelSettings, *,
+                          source: str) -> dict[str, Any]:
+    """``rollback_recommended`` from prediction drift: the new live version's outputs moved
+    far from the previous version's recent outputs (see ``app.core.versions``)."""
+    worst = advice.comparisons[0]
+    alert_id = stable_id(model_name, advice.version, "rollback_recommended", "outputs",
+                         advice.target)
+    moved = "; ".join(f"{c.signal} {c.statistic} {c.value:.3f} >= {c.threshold:g} "
+                      f"({c.summary})" for c in advice.comparisons)
+    summary = (f"{model_name}: rollback recommended: roll back to {advice.target}: the "
+               f"outputs of {advice.version} moved from those of {advice.target}: {moved} "
+               "(critical)")
+    owners = _owners(model)
+    labels = _labels("rollback_recommended", model_name, "critical", worst.signal, owners,
+                     statistic=worst.statistic, model_version=advice.version)
+    start, end = advice.window_start_ms, advice.window_end_ms
+    data = {
+        "alert_id": alert_id, "status": "firing", "severity": "critical",
+        "kind": "rollback_recommended", "model": model_name,
+        "model_version": advice.version, "feature": worst.signal,
+        "window": {"start": iso(start), "end": iso(end)},
+        "evidence": {"statistic": worst.statistic, "value": worst.value,
+                     "threshold": worst.threshold, "reference_value": 0.0, "n": worst.n,
+                     "reference_n": worst.previous_n,
+                     "reference": f"{advice.target} over its last {advice.previous_windows} "
+                                  "windows",
+                     "window": worst.summary, "rollback_to": advice.target,
+                     "window_id": window_id(model_name, advice.version, start),
+                     "signals": [{"signal": c.signal, "statistic": c.statistic,
+                                 "value": c.value, "threshold": c.threshold,
+                                 "p_adjusted": c.p_adjusted, "n": c.n,
+                                 "reference_n": c.previous_n, "moved": c.summary}
+                                for c in advice.comparisons]},
+        "owners": owners, "affected_models": [model_name], "summary": summary,
+        "labels": labels,
+        "annotations": {"summary": summary,
+                        "description": f"Window {iso(start)}..{iso(end)}: predictions of "
+                                       f"{advice.version} (live since its deploy) against "
+                                       f"{worst.previous_n} predictions of {advice.target} "
+                                       f"in its last {advice.previous_windows} windows; "
+                                       "labels are not needed for this advice."},
+        "startsAt": iso(end), "endsAt": None,
+    }
+    return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,
+                    subject=f"{model_name}/{worst.signal}", time_ms=end, data=data)
 
 
 def concept_alert_event(det: ConceptDetection, model_name: str, model: ModelSettings,

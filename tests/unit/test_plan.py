@@ -117,7 +117,9 @@ def test_text_answers_the_three_questions(tmp_path, capsys):
     assert "feature_drift, performance_drop, concept_drift" in out
     assert "cooldown          1d" in out and "30d (then retrain_overdue)" in out
     assert "6h (then retrain_stuck)" in out
-    assert "rollback advice: per-version figures are compared after a deploy" in out
+    assert ("rollback advice after a deploy: the new version's outputs against the previous "
+            "version's last 12 windows, in its first 24 windows; accuracy of each window "
+            "against the previous version's pooled figure") in out
     assert "not checked (no broker configured" in out
     assert out.count("Gaps: none") == 2 and "2 model(s), 0 gap(s)" in out
 
