@@ -195,6 +195,9 @@ def _monitoring(settings: MonitorSettings, name: str) -> dict[str, Any]:
         "quality": quality,
         "performance": _performance(settings, name),
         "freshness": None if model.freshness is None else {"model_silent": model.freshness},
+        "slo": {"latency_p99_ms": model.slo.latency_p99_ms,
+                "cost_per_1k": model.slo.cost_per_1k,
+                "critical_factor": model.slo.critical_factor},
     }
 
 
@@ -280,6 +283,10 @@ def _never_raised(settings: MonitorSettings, name: str, kind: str) -> str | None
             f.source is not None and settings.sources[f.source].freshness is not None
             for f in model.features.values()):
         return "none of its sources has a freshness SLO"
+    if kind == "latency_slo" and model.slo.latency_p99_ms is None:
+        return "slo.latency_p99_ms is not set"
+    if kind == "cost_budget" and model.slo.cost_per_1k is None:
+        return "slo.cost_per_1k is not set"
     if kind == "retrain_overdue" and (model.retrain is None or model.retrain.max_age is None):
         return "retrain.max_age is not set"
     return None
@@ -485,6 +492,15 @@ def _text_monitoring(name: str, m: dict[str, Any], out: list[str]) -> None:
     f = m["freshness"]
     out.append(_kv("freshness SLO", "none" if f is None else
                    f"model_silent after {_d(f['model_silent'])} without a prediction"))
+    slo = m["slo"]
+    objectives = []
+    if slo["latency_p99_ms"] is not None:
+        objectives.append(f"latency_slo when a window's p99 latency is above "
+                          f"{slo['latency_p99_ms']:g}ms")
+    if slo["cost_per_1k"] is not None:
+        objectives.append(f"cost_budget above {slo['cost_per_1k']:g} per 1000 predictions")
+    out.append(_kv("serving SLOs", "; ".join(objectives) + f" (critical at "
+                   f"{slo['critical_factor']:g}x)" if objectives else "none"))
 
 
 def _text_dependencies(name: str, d: dict[str, Any], out: list[str]) -> None:

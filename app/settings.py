@@ -400,6 +400,18 @@ class RetrainSettings(_Frozen):
         return data
 
 
+class SloSettings(_Frozen):
+    """Serving objectives judged per window and version (see ``app.policy.slo``)."""
+
+    latency_p99_ms: float | None = Field(None, gt=0, description="latency_slo above this "
+                                         "p99 of the predictions' latency_ms")
+    cost_per_1k: float | None = Field(None, gt=0, description="cost_budget above this cost "
+                                      "per 1 000 predictions")
+    critical_factor: float = Field(2.0, gt=1, description="critical past this multiple")
+    min_samples: int | None = Field(None, ge=1, description="predictions a window needs to "
+                                    "be judged (default: the model's min_samples)")
+
+
 class RollbackSettings(_Frozen):
     """Rollback advice from the model's outputs (see ``app.core.versions``); the
     performance variant follows ``performance``."""
@@ -442,6 +454,7 @@ class ModelSettings(_Frozen):
     freshness: Duration | None = None  # model_silent when no prediction for this long
     retrain: RetrainSettings | None = None
     rollback: RollbackSettings = RollbackSettings()
+    slo: SloSettings = SloSettings()
     alerting: ModelAlerting = ModelAlerting()
 
     @field_validator("features")

@@ -177,6 +177,10 @@ class Pipeline:
             self.metrics.events.labels(name, "valid").inc(valid)
             if duplicates:
                 self.metrics.events.labels(name, "duplicate").inc(duplicates)
+        for model, runs in batch.runs.items():
+            for kind, accepted, _ in runs:
+                if kind == "prediction":
+                    self.metrics.observe_predictions(model, accepted)
         for model, result in self.engine.apply(batch, now).items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()
@@ -306,6 +310,10 @@ class Pipeline:
         self.metrics.windows_closed.labels(model).inc()
         self.metrics.window_events.labels(model).set(
             sum(ev.n for ev in closed.evaluations if ev.segment is None))
+        for event in closed.evaluation_events:
+            serving = event["data"].get("serving")
+            if serving:
+                self.metrics.set_serving(model, event["data"]["model_version"], serving)
         for ev in closed.evaluations:
             if ev.segment is not None:
                 continue  # per-segment figures are in the evaluations, not in metrics

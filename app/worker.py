@@ -58,6 +58,11 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
                 warning, critical = model.drift.thresholds_for(statistic)
                 metrics.drift_threshold.labels(name, statistic, "warning").set(warning)
                 metrics.drift_threshold.labels(name, statistic, "critical").set(critical)
+            if model.slo.latency_p99_ms is not None:
+                metrics.slo_objective.labels(name, "latency_slo").set(
+                    model.slo.latency_p99_ms / 1000)
+            if model.slo.cost_per_1k is not None:
+                metrics.slo_objective.labels(name, "cost_budget").set(model.slo.cost_per_1k)
         if settings.metrics.enabled:
             start_http_server(settings.metrics.port, addr=settings.metrics.host,
                               registry=registry)

@@ -47,10 +47,12 @@ from app.outputs.performance import (
 )
 from app.outputs.quality import quality_alert_event
 from app.outputs.retrain import retrain_trigger_event
+from app.outputs.serving import serving_section, slo_alert_event
 from app.performance.tracker import MAX_VERSIONS, PerformanceEvaluation, PerformanceUpdate
 from app.policy.alerts import AlertBook, alert_key
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.policy.performance import performance_healthy
+from app.policy.slo import COST_SUBJECT, LATENCY_SUBJECT, judge_serving
 from app.reference import Reference
 from app.settings import MonitorSettings
 
@@ -305,18 +307,29 @@ class Engine:
         model_settings = self.settings.models[model]
         decisions, candidates, events = [], [], []
         per_evaluation = []
+        goods = _window_goods(evaluations, m.alerts)
+        slo = model_settings.slo
         for ev in evaluations:
             found = decide_drift_alerts(ev, model_settings.drift)
             decisions += found
             drift = [alert_event(d, ev, model_settings, source=self.source) for d in found]
             quality = [quality_alert_event(f, ev, self.settings, uri=self.source)
                        for f in ev.quality]
+            serving = None
+            if ev.segment is None:
+                judged = judge_serving(ev.serving, slo, min_samples=m.min_samples)
+                slo_alerts = [slo_alert_event(d, ev, model_settings, source=self.source)
+                              for d in judged.decisions]
+                quality += slo_alerts
+                goods += [alert_key({"kind": SLO_KINDS[subject], "feature": subject,
+                                     "model_version": ev.model_version})
+                          for subject in judged.good]
+                serving = serving_section(ev, slo, [a["id"] for a in slo_alerts])
             candidates += drift + quality
-            per_evaluation.append((ev, found))
+            per_evaluation.append((ev, found, serving))
         window = m.windows[start_ms]
         end = window.end_ms
-        alerts, ids = m.alerts.window(end, start_ms, candidates,
-                                      _window_goods(evaluations, m.alerts))
+        alerts, ids = m.alerts.window(end, start_ms, candidates, goods)
         tracker = m.performance
         advice = m.versions.close(window, model_settings.drift, min_samples=m.min_samples,
                                   already=set(tracker.rollbacks) if tracker else set())
@@ -327,8 +340,8 @@ class Engine:
             alerts += m.alerts.detections(
                 [output_rollback_event(advice, model, model_settings, source=self.source)], end)
         alerts += m.alerts.expire(end)
-        for ev, found in per_evaluation:
-            event = evaluation_event(ev, found, source=self.source)
+        for ev, found, serving in per_evaluation:
+            event = evaluation_event(ev, found, source=self.source, serving=serving)
             _episode_ids(event["data"], ids)
             events.append(event)
         return ClosedWindow(evaluations, decisions, alerts, events, due_since,
@@ -395,6 +408,9 @@ class Engine:
         return sorted(self.monitor(model).windows)
 
 
+SLO_KINDS = {LATENCY_SUBJECT: "latency_slo", COST_SUBJECT: "cost_budget"}
+
+
 def _policy_state(m: ModelMonitor) -> dict[str, Any]:
     return {"alerts": m.alerts.to_state(), "versions": m.versions.to_state(),
             "rollbacks": None if m.performance is None else list(m.performance.rollbacks),
@@ -435,10 +451,10 @@ def _performance_goods(ev: PerformanceEvaluation, max_drop: float) -> list[str]:
 def _episode_ids(data: dict[str, Any], ids: dict[str, str | None]) -> None:
     """An evaluation names the alerts firing for its bad signals (episode ids)."""
     data["alerts"] = [i for i in dict.fromkeys(ids.get(a) for a in data["alerts"]) if i]
-    quality = data.get("quality")
-    if quality:
-        quality["alerts"] = [i for i in dict.fromkeys(ids.get(a) for a in quality["alerts"])
-                             if i]
+    for section in ("quality", "serving"):
+        part = data.get(section)
+        if part:
+            part["alerts"] = [i for i in dict.fromkeys(ids.get(a) for a in part["alerts"]) if i]
 
 
 def _merge(a: PerformanceUpdate | None, b: PerformanceUpdate | None) -> PerformanceUpdate | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.serving import ServingStats
 from app.core.signals import is_output_signal, public_name
 from app.core.windows import Sketch, Slice, Window
 from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
@@ -63,6 +64,7 @@ class WindowEvaluation:
     segment: str | None = None  # "region=emea": this segment's events only
     quality: list[QualityFinding] = field(default_factory=list)  # rules the window broke
     quality_rates: dict[str, dict[str, float]] | None = None  # per feature, per counter
+    serving: ServingStats | None = None  # latency and cost of the version's predictions
 
     @property
     def sufficient(self) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
+from app.core.serving import ServingStats
 from app.core.signals import reference_row, segment_label
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
@@ -232,8 +233,10 @@ class ModelMonitor:
                                       self._segment_labels if self.settings.segments else None)
                 if not window.slices:
                     del self.windows[ws]
-                elif self.settings.quality.enabled:
+                    continue
+                if self.settings.quality.enabled:
                     self._count_quality(window, rows)
+                _count_serving(window, rows)
                 if back == 0:
                     result.accepted += added
 
@@ -475,6 +478,8 @@ class ModelMonitor:
             ev = evaluate_window(
                 self.model, window, key.partition(SEP)[0], sl, reference,
                 min_samples=self.min_samples, late_events=late, drift=self.settings.drift)
+            if sl.segment is None:
+                ev = replace(ev, serving=window.serving.get(key))
             counts = window.quality.get(key) if sl.segment is None else None
             if counts is not None:
                 rules = self.rules_for(sl.reference)
@@ -597,3 +602,18 @@ class ModelMonitor:
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"corrupt model-monitor state: {exc!r}") from None
         return m
+
+
+def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Latency and cost per version, for the events that carry them."""
+    carrying = [e for e in rows if "latency_ms" in e or "cost" in e]
+    if not carrying:
+        return
+    by_version: dict[str, list[Mapping[str, Any]]] = {}
+    for e in carrying:
+        by_version.setdefault(e["model_version"], []).append(e)
+    for version, events in by_version.items():
+        stats = window.serving.get(version)
+        if stats is None:
+            stats = window.serving[version] = ServingStats()
+        stats.update(events)

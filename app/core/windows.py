@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, numeric_columns, segment_label, signal_rows
 from app.errors import StateError
 from app.quality import QualityCounts
@@ -95,6 +96,7 @@ class Window:
     # Dead-lettered events with NaN / infinite feature values: version -> feature -> count
     non_finite: dict[str, dict[str, int]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # version -> such events
+    serving: dict[str, ServingStats] = field(default_factory=dict)  # version -> latency, cost
 
     @property
     def versions(self) -> dict[str, int]:
@@ -161,7 +163,8 @@ class Window:
                 "first": self.first_event_ms, "last": self.last_event_ms,
                 "slices": {v: sl.to_state() for v, sl in self.slices.items()},
                 "quality": {v: q.to_state() for v, q in self.quality.items()},
-                "non_finite": self.non_finite, "rejected": self.rejected}
+                "non_finite": self.non_finite, "rejected": self.rejected,
+                "serving": {v: st.to_state() for v, st in self.serving.items()}}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Window:
@@ -173,6 +176,8 @@ class Window:
                        state["first"], state["last"], quality,
                        {str(v): {str(f): int(c) for f, c in d.items()}
                         for v, d in state.get("non_finite", {}).items()},
-                       {str(v): int(c) for v, c in state.get("rejected", {}).items()})
+                       {str(v): int(c) for v, c in state.get("rejected", {}).items()},
+                       {str(v): ServingStats.from_state(st)
+                        for v, st in state.get("serving", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"corrupt window state: {exc!r}") from None

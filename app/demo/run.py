@@ -74,6 +74,7 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
             "features": features,
             "reference": {"file": "churn_train.csv"},
             "drift": {"statistic": "psi", "warning": 0.1, "critical": 0.25},
+            "slo": {"latency_p99_ms": 250, "cost_per_1k": 0.5},
             # Labels come ten minutes after their predictions: judge each window ten
             # minutes after it ends; the baseline comes from the deployed event's metrics.
             "performance": {"positive_class": "1", "score_key": "churn", "max_drop": 0.03,

@@ -7,9 +7,63 @@ what the cap drops is counted.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
+
+
+class BatchHistogram:
+    """A Prometheus histogram fed a whole batch at once (numpy), for per-event figures
+    on the hot path: one ``searchsorted`` and ``bincount`` per batch and series instead
+    of one ``observe`` per event. Exported like any histogram (``_bucket``, ``_sum``,
+    ``_count``)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.labelnames = list(labelnames)
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[tuple[str, ...], tuple[np.ndarray[Any, Any], list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, labels: Sequence[str], values: np.ndarray[Any, Any]) -> None:
+        if not values.size:
+            return
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"),
+                             minlength=self.bounds.size + 1)
+        key = tuple(labels)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (np.zeros(self.bounds.size + 1, np.int64), [0.0])
+            series[0][:] += counts
+            series[1][0] += float(values.sum())
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(k, c.copy(), s[0]) for k, (c, s) in self._series.items()]
+        for labels, counts, total in snapshot:
+            cumulative = np.cumsum(counts).tolist()
+            buckets = [(_bound(b), cumulative[i]) for i, b in enumerate(self.bounds.tolist())]
+            buckets.append(("+Inf", cumulative[-1]))
+            family.add_metric(list(labels), buckets, sum_value=total)
+        yield family
+
+
+def _bound(b: float) -> str:
+    return repr(float(b))
 
 
 class Metrics:
@@ -116,10 +170,58 @@ class Metrics:
             "driftwarden_label_coverage_ratio",
             "Share of a window's predictions labelled, at each checkpoint delay (newest "
             "window evaluated there).", ["model", "version", "after"], registry=registry)
+        self.predictions = Counter(
+            "driftwarden_predictions_total", "Predictions read, per model and version.",
+            ["model", "version"], registry=registry)
+        self.latency = BatchHistogram(
+            "driftwarden_prediction_latency_seconds", "The predictions' own latency "
+            "(their latency_ms), per model and version.", ["model", "version"],
+            LATENCY_BUCKETS, registry)
+        self.cost = Counter(
+            "driftwarden_prediction_cost_total", "Sum of the predictions' cost (the "
+            "events' currency unit), per model and version.", ["model", "version"],
+            registry=registry)
+        self.window_latency = Gauge(
+            "driftwarden_window_latency_seconds", "Prediction latency quantiles of the "
+            "last closed window (0.99: what latency_slo judges).",
+            ["model", "version", "quantile"], registry=registry)
+        self.window_cost = Gauge(
+            "driftwarden_window_cost_per_1k_predictions", "Cost per 1000 predictions in "
+            "the last closed window (what cost_budget judges).", ["model", "version"],
+            registry=registry)
+        self.slo_objective = Gauge(
+            "driftwarden_slo_objective", "Configured serving objectives: latency_slo in "
+            "seconds (p99), cost_budget per 1000 predictions.", ["model", "kind"],
+            registry=registry)
         self.label_delay = Gauge(
             "driftwarden_label_delay_seconds", "Label delay quantiles of the newest "
             "evaluated window (time from prediction to its label).",
             ["model", "version", "quantile"], registry=registry)
+
+    def observe_predictions(self, model: str, events: Sequence[Mapping[str, Any]]) -> None:
+        """A batch's predictions of one model: counts, latency and cost per version."""
+        by_version: dict[str, list[Mapping[str, Any]]] = {}
+        for e in events:
+            by_version.setdefault(e["model_version"], []).append(e)
+        for version, group in by_version.items():
+            self.predictions.labels(model, version).inc(len(group))
+            latency = [e["latency_ms"] for e in group if e.get("latency_ms") is not None]
+            if latency:
+                self.latency.observe_many((model, version),
+                                          np.asarray(latency, dtype=np.float64) / 1000)
+            cost = sum(float(e["cost"]) for e in group if e.get("cost") is not None)
+            if cost:
+                self.cost.labels(model, version).inc(cost)
+
+    def set_serving(self, model: str, version: str, serving: Mapping[str, Any]) -> None:
+        """Gauges from a closed window's serving section (its drift evaluation)."""
+        latency, cost = serving.get("latency_ms"), serving.get("cost")
+        if latency:
+            self.window_latency.labels(model, version, "0.5").set(latency["p50"] / 1000)
+            self.window_latency.labels(model, version, "0.9").set(latency["p90"] / 1000)
+            self.window_latency.labels(model, version, "0.99").set(latency["p99"] / 1000)
+        if cost:
+            self.window_cost.labels(model, version).set(cost["per_1k"])
 
     def observe_alerts(self, model: str, published: Any, book: Any) -> None:
         """Alert events just published (CloudEvents) and the alert book they came from."""

@@ -159,7 +159,9 @@ def change_alert_event(det: Detection, model_name: str, model: ModelSettings, wi
 
 
 def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
-                     source: str) -> dict[str, Any]:
+                     source: str, serving: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A window's drift evaluation; ``serving`` is its serving section (see
+    ``app.outputs.serving.serving_section``), for the version's unsegmented evaluation."""
     parts: tuple[object, ...] = (ev.model, ev.model_version, "evaluation", ev.start_ms)
     evaluation_id = stable_id(*parts, ev.segment) if ev.segment else stable_id(*parts)
     alert_ids = [_window_alert_id(ev, a) for a in alerts]
@@ -176,11 +178,16 @@ def evaluation_event(ev: WindowEvaluation, alerts: list[AlertDecision], *,
         "features": [f.to_dict() for f in ev.features],
         "alerts": alert_ids,
     }
+    ids = list(alert_ids)
     if ev.quality_rates is not None:
         from app.outputs.quality import quality_section
 
         quality = quality_section(ev)
         data["quality"] = quality
-        data["alerts"] = [*alert_ids, *(quality["alerts"] if quality else [])]
+        ids += quality["alerts"] if quality else []
+    if serving is not None:
+        data["serving"] = serving
+        ids += serving["alerts"]
+    data["alerts"] = ids
     return envelope(type_=EVALUATION, id_=evaluation_id, source=source,
                     subject=ev.model, time_ms=ev.end_ms, data=data)

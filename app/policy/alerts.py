@@ -56,7 +56,7 @@ FIRING, RESOLVED = ALERT_FIRING, ALERT_RESOLVED
 STATE_KIND = "alert-book"
 STATE_VERSION = 1
 VERSIONED_KINDS = frozenset({"performance_drop", "label_coverage", "concept_drift",
-                             "rollback_recommended"})
+                             "rollback_recommended", "latency_slo", "cost_budget"})
 MAX_SILENCED_IDS = 1000
 SEVERITY_RANK = {"warning": 1, "critical": 2}
 Event = dict[str, Any]
