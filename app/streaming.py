@@ -44,6 +44,48 @@ STATE_TABLE = "model-state"
 STATE_MAX_BYTES = 16 * 1024 * 1024  # a model's state record: references can be large
 
 
+class ConsumerLag:
+    """Offsets processed per input partition, and the lag they leave behind the
+    partitions' high watermarks (``driftwarden_consumer_lag_messages``)."""
+
+    def __init__(self, metrics: Metrics, topics: set[str]) -> None:
+        self.metrics = metrics
+        self.topics = topics
+        self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+        self.exported: set[tuple[str, int]] = set()
+
+    def processed(self, events: list[EventT[Any]]) -> None:
+        """A processed batch (in offset order per partition: the last one wins)."""
+        done = self.done
+        for event in events:
+            msg = event.message
+            done[(msg.topic, msg.partition)] = msg.offset + 1
+
+    async def update(self, consumer: Any) -> None:
+        """One pass over the assigned input partitions."""
+        seen = set()
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            key = (tp.topic, tp.partition)
+            try:
+                highwater = consumer.highwater(tp)
+                done = self.done.get(key)
+                if done is None:  # nothing processed since the assignment: where it starts
+                    done = await consumer.position(tp)
+            except Exception:  # e.g. revoked meanwhile: judged again on the next pass
+                continue
+            if highwater is None or done is None:
+                continue
+            seen.add(key)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, int(highwater) - int(done)))
+        for key in self.exported - seen:
+            self.metrics.consumer_lag.remove(key[0], str(key[1]))
+            self.done.pop(key, None)
+        self.exported = seen
+
+
 @dataclass
 class Pipeline:
     """The faust side of prediction monitoring: Kafka records in, Kafka records out.
@@ -116,6 +158,7 @@ class Pipeline:
         self.table.send_changelog(m.partition, key, value)
 
     assigned: Any = None  # () -> set of predictions partitions this worker holds
+    lag: ConsumerLag | None = None  # processed offsets, for the consumer-lag gauge
 
     def local_models(self) -> list[str]:
         """Models whose state this worker holds for a partition it is assigned."""
@@ -411,9 +454,15 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                                  if tp.topic == predictions_name}
     batch, within = settings.worker.batch_size, settings.worker.batch_within
 
+    lag = ConsumerLag(metrics, {topics.name(t) for t in
+                                ("predictions", "outcomes", "model_events", "inputs")})
+    pipeline.lag = lag
+
     async def predictions_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await pipeline.process_batch(list(events))
+            taken = list(events)
+            await pipeline.process_batch(taken)
+            lag.processed(taken)
 
     app.agent(streams, name="driftwarden.predictions")(predictions_agent)
 
@@ -422,6 +471,12 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
             await pipeline.tick()
 
     app.timer(settings.worker.tick_interval, name="driftwarden.tick")(tick)
+
+    async def measure_lag() -> None:
+        if _ready(app):
+            await lag.update(app.consumer)
+
+    app.timer(max(1.0, settings.worker.tick_interval), name="driftwarden.lag")(measure_lag)
 
     if settings.sources:
         _add_sources(app, settings, metrics, raw_topic, pipeline)
@@ -469,7 +524,10 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
 
     async def inputs_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await sources.process_batch(list(events))
+            taken = list(events)
+            await sources.process_batch(taken)
+            if pipeline.lag is not None:
+                pipeline.lag.processed(taken)
 
     app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
 

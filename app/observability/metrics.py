@@ -122,6 +122,10 @@ class Metrics:
             "driftwarden_window_close_lag_seconds",
             "Wall-clock time from a window becoming due to its outputs being published.",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry)
+        self.consumer_lag = Gauge(
+            "driftwarden_consumer_lag_messages", "Records of an assigned input partition "
+            "not yet processed (its high watermark minus the next offset to process).",
+            ["topic", "partition"], registry=registry)
         self.watermark = Gauge(
             "driftwarden_watermark_timestamp_seconds", "Latest event time seen, per model.",
             ["model"], registry=registry)

@@ -1,5 +1,7 @@
 """Events from a plain aiokafka producer lead to alerts naming exactly the shifted features."""
 
+import time
+
 import numpy as np
 import orjson
 from support import (
@@ -64,6 +66,16 @@ def test_shifted_features_alert_and_unshifted_do_not(broker, worker_factory, tmp
     assert worker.metric("driftwarden_events_total", outcome="valid") == PER_WINDOW * 6
     assert worker.metric("driftwarden_windows_closed_total", model=MODEL) == 6
     assert worker.metric("driftwarden_drift_score", model=MODEL, feature="n1") > 0.1
+    # every predictions partition this worker holds reports its lag: nothing left
+    topic = settings.topics.name("predictions")
+    deadline = time.monotonic() + 15
+    while True:
+        lag = {dict(labels)["partition"]: v for (name, labels), v in worker.metrics().items()
+               if name == "driftwarden_consumer_lag_messages" and ("topic", topic) in labels}
+        if (set(lag) == {"0", "1"} and not any(lag.values())) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert lag == {"0": 0, "1": 0}
 
     # The same messages through the offline replay: the same decisions, the same ids.
     lines = tmp_path / "predictions.jsonl"
