@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests load-tests
+	$(BIN)/ruff check app tests load-tests deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy app

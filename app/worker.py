@@ -6,7 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from app.broker import EmbeddedBroker
 from app.detectors import STATISTICS
@@ -52,8 +57,12 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
     try:
         references = load_references(settings)
         registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds
+        PlatformCollector(registry=registry)
         metrics = Metrics(registry, max_feature_series=settings.metrics.max_feature_series)
         for name, model in settings.models.items():
+            for counter in (metrics.late_events, metrics.state_errors, metrics.windows_closed):
+                counter.labels(name)  # known series start at 0, not absent
             for statistic in STATISTICS:
                 warning, critical = model.drift.thresholds_for(statistic)
                 metrics.drift_threshold.labels(name, statistic, "warning").set(warning)

@@ -191,7 +191,7 @@ class Demo:
             print(alert_line(data), flush=True)
         elif data.get("kind") == "performance":
             self.performance[data["window_id"]] = data
-        else:
+        elif data.get("kind") == "drift":  # not the sources' evaluations
             self.evaluations[data["evaluation_id"]] = data
         if len(self.evaluations) >= self.windows and len(self.performance) >= self.windows:
             self.done.set()
@@ -210,12 +210,14 @@ class Demo:
 def alert_line(data: dict[str, Any]) -> str:
     ev = data["evidence"]
     window = f"window {data['window']['start'][11:16]}-{data['window']['end'][11:16]}"
-    head = (f"  ALERT {data['severity']:<8} {data['model']}/{data['feature']:<22} "
-            f"{data['kind']:<17}")
+    # a source's alert has no model: it is about the source (and the models it feeds)
+    who = data.get("model") or f"source:{data.get('source')}"
+    subject = data.get("feature") or "-"
+    head = f"  ALERT {data['severity']:<8} {who}/{subject:<22} {data['kind']:<17}"
     route = data.get("route") or {}
-    owner = f"to {route.get('to') or data['owners'].get('on_call')}"
+    owner = f"to {route.get('to') or (data.get('owners') or {}).get('on_call')}"
     if data["status"] == "resolved":
-        return (f"  RESOLVED {data['severity']:<5} {data['model']}/{data['feature']:<22} "
+        return (f"  RESOLVED {data['severity']:<5} {who}/{subject:<22} "
                 f"{data['kind']:<17}{data['summary'].partition(':')[0]}  {owner}")
     if data["kind"] == "performance_drop":
         low, high = ev["interval"]
@@ -227,8 +229,11 @@ def alert_line(data: dict[str, Any]) -> str:
                 f"({ev['reference']} -> {ev['window']})  {window}  {owner}")
     if data["kind"] == "label_coverage":
         return f"{head}{ev['value']:.1%} < {ev['threshold']:.0%}  {window}  {owner}"
-    return (f"{head}{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  {window}  "
-            f"({ev['reference']} -> {ev['window']})  {owner}")
+    if "reference" in ev and "window" in ev:
+        return (f"{head}{ev['statistic']} {ev['value']:.3f} >= {ev['threshold']:g}  "
+                f"{window}  ({ev['reference']} -> {ev['window']})  {owner}")
+    # e.g. schema_change, latency_slo, rollback_recommended: their summary says it
+    return f"{head}{data['summary'].partition(': ')[2]}  {window}  {owner}"
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -187,8 +187,8 @@ class Metrics:
             registry=registry)
         self.window_latency = Gauge(
             "driftwarden_window_latency_seconds", "Prediction latency quantiles of the "
-            "last closed window (0.99: what latency_slo judges).",
-            ["model", "version", "quantile"], registry=registry)
+            "last closed window, by percentile (99: what latency_slo judges).",
+            ["model", "version", "percentile"], registry=registry)
         self.window_cost = Gauge(
             "driftwarden_window_cost_per_1k_predictions", "Cost per 1000 predictions in "
             "the last closed window (what cost_budget judges).", ["model", "version"],
@@ -200,7 +200,7 @@ class Metrics:
         self.label_delay = Gauge(
             "driftwarden_label_delay_seconds", "Label delay quantiles of the newest "
             "evaluated window (time from prediction to its label).",
-            ["model", "version", "quantile"], registry=registry)
+            ["model", "version", "percentile"], registry=registry)
 
     def observe_predictions(self, model: str, events: Sequence[Mapping[str, Any]]) -> None:
         """A batch's predictions of one model: counts, latency and cost per version."""
@@ -221,9 +221,8 @@ class Metrics:
         """Gauges from a closed window's serving section (its drift evaluation)."""
         latency, cost = serving.get("latency_ms"), serving.get("cost")
         if latency:
-            self.window_latency.labels(model, version, "0.5").set(latency["p50"] / 1000)
-            self.window_latency.labels(model, version, "0.9").set(latency["p90"] / 1000)
-            self.window_latency.labels(model, version, "0.99").set(latency["p99"] / 1000)
+            for p in ("p50", "p90", "p99"):
+                self.window_latency.labels(model, version, p[1:]).set(latency[p] / 1000)
         if cost:
             self.window_cost.labels(model, version).set(cost["per_1k"])
 
@@ -294,5 +293,4 @@ class Metrics:
         if data["label_coverage"] is not None:
             self.label_coverage.labels(model, version, data["after"]).set(data["label_coverage"])
         for q, value in (data["label_delay_seconds"] or {}).items():
-            self.label_delay.labels(model, version, {"p50": "0.5", "p90": "0.9",
-                                                     "p99": "0.99"}[q]).set(value)
+            self.label_delay.labels(model, version, q[1:]).set(value)
