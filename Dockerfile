@@ -2,7 +2,10 @@ FROM python:3.11-slim
 WORKDIR /srv/driftwarden
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+ && mkdir -p /var/lib/driftwarden && chown nobody:nogroup /var/lib/driftwarden
+# the worker's local data (worker.data_dir is relative to the working directory)
+WORKDIR /var/lib/driftwarden
 USER nobody
 EXPOSE 9464
 ENTRYPOINT ["driftwarden"]

@@ -123,8 +123,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo.run import run_demo
+    from app.demo.run import run_demo, run_external, standalone_config
 
+    if args.write_config:
+        import yaml
+
+        Path(args.write_config).write_text(
+            "# The demo's monitor file for a real Kafka, written by `driftwarden demo "
+            "--write-config`.\n" + yaml.safe_dump(standalone_config(), sort_keys=False))
+        print(f"written to {args.write_config}")
+        return 0
+    if args.bootstrap:
+        if not args.config:
+            raise DriftwardenError("demo --bootstrap needs -c/--config (e.g. examples/demo.yaml)")
+        return run_external(args.bootstrap, Path(args.config), duration=args.duration,
+                            rate=args.rate, seed=args.seed)
     return run_demo(duration=args.duration, rate=args.rate, seed=args.seed)
 
 
@@ -151,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of producing (default 60; the whole demo takes ~20 s more)")
     d.add_argument("--rate", type=int, default=2000, help="events per second (default 2000)")
     d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--bootstrap", help="produce to this Kafka instead (a worker must run "
+                                      "with the same monitor file; no embedded broker)")
+    d.add_argument("-c", "--config", help="with --bootstrap: the demo's monitor file")
+    d.add_argument("--write-config", metavar="FILE",
+                   help="write the demo's monitor file for a real Kafka and exit")
     d.set_defaults(func=cmd_demo)
 
     rp = sub.add_parser("replay", help="run the monitoring engine offline over JSON-lines files")

@@ -602,6 +602,11 @@ def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = 
         kafka = dict(data.get("kafka") or {})
         kafka["bootstrap"] = bootstrap
         data["kafka"] = kafka
+    metrics_host = env.get("DRIFTWARDEN_METRICS_HOST")  # e.g. 0.0.0.0 in a container
+    if metrics_host:
+        metrics = dict(data.get("metrics") or {})
+        metrics["host"] = metrics_host
+        data["metrics"] = metrics
     data["base_dir"] = base_dir
     try:
         return MonitorSettings.model_validate(data)

@@ -35,18 +35,17 @@ import yaml
 
 from app.broker import EmbeddedBroker, _bind_to_parent, free_port
 from app.demo import synthetic
-from app.kafka import ensure_topics
+from app.errors import DriftwardenError
+from app.kafka import client_kwargs, ensure_topics
 from app.settings import load_settings
 
 WINDOW_MS = 5 * 60 * 1000
 
 
-def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
-    rows = synthetic.training_rows(seed, 20_000)
-    with open(workdir / "churn_train.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def demo_config(*, reference: dict[str, Any], kafka: dict[str, Any],
+                metrics: dict[str, Any], worker: dict[str, Any],
+                topics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The demo's monitor file: the synthetic churn model and its three sources."""
     sources = {"crm": ["tenure_months", "age", "region", "contract"],
                "billing": ["monthly_charges", "plan", "payment_method", "discount_pct"],
                "product": ["support_calls_90d", "avg_session_minutes", "days_since_last_login",
@@ -58,11 +57,12 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
     for name, values in synthetic.CATEGORICAL.items():
         features[name] = {"type": "categorical", "source": source_of[name],
                           "values": list(values)}
-    config = {
-        "kafka": {"partitions": 2, "rebalance_timeout": "3s", "session_timeout": "6s"},
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "worker": {"app_id": f"driftwarden-demo-{os.getpid()}",
-                   "data_dir": str(workdir / "data"), "batch_within": 0.1},
+    config: dict[str, Any] = {"kafka": kafka}
+    if topics:
+        config["topics"] = topics
+    config.update({
+        "metrics": metrics,
+        "worker": worker,
         "defaults": {"window": "5m", "lateness": "2s", "min_samples": 500},
         "sources": {"crm": {"owner": "data-eng", "freshness": "15m"},
                     "billing": {"owner": "payments-data", "freshness": "1h"},
@@ -72,7 +72,7 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
                        "data": "data-eng"},
             "task": "binary_classification",
             "features": features,
-            "reference": {"file": "churn_train.csv"},
+            "reference": reference,
             "drift": {"statistic": "psi", "warning": 0.1, "critical": 0.25},
             "slo": {"latency_p99_ms": 250, "cost_per_1k": 0.5},
             # Labels come ten minutes after their predictions: judge each window ten
@@ -81,7 +81,32 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
                             "min_labels": 500, "label_horizon": "20m", "after": ["10m"],
                             "max_label_lag": "20m"},
         }},
-    }
+    })
+    return config
+
+
+def standalone_config() -> dict[str, Any]:
+    """The demo's monitor file for a real Kafka (``examples/demo.yaml``, used by the
+    compose stack's ``demo`` profile): topics of their own (``demo.`` prefix), the
+    reference learned from the first 5000 predictions."""
+    return demo_config(reference={"warmup": 5000},
+                       kafka={"partitions": 4}, topics={"prefix": "demo."},
+                       metrics={"host": "0.0.0.0", "port": 9464},  # inside a container
+                       worker={"app_id": "driftwarden-demo", "batch_within": 0.1})
+
+
+def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
+    rows = synthetic.training_rows(seed, 20_000)
+    with open(workdir / "churn_train.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = demo_config(
+        reference={"file": "churn_train.csv"},
+        kafka={"partitions": 2, "rebalance_timeout": "3s", "session_timeout": "6s"},
+        metrics={"host": "127.0.0.1", "port": metrics_port},
+        worker={"app_id": f"driftwarden-demo-{os.getpid()}",
+                "data_dir": str(workdir / "data"), "batch_within": 0.1})
     path = workdir / "monitor.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -125,7 +150,8 @@ class Demo:
         start_ms = (now_ms // WINDOW_MS - self.windows) * WINDOW_MS
         spacing = WINDOW_MS // self.per_window
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                    max_request_size=4 * 1024 * 1024)
+                                    max_request_size=4 * 1024 * 1024,
+                                    **client_kwargs(self.settings.kafka))
         await producer.start()
         key = synthetic.MODEL.encode()
         rng = np.random.default_rng(self.seed + 1)
@@ -173,7 +199,8 @@ class Demo:
         topics = self.settings.topics
         consumer = AIOKafkaConsumer(topics.name("alerts"), topics.name("evaluations"),
                                     bootstrap_servers=self.bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    **client_kwargs(self.settings.kafka))
         await consumer.start()
         try:
             while not self.done.is_set():
@@ -304,6 +331,24 @@ def summarise(demo: Demo, metrics: dict[Any, float], elapsed: float) -> None:
           f"{', '.join(missed) or 'none'}; false alarms on unshifted: "
           f"{', '.join(unshifted) or 'none'}")
     print(f"demo took {elapsed:.0f} s")
+
+
+def run_external(bootstrap: str, config: Path, *, duration: float, rate: int,
+                 seed: int) -> int:
+    """The demo's traffic against a running Kafka and worker (the compose stack's demo
+    profile): produce, then print the alerts and the summary as they come."""
+    began = time.monotonic()
+    demo = Demo(bootstrap, config, duration, rate, seed, metrics_port=0)
+    if synthetic.MODEL not in demo.settings.models:
+        raise DriftwardenError(f"{config} has no model {synthetic.MODEL!r}: use the demo's "
+                               "monitor file (examples/demo.yaml)")
+    asyncio.run(ensure_topics(bootstrap, demo.settings))
+    print(f"producing {demo.total} predictions of model '{synthetic.MODEL}' at ~{rate}/s to "
+          f"{demo.settings.topics.name('predictions')} on {bootstrap}; "
+          f"{', '.join(synthetic.SHIFTED)} shift from window {demo.shift_window + 1}\n")
+    asyncio.run(demo.run())
+    summarise(demo, {}, time.monotonic() - began)
+    return 0
 
 
 def run_demo(duration: float = 60.0, rate: int = 2000, seed: int = 7) -> int:

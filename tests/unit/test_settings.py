@@ -41,6 +41,12 @@ def test_env_overrides_bootstrap(tmp_path):
     assert s.kafka.bootstrap == "kafka:9092"
 
 
+def test_env_overrides_the_metrics_bind_address(tmp_path):
+    assert load_settings(write(tmp_path, GOOD), env={}).metrics.host == "127.0.0.1"
+    s = load_settings(write(tmp_path, GOOD), env={"DRIFTWARDEN_METRICS_HOST": "0.0.0.0"})
+    assert s.metrics.host == "0.0.0.0"
+
+
 @pytest.mark.parametrize(("patch", "path", "expected"), [
     ("drift: {statistic: psi, warning: high}", "models.churn.drift.warning", "valid number"),
     ("drift: {statistic: psi, warning: 0.3, critical: 0.2}", "models.churn.drift",
