@@ -663,11 +663,13 @@ def test_decode_integers_beyond_64_bits_are_read():
     # orjson reads an integer beyond 64 bits as a float (an integral float is still a
     # valid epoch-ms timestamp); one beyond the double range it refuses, and the
     # standard-library fallback reads it exactly.
-    doc = {**GOOD, "features": {"big": 2**64 + 1}}
-    huge = {**GOOD, "features": {"big": 10**400}}
-    d = decode(json.dumps([doc, GOOD]).encode())
+    good = {"prediction_id": "p1", "model": "churn", "model_version": "v1",
+            "features": {"x": 1}, "prediction": 1}
+    doc = {**good, "features": {"big": 2**64 + 1}}
+    huge = {**good, "features": {"big": 10**400}}
+    d = decode(json.dumps([doc, good]).encode(), spec=SPECS["prediction"])
     assert d.positions == [0, 1] and d.events[0]["features"]["big"] == float(2**64 + 1)
-    d = decode(json.dumps([huge, GOOD]).encode(), max_bytes=1 << 20)
+    d = decode(json.dumps([huge, good]).encode(), max_bytes=1 << 20, spec=SPECS["prediction"])
     assert d.positions == [0, 1] and d.events[0]["features"]["big"] == 10**400
 
 
@@ -701,7 +703,9 @@ def test_decode_array_positions_follow_the_schema(kind, data):
     d = decode_message(value, SPECS[kind], max_bytes=len(value), max_elements=len(docs))
     valid = [i for i, doc in enumerate(docs) if schema_ok(kind, doc)]
     assert d.positions == valid
-    assert d.events == [as_read(docs[i]) for i in valid]
+    known = {f for f, _, _ in SPECS[kind]}  # the fast path drops undefined fields
+    assert [{k: v for k, v in e.items() if k in known} for e in d.events] == [
+        {k: v for k, v in as_read(docs[i]).items() if k in known} for i in valid]
     assert [r.index for r in d.rejections] == [i for i in range(len(docs)) if i not in valid]
     assert {r.reason for r in d.rejections} <= {"schema_violation"}
 
@@ -716,3 +720,58 @@ def test_lone_surrogates_are_refused_as_text():
     # a proper pair (an astral character written as two escapes) is fine
     ok = {**GOOD, "prediction_id": "\U0001f600"}
     assert decode(json.dumps([ok]).encode()).events == [ok]
+
+
+# --- the msgspec fast path (app/events/fast.py) against the precise checks ------------
+
+def assert_fast_path_agrees(kind: str, doc: Any, neighbour: Any) -> None:
+    """A message decodes to the same events and rejections with the fast path as
+    without it (the fast path drops undefined top-level fields, which nothing reads),
+    as one object and inside an array next to a valid element."""
+    known = {f for f, _, _ in SPECS[kind]}
+
+    def strip(e: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in e.items() if k in known}
+
+    for value in (doc, [neighbour, doc]):
+        raw = json.dumps(value).encode()
+        fast = decode_message(raw, SPECS[kind], max_bytes=1 << 20, max_elements=100)
+        precise = decode_message(raw, SPECS[kind], max_bytes=1 << 20, max_elements=100,
+                                 fast=False)
+        assert [strip(e) for e in fast.events] == [strip(e) for e in precise.events]
+        assert fast.rejections == precise.rejections
+        assert fast.positions == precise.positions
+        for got, want in zip(fast.events, precise.events, strict=True):
+            assert [type(v) for v in strip(got).values()] == \
+                [type(v) for v in strip(want).values()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=150)
+@given(data=st.data())
+def test_fast_path_agrees_on_valid_and_mutated_documents(kind, data):
+    neighbour = data.draw(valid_documents(kind))
+    assert_fast_path_agrees(kind, data.draw(valid_documents(kind)), neighbour)
+    assert_fast_path_agrees(kind, data.draw(mutated_documents(kind)), neighbour)
+
+
+@pytest.mark.parametrize(("kind", "field"), [(k, f) for k in KINDS for f in FIELDS[k]])
+@settings(max_examples=20)
+@given(data=st.data())
+def test_fast_path_agrees_on_a_bad_value_in_each_field(kind, field, data):
+    doc = data.draw(valid_documents(kind))
+    doc[field] = data.draw(BAD[kind][field])
+    assert_fast_path_agrees(kind, doc, data.draw(valid_documents(kind)))
+
+
+def test_fast_path_refuses_what_only_the_precise_path_can_explain():
+    ok = {"prediction_id": "p", "model": "m", "model_version": "v1", "features": {"x": 1.0},
+          "prediction": 1}
+    for doc in ({**ok, "timestamp": 1.7e12},  # an integral float: accepted, precisely
+                {**ok, "timestamp": "2024-02-30T10:00:00Z"},  # no such day
+                {**ok, "features": {"x": 10**30}}):  # beyond 64 bits
+        assert_fast_path_agrees("prediction", doc, ok)
+    raw = b'[{"prediction_id":"p","model":"m","model_version":"v1","features":{"x":NaN},' \
+          b'"prediction":1}]'
+    d = decode_message(raw, SPECS["prediction"], max_bytes=1000, max_elements=10)
+    assert [r.reason for r in d.rejections] == ["non_finite_number"]
