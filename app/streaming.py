@@ -206,13 +206,13 @@ class Pipeline:
             count = counts[msg.topic]
             count[0] += 1
             before = (batch.accepted, batch.duplicates)
-            for i, obj in enumerate(decoded.events):
-                if batch.add(obj, default_ms, position=(position, msg.offset),
-                             partition=msg.partition, kind=kind) is not None:
-                    index = None if decoded.positions is None else decoded.positions[i]
-                    dead.append((msg, Rejection(
-                        "unknown_model", f"model {obj['model']!r} is not configured",
-                        element_bytes(value, obj, decoded), index)))
+            for i in batch.add_many(decoded.events, default_ms, position=(position, msg.offset),
+                                    partition=msg.partition, kind=kind):
+                obj = decoded.events[i]
+                index = None if decoded.positions is None else decoded.positions[i]
+                dead.append((msg, Rejection(
+                    "unknown_model", f"model {obj['model']!r} is not configured",
+                    element_bytes(value, obj, decoded), index)))
             count[1] += batch.accepted - before[0]
             count[2] += batch.duplicates - before[1]
         for name, (messages, valid, duplicates) in counts.items():

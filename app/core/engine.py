@@ -138,6 +138,40 @@ class Batch:
         self.accepted += 1
         return None
 
+    def add_many(self, events: list[dict[str, Any]], default_ms: int, *,
+                 position: tuple[str, int] | None = None, partition: int | None = None,
+                 kind: str = "prediction") -> list[int]:
+        """:meth:`add` for the validated events of one message (they share its position);
+        returns the indices of those refused (``unknown_model``).
+
+        The usual message holds one model's events: routed together, with one lookup.
+        """
+        if not events:
+            return []
+        model = events[0]["model"]
+        if any(e["model"] != model for e in events):  # mixed models: one by one
+            return [i for i, e in enumerate(events)
+                    if self.add(e, default_ms, position=position, partition=partition,
+                                kind=kind) is not None]
+        if model not in self.engine.settings.models:
+            self.unknown.extend(events)
+            return list(range(len(events)))
+        m = self.engine.monitor(model, partition)
+        if position is not None and m.applied(*position):
+            self.duplicates += len(events)
+            return []
+        runs = self.runs.setdefault(model, [])
+        if not runs or runs[-1][0] != kind:
+            runs.append((kind, [], []))
+        run = runs[-1]
+        run[1].extend(events)
+        run[2].extend([ts if type(ts) is int else default_ms if ts is None
+                       else timestamp_ms(ts) for ts in [e.get("timestamp") for e in events]])
+        if position is not None:
+            self.positions.setdefault(model, {})[position[0]] = position[1]
+        self.accepted += len(events)
+        return []
+
 
 @dataclass(frozen=True)
 class ClosedWindow:

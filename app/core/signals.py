@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,10 +73,15 @@ def numeric_columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]
     """
     if not names or not rows:
         return {n: numeric_column(rows, n) for n in names}
-    flat = [row.get(n) for row in rows for n in names]
-    if set(map(type, flat)) <= _FAST_TYPES:
+    try:  # the usual batch: every row carries every name (one C call per row)
+        getter = operator.itemgetter(*names)
+        table = list(map(getter, rows)) if len(names) > 1 else \
+            [(v,) for v in map(getter, rows)]
+    except KeyError:
+        table = [tuple(row.get(n) for n in names) for row in rows]
+    if set(map(type, itertools.chain.from_iterable(table))) <= _FAST_TYPES:
         try:
-            matrix = np.array(flat, dtype=np.float64).reshape(len(rows), len(names))
+            matrix = np.array(table, dtype=np.float64).reshape(len(rows), len(names))
         except OverflowError:
             pass
         else:

@@ -194,17 +194,27 @@ class QualityCounts:
             return
         names = self._names
         k = len(names)
-        flat = [f.get(name, _ABSENT) for f in feature_maps for name in names]
+        flat: list[Any] | None = None
+        columns: Sequence[Sequence[Any]]
+        if k:
+            try:  # the usual batch: every event carries every configured feature
+                getter = operator.itemgetter(*names)
+                rows = list(map(getter, feature_maps)) if k > 1 else \
+                    [(v,) for v in map(getter, feature_maps)]
+                columns = list(zip(*rows, strict=True))
+            except KeyError:
+                flat = [f.get(name, _ABSENT) for f in feature_maps for name in names]
+                columns = [flat[j::k] for j in range(k)]
         delta = np.zeros_like(self._counts)
         for j, name in enumerate(names):
             numeric = self._numeric[j]
-            delta[j] = _column(name, flat[j::k], numeric,
+            delta[j] = _column(name, columns[j], numeric,
                                ranges.get(name) if numeric else None,
                                None if numeric else allowed.get(name))
 
         lengths = np.fromiter(map(len, feature_maps), dtype=np.int64, count=n)
         configured: Any = k  # configured features each event carries
-        if delta[:, _MISSING_C].any():
+        if flat is not None and delta[:, _MISSING_C].any():
             absent = np.fromiter(map(operator.is_, flat, itertools.repeat(_ABSENT)),
                                  dtype=np.bool_, count=n * k).reshape(n, k)
             configured = k - absent.sum(axis=1)
@@ -298,7 +308,7 @@ _NUMERIC_FAST = frozenset({float, int, bool, type(None), _Absent})
 _CATEGORY_FAST = frozenset({str, type(None), _Absent})
 
 
-def _column(name: str, column: list[Any], numeric: bool, bounds: tuple[float, float] | None,
+def _column(name: str, column: Sequence[Any], numeric: bool, bounds: tuple[float, float] | None,
             allowed: frozenset[str] | None) -> list[int]:
     """The counters (in ``COUNTERS`` order) of one feature's column of values."""
     n = len(column)
@@ -355,7 +365,7 @@ def _outside(x: FloatArray, bounds: tuple[float, float]) -> int:
     return int(x.size - np.count_nonzero(inside))
 
 
-def _floats(values: list[Any]) -> FloatArray:
+def _floats(values: Sequence[Any]) -> FloatArray:
     """Numbers, nulls and absences as floats: numbers as themselves (bools 1/0, integers
     beyond the float range ±inf), the others NaN."""
     try:

@@ -256,13 +256,34 @@ class Cells:
     counts: IntArray
 
 
+# The last pair aligned and its result: a window close computes several statistics (and
+# a test) on the same reference and window sketches. Holding both sketches keeps their
+# identities unique while cached; a sketch only changes by update (its n grows).
+_last: list[Any] = []
+
+
 def aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:
     """Both sketches on one set of cells: ``(cells with a's counts, b's counts)``.
 
     The cells are the union of both sketches' occupied buckets, so between consecutive
     cells neither sketch has any mass. When either sketch collapsed a sign, both are
     folded with the higher floor first, so that a cell means the same range on both sides.
+    The arrays are read-only (the result of the last pair is reused).
     """
+    if _last and _last[0] is a and _last[1] is b and _last[2] == (a.n, b.n):
+        return _last[3]  # type: ignore[no-any-return]
+    result = _aligned(a, b)
+    for array in (*vars_of(result[0]), result[1]):
+        array.flags.writeable = False
+    _last[:] = [a, b, (a.n, b.n), result]
+    return result
+
+
+def vars_of(cells: Cells) -> tuple[Any, ...]:
+    return (cells.lower, cells.upper, cells.value, cells.counts)
+
+
+def _aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:
     if not a.same_grid(b):
         raise ValueError("quantile sketches on different grids (alpha or min_positive differ)")
     pos_a, pos_b = _Store.harmonised(a.positive, b.positive)

@@ -65,3 +65,48 @@ def test_the_stream_exercises_lateness_and_fallback():
     assert late > 0
     assert any(fallback for *_, fallback, _ in closed)  # v2/v3 while they warm up
     assert any(not fallback for *_, fallback, _ in closed)
+
+
+def test_a_message_routed_at_once_is_routed_as_event_by_event():
+    from app.core.engine import Engine
+
+    cfg = settings_from_mapping(
+        {"defaults": {"window": "1m", "lateness": "5s", "min_samples": 10},
+         "models": {m: {"features": {"x": {"type": "numeric"}},
+                        "reference": {"warmup": 40}} for m in ("a", "b")}}, env={})
+
+    def event(model, i, ts=None):
+        e = {"model": model, "model_version": "v1", "features": {"x": float(i)},
+             "prediction": 1, "prediction_id": f"{model}{i}"}
+        if ts is not None:
+            e["timestamp"] = ts
+        return e
+
+    messages = [
+        [event("a", i, 1_000 + i) for i in range(5)],  # one model: routed together
+        [event("a", 5, "2024-05-01T10:00:00Z"), event("b", 0), event("zz", 0)],  # mixed
+        [event("zz", 1), event("zz", 2)],  # an unknown model only
+        [event("b", 1, 5_000.0)],  # an integral float timestamp
+    ]
+
+    def route(many):
+        engine = Engine(cfg, {}, source="t")
+        batch, refused = engine.batch(), []
+        for offset, msg in enumerate(messages * 2):  # the second pass: redeliveries
+            position = ("t:0", offset % len(messages))
+            if many:
+                refused += batch.add_many(msg, 7, position=position, partition=0)
+            else:
+                refused += [i for i, e in enumerate(msg)
+                            if batch.add(e, 7, position=position, partition=0) is not None]
+            if offset == len(messages) - 1:
+                engine.apply(batch, None)  # positions applied: the rest are duplicates
+                batch = engine.batch()
+        return batch, refused
+
+    batch_one, refused_one = route(many=False)
+    batch_many, refused_many = route(many=True)
+    assert refused_many == refused_one == [2, 0, 1, 2, 0, 1]
+    assert (batch_many.accepted, batch_many.duplicates, batch_many.runs) == (
+        batch_one.accepted, batch_one.duplicates, batch_one.runs)
+    assert batch_many.duplicates == 8 and len(batch_many.unknown) == 3
