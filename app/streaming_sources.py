@@ -46,6 +46,7 @@ class SourcePipeline:
     send: Any  # async (key, [(topic, CloudEvent)]) -> None: the model pipeline's _send
     assigned: Any = None  # () -> inputs partitions this worker holds
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    unflushed: list[Any] = field(default_factory=list)  # state records being sent
 
     def load_state(self, source: str) -> Any:
         raw = self.table.data.get(source.encode())
@@ -66,7 +67,13 @@ class SourcePipeline:
             return
         key, value = source.encode(), orjson.dumps(self.engine.to_state(source))
         self.table.data[key] = value
-        self.table.send_changelog(m.partition, key, value)
+        self.unflushed.append(self.table.send_changelog(m.partition, key, value))
+
+    async def flush_state(self) -> None:
+        """Every state record saved so far on the broker (see ``Pipeline.flush_state``)."""
+        pending, self.unflushed = self.unflushed, []
+        for fut in pending:
+            await fut
 
     async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -103,6 +110,7 @@ class SourcePipeline:
         await self.dead_letter(dead)
         for source in batch.groups:
             await self.check(source, now)
+        await self.flush_state()
 
     async def check(self, source: str, now: float | None = None) -> None:
         """Close due windows, judge freshness, publish what waits; under the source's lock."""
@@ -146,3 +154,4 @@ class SourcePipeline:
                 await self.check(source, now)
             except Exception:
                 log.exception("source %r: publishing failed; will retry", source)
+        await self.flush_state()

@@ -1,27 +1,39 @@
-"""Throughput of a driftwarden worker against the raw-consumer ceiling, in one run.
+"""Throughput and memory of driftwarden workers against the raw-consumer ceiling, in one run.
 
-Everything runs on the embedded broker on 127.0.0.1 and stops by itself:
+Everything runs on the embedded broker on 127.0.0.1 and stops by itself. For JSON-array
+messages (500 events) and for single-event messages, on fresh topics each time (deleted
+afterwards: the embedded broker keeps every record in RAM):
 
 1. **ceiling**: a raw aiokafka consumer (``getmany``, large batches) reading and
-   orjson-decoding the same messages, iterating every event;
-2. **driftwarden**: a real worker process (5 models x 23 features, drift on). Once it
-   has counted one warm-up event (it has joined its group and consumes), the same
-   messages are produced as fast as the producer goes; measured from then to its last
-   event counted (its own ``/metrics``), and on to its last window evaluated.
+   orjson-decoding the predictions, touching every event;
+2. **faust bare**: a faust agent (the worker's faust settings) that only iterates them;
+3. **driftwarden**: a real worker process with a realistic configuration: 5 models x 20
+   features (17 numeric, 3 categorical), drift (features and outputs), data quality and
+   performance (a third of the predictions get a label) on, one-minute windows. Once it
+   has counted a warm-up event (joined its group, consuming), the messages are produced
+   as fast as the producer goes; throughput is measured to its last prediction counted
+   (its own ``/metrics``), then on to its last window evaluated;
+4. with ``--two-workers``: two worker processes sharing the partitions (array messages).
 
-Both for JSON-array messages (500 events each) and single-event messages. Output: a
-markdown table of events/s, the ratio to the ceiling, worker CPU seconds per million
-events and peak RSS. Usage::
+``--soak SECONDS`` instead runs one worker under a steady load at ``--rate`` events/s with
+wall-clock event times (a drift on one model from the second minute), sampling the
+worker's resident memory, and measures window close to evaluation/alert on the topic
+(the due time is the window's end plus its lateness).
 
-    python load-tests/bench.py --events 200000
+Usage::
+
+    python load-tests/bench.py --events 100000 [--two-workers]
+    python load-tests/bench.py --soak 600 --rate 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,21 +49,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from app.broker import EmbeddedBroker, free_port  # noqa: E402
 from app.kafka import ensure_topics  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 
-NUMERIC, CATEGORICAL = 20, 3
+NUMERIC, CATEGORICAL = 17, 3
 WINDOW_MS = 60_000
+LATENESS_MS = 1_000
+LABELLED = 3  # one prediction in LABELLED gets an outcome
 CLK = os.sysconf("SC_CLK_TCK")
+
+
+# --- data -----------------------------------------------------------------------------
+
+def feature_row(rng: np.random.Generator, shift: float = 0.0) -> dict[str, Any]:
+    num = rng.normal(shift, 1, NUMERIC).round(4)
+    row: dict[str, Any] = {f"f{j}": float(num[j]) for j in range(NUMERIC)}
+    row.update({f"c{j}": f"v{rng.integers(0, 6)}" for j in range(CATEGORICAL)})
+    return row
 
 
 def make_events(n: int, models: int, seed: int = 1) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     num = rng.normal(0, 1, (n, NUMERIC)).round(4)
     cats = rng.integers(0, 6, (n, CATEGORICAL))
+    scores = rng.uniform(0, 1, n).round(4)
     t0 = 1_700_000_000_000 // WINDOW_MS * WINDOW_MS
     per_model_step = max(1, WINDOW_MS * 10 * models // n)  # ~10 windows per model
     out = []
@@ -59,12 +83,20 @@ def make_events(n: int, models: int, seed: int = 1) -> list[dict[str, Any]]:
         feats: dict[str, Any] = {f"f{j}": float(num[i, j]) for j in range(NUMERIC)}
         feats.update({f"c{j}": f"v{cats[i, j]}" for j in range(CATEGORICAL)})
         out.append({"prediction_id": f"p{i}", "model": f"m{i % models}", "model_version": "v1",
-                    "features": feats, "prediction": 1,
+                    "features": feats, "prediction": bool(scores[i] >= 0.5),
+                    "scores": {"1": float(scores[i])}, "latency_ms": 20.0 + i % 17,
                     "timestamp": t0 + (i // models) * per_model_step})
     return out
 
 
-def messages(events: list[dict[str, Any]], models: int, array: int) -> list[tuple[bytes, bytes]]:
+def outcomes_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"prediction_id": e["prediction_id"], "model": e["model"],
+             "label": e["prediction"] if i % 10 else not e["prediction"],
+             "timestamp": e["timestamp"] + 5_000}
+            for i, e in enumerate(events) if i % LABELLED == 0]
+
+
+def messages(events: list[dict[str, Any]], array: int) -> list[tuple[bytes, bytes]]:
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         by_model.setdefault(e["model"], []).append(e)
@@ -78,6 +110,8 @@ def messages(events: list[dict[str, Any]], models: int, array: int) -> list[tupl
     return out
 
 
+# --- Kafka helpers --------------------------------------------------------------------
+
 async def produce(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -> None:
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20,
                          max_request_size=8 << 20)
@@ -87,6 +121,19 @@ async def produce(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]]) -
         await asyncio.gather(*futs)
     finally:
         await p.stop()
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Free the embedded broker's memory between phases (best effort)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            with contextlib.suppress(Exception):
+                await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 async def ceiling(bootstrap: str, topic: str, total: int) -> float:
@@ -114,13 +161,17 @@ async def ceiling(bootstrap: str, topic: str, total: int) -> float:
     return total / (time.perf_counter() - (began or time.perf_counter()))
 
 
-def write_config(tmp: Path, models: int, prefix: str, port: int) -> Path:
+# --- processes ------------------------------------------------------------------------
+
+def write_config(tmp: Path, models: int, prefix: str, port: int, *,
+                 window: str = "1m") -> Path:
     rng = np.random.default_rng(99)
     ref = tmp / "ref.jsonl"
     rows = []
     for _ in range(5000):
-        r: dict[str, Any] = {f"f{j}": float(v) for j, v in enumerate(rng.normal(0, 1, NUMERIC))}
-        r.update({f"c{j}": f"v{rng.integers(0, 6)}" for j in range(CATEGORICAL)})
+        r = feature_row(rng)
+        s = float(rng.uniform(0, 1))
+        r.update(prediction=s >= 0.5, **{"scores.1": round(s, 4)})
         rows.append(r)
     ref.write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
     feats = {f"f{j}": {"type": "numeric"} for j in range(NUMERIC)}
@@ -130,23 +181,34 @@ def write_config(tmp: Path, models: int, prefix: str, port: int) -> Path:
         "topics": {"prefix": prefix},
         "metrics": {"host": "127.0.0.1", "port": port},
         "worker": {"app_id": f"bench-{prefix.strip('.')}", "data_dir": str(tmp / "data")},
-        "defaults": {"window": "1m", "lateness": "1s", "min_samples": 100},
-        "models": {f"m{i}": {"features": feats, "reference": {"file": str(ref)}}
-                   for i in range(models)},
+        "defaults": {"window": window, "lateness": f"{LATENESS_MS // 1000}s",
+                     "min_samples": 100},
+        "models": {f"m{i}": {
+            "features": feats, "reference": {"file": str(ref)},
+            "performance": {"positive_class": "1", "score_key": "1", "baseline": 0.9,
+                            "max_drop": 0.05, "min_labels": 50, "label_horizon": "2m",
+                            "after": ["0s"], "max_label_lag": "2m"},
+            "slo": {"latency_p99_ms": 250}}
+            for i in range(models)},
     }
     path = tmp / f"{prefix}yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, peak RSS bytes) of a process."""
+def proc_stats(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, peak RSS bytes, current RSS bytes) of a process."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK
+    hwm = rss = 0
     with open(f"/proc/{pid}/status") as fh:
-        hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
-    return cpu, hwm
+        for line in fh:
+            if line.startswith("VmHWM"):
+                hwm = int(line.split()[1]) * 1024
+            elif line.startswith("VmRSS"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, hwm, rss
 
 
 def scrape(port: int, name: str, **labels: str) -> float:
@@ -163,99 +225,335 @@ def scrape(port: int, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def run_worker(bootstrap: str, tmp: Path, msgs: list[tuple[bytes, bytes]], total: int,
-               models: int, tag: str) -> dict[str, float]:
-    port = free_port()
-    cfg = write_config(tmp, models, f"{tag}.", port)
+class Workers:
+    """One or more ``driftwarden worker`` processes on one monitor file."""
+
+    def __init__(self, cfg: Path, bootstrap: str, tmp: Path, tag: str, count: int = 1) -> None:
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs = []
+        doc = yaml.safe_load(cfg.read_text())
+        for i in range(count):
+            port = free_port()
+            doc["metrics"]["port"] = port
+            own = tmp / f"{tag}-{i}.yaml"
+            own.write_text(yaml.safe_dump(doc))
+            log = open(tmp / f"worker-{tag}-{i}.log", "wb")  # noqa: SIM115
+            self.logs.append(log)
+            self.ports.append(port)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "app", "worker", "-c", str(own), "--bootstrap",
+                 bootstrap], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sum(scrape(p, name, **labels) for p in self.ports)
+
+    def cpu(self) -> float:
+        return sum(proc_stats(p.pid)[0] for p in self.procs)
+
+    def peak_rss(self) -> int:
+        return max(proc_stats(p.pid)[1] for p in self.procs)
+
+    def alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a worker exited ({p.returncode}); see {self.logs[0].name}")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in self.logs:
+            log.close()
+
+
+def warm_up(bootstrap: str, topic: str, msgs: list[tuple[bytes, bytes]],
+            counted: Any, timeout: float = 120) -> None:
+    """One event first: once it is counted, the consumer has joined and is consuming."""
+    first = dict(orjson.loads(msgs[0][1])[0] if msgs[0][1].startswith(b"[")
+                 else orjson.loads(msgs[0][1]), prediction_id="warm-up")
+    asyncio.run(produce(bootstrap, topic, [(msgs[0][0], orjson.dumps(first))]))
+    deadline = time.monotonic() + timeout
+    while counted() < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the consumer did not start in time")
+        time.sleep(0.05)
+
+
+def faust_bare(bootstrap: str, tmp: Path, msgs: list[tuple[bytes, bytes]], total: int,
+               per_message: int, tag: str) -> float:
+    cfg = write_config(tmp, 1, f"{tag}.", 0)
     settings = load_settings(cfg)
     topic = settings.topics.name("predictions")
     asyncio.run(ensure_topics(bootstrap, settings))
-    log = open(tmp / f"worker-{tag}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "-c", str(cfg),
-                             "--bootstrap", bootstrap], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+    status = tmp / f"{tag}.count"
+    status.write_text("0")
+    log = open(tmp / f"bare-{tag}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, str(ROOT / "load-tests" / "faust_bare.py"),
+                             str(cfg), bootstrap, topic, str(status), str(per_message)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def counted() -> int:
+        with contextlib.suppress(ValueError):
+            return int(status.read_text() or 0)
+        return 0
+
     try:
-        # One event first: once it is counted, the worker has joined and is consuming.
-        first = dict(orjson.loads(msgs[0][1])[0] if msgs[0][1].startswith(b"[")
-                     else orjson.loads(msgs[0][1]), prediction_id="warm-up")
-        asyncio.run(produce(bootstrap, topic, [(msgs[0][0], orjson.dumps(first))]))
-        deadline = time.monotonic() + 120
-        while scrape(port, "driftwarden_events_total", outcome="valid") < 1:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"worker not ready: {(tmp / f'worker-{tag}.log').read_text()}")
-            time.sleep(0.05)
-        total += 1
-        began, cpu0 = time.perf_counter(), proc_stats(proc.pid)[0]
-        asyncio.run(produce(bootstrap, topic, msgs))  # the load, as fast as it goes
-        all_in = None
+        warm_up(bootstrap, topic, msgs[:1] if per_message == 1 else
+                [(msgs[0][0], orjson.dumps(orjson.loads(msgs[0][1])[:1]))], counted)
+        base = counted()
+        began = time.perf_counter()
+        asyncio.run(produce(bootstrap, topic, msgs))
         deadline = time.monotonic() + 600
-        windows = 0.0
-        while time.monotonic() < deadline:
-            done = scrape(port, "driftwarden_events_total", outcome="valid")
-            if all_in is None and done >= total:
-                all_in = time.perf_counter()
-                cpu_in = proc_stats(proc.pid)[0]
-            windows = scrape(port, "driftwarden_windows_closed_total")
-            if done >= total and windows >= models * 10:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {(tmp / f'worker-{tag}.log').read_text()}")
-            time.sleep(0.02)
-        finished = time.perf_counter()
-        if all_in is None:
-            raise RuntimeError("the worker did not process every event in time")
-        _, rss = proc_stats(proc.pid)
-        # The last window of each model closes by wall clock once its stream is idle
-        # (lateness 1 s + tick): reported apart from throughput.
-        return {"eps": total / max(all_in - began, 1e-9),
-                "cpu_per_m": (cpu_in - (cpu0 or 0)) / total * 1e6,
-                "rss_mb": rss / 2**20, "windows": windows, "to_last_eval": finished - began}
+        while counted() - base < total:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"faust bare stalled: {(tmp / f'bare-{tag}.log').read_text()}")
+            time.sleep(0.01)
+        return total / (time.perf_counter() - began)
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+        asyncio.run(delete_topics(bootstrap, f"{tag}."))
 
+
+def run_workers(bootstrap: str, tmp: Path, events: list[dict[str, Any]], array: int,
+                models: int, tag: str, count: int = 1) -> dict[str, float]:
+    cfg = write_config(tmp, models, f"{tag}.", 0)
+    settings = load_settings(cfg)
+    topic = settings.topics.name("predictions")
+    asyncio.run(ensure_topics(bootstrap, settings))
+    msgs = messages(events, array)
+    labels = messages(outcomes_of(events), array)
+    total = len(events)
+    workers = Workers(cfg, bootstrap, tmp, tag, count)
+    try:
+        warm_up(bootstrap, topic, msgs,
+                lambda: workers.metric("driftwarden_events_total", outcome="valid",
+                                       topic=topic))
+        total += 1
+        began, cpu0 = time.perf_counter(), workers.cpu()
+        asyncio.run(produce(bootstrap, topic, msgs))  # the load, as fast as it goes
+        asyncio.run(produce(bootstrap, settings.topics.name("outcomes"), labels))
+        all_in = cpu_in = None
+        deadline = time.monotonic() + 900
+        windows = 0.0
+        while time.monotonic() < deadline:
+            done = workers.metric("driftwarden_events_total", outcome="valid", topic=topic)
+            if all_in is None and done >= total:
+                all_in, cpu_in = time.perf_counter(), workers.cpu()
+            windows = workers.metric("driftwarden_windows_closed_total")
+            if done >= total and windows >= models * 10:
+                break
+            workers.alive()
+            time.sleep(0.02)
+        finished = time.perf_counter()
+        if all_in is None or cpu_in is None:
+            raise RuntimeError("the workers did not process every event in time")
+        return {"eps": total / max(all_in - began, 1e-9),
+                "cpu_per_m": (cpu_in - cpu0) / total * 1e6,
+                "rss_mb": workers.peak_rss() / 2**20, "windows": windows,
+                "to_last_eval": finished - began}
+    finally:
+        workers.stop()
+        asyncio.run(delete_topics(bootstrap, f"{tag}."))
+
+
+# --- the soak -------------------------------------------------------------------------
+
+async def steady_load(bootstrap: str, topic: str, outcomes: str, seconds: float, rate: int,
+                      models: int, drift_from: float) -> int:
+    """``rate`` predictions/s with wall-clock event times, in arrays of one model's
+    events every 100 ms; model m0's features shift after ``drift_from`` seconds."""
+    rng = np.random.default_rng(5)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 << 20)
+    await p.start()
+    sent = 0
+    began = time.monotonic()
+    try:
+        tick = 0.1
+        per_tick = max(models, int(rate * tick))
+        while (elapsed := time.monotonic() - began) < seconds:
+            now_ms = int(time.time() * 1000)
+            batch: dict[str, list[dict[str, Any]]] = {}
+            for i in range(per_tick):
+                model = f"m{i % models}"
+                shift = 0.8 if model == "m0" and elapsed >= drift_from else 0.0
+                s = float(rng.uniform(0, 1))
+                batch.setdefault(model, []).append({
+                    "prediction_id": f"s{sent + i}", "model": model, "model_version": "v1",
+                    "features": feature_row(rng, shift), "prediction": s >= 0.5,
+                    "scores": {"1": round(s, 4)}, "latency_ms": 20.0, "timestamp": now_ms})
+            for model, evs in batch.items():
+                await p.send(topic, orjson.dumps(evs), key=model.encode())
+                labelled = [{"prediction_id": e["prediction_id"], "model": model,
+                             "label": e["prediction"], "timestamp": now_ms}
+                            for e in evs[::LABELLED]]
+                await p.send(outcomes, orjson.dumps(labelled), key=model.encode())
+            sent += per_tick
+            await asyncio.sleep(max(0.0, began + (sent / rate) - time.monotonic()))
+        await p.flush()
+    finally:
+        await p.stop()
+    return sent
+
+
+async def watch_closes(bootstrap: str, evaluations: str, alerts: str, stop: asyncio.Event,
+                       out: dict[str, list[float]]) -> None:
+    """Seconds from each window's due time (end + lateness) to its drift evaluation, and
+    to each firing alert of a closed window, as a consumer sees them."""
+    c = AIOKafkaConsumer(evaluations, alerts, bootstrap_servers=bootstrap,
+                         auto_offset_reset="latest", enable_auto_commit=False, group_id=None)
+    await c.start()
+    try:
+        while not stop.is_set():
+            batch = await c.getmany(timeout_ms=200)
+            seen = time.time()
+            for records in batch.values():
+                for r in records:
+                    data = orjson.loads(r.value)["data"]
+                    if r.topic == evaluations and data.get("kind") == "drift":
+                        due = (data["window"]["end_ms"] + LATENESS_MS) / 1000
+                        out["evaluation"].append(seen - due)
+                    elif r.topic == alerts and data.get("kind") == "feature_drift" and \
+                            data.get("status") == "firing":
+                        from datetime import datetime
+
+                        end = datetime.fromisoformat(data["window"]["end"].replace(
+                            "Z", "+00:00")).timestamp()
+                        out["alert"].append(seen - end - LATENESS_MS / 1000)
+    finally:
+        await c.stop()
+
+
+def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> dict[str, Any]:
+    cfg = write_config(tmp, models, "soak.", 0)
+    settings = load_settings(cfg)
+    topics = settings.topics
+    asyncio.run(ensure_topics(bootstrap, settings))
+    workers = Workers(cfg, bootstrap, tmp, "soak")
+    samples: list[tuple[float, int]] = []
+    closes: dict[str, list[float]] = {"evaluation": [], "alert": []}
+    try:
+        deadline = time.monotonic() + 120
+        while not scrape(workers.ports[0], "process_resident_memory_bytes"):  # it is up
+            if time.monotonic() > deadline:
+                raise RuntimeError("the soak worker did not start")
+            workers.alive()
+            time.sleep(0.2)
+
+        async def run() -> int:
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(watch_closes(
+                bootstrap, topics.name("evaluations"), topics.name("alerts"), stop, closes))
+            began = time.monotonic()
+
+            async def sample() -> None:
+                while not stop.is_set():
+                    samples.append((time.monotonic() - began,
+                                    proc_stats(workers.procs[0].pid)[2]))
+                    await asyncio.sleep(5)
+
+            sampler = asyncio.create_task(sample())
+            sent = await steady_load(bootstrap, topics.name("predictions"),
+                                     topics.name("outcomes"), seconds, rate, models,
+                                     drift_from=120)
+            await asyncio.sleep(8)  # the last windows close (idle)
+            stop.set()
+            await asyncio.gather(watcher, sampler)
+            return sent
+
+        sent = asyncio.run(run())
+        lag = workers.metric("driftwarden_consumer_lag_messages")
+        processed = workers.metric("driftwarden_events_total", outcome="valid",
+                                   topic=topics.name("predictions"))
+    finally:
+        workers.stop()
+        asyncio.run(delete_topics(bootstrap, "soak."))
+    tail = [rss for t, rss in samples if t >= seconds - 480]
+    return {"sent": sent, "processed": processed, "lag_end": lag, "samples": samples,
+            "rss_first_mb": samples[0][1] / 2**20 if samples else 0,
+            "rss_tail_min_mb": min(tail) / 2**20 if tail else 0,
+            "rss_tail_max_mb": max(tail) / 2**20 if tail else 0,
+            "closes": closes}
+
+
+def quantiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    v = sorted(values)
+    q = statistics.quantiles(v, n=100) if len(v) > 1 else [v[0]] * 99
+    return f"p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {v[-1]:.2f} s (n={len(v)})"
+
+
+# --- main -----------------------------------------------------------------------------
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--models", type=int, default=5)
     ap.add_argument("--array", type=int, default=500)
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--two-workers", action="store_true")
+    ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--rate", type=int, default=1000, help="soak: predictions per second")
     args = ap.parse_args()
-    events = make_events(args.events, args.models)
-    rows = []
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+               f"{platform.python_version()}; embedded broker")
     with tempfile.TemporaryDirectory() as d, EmbeddedBroker() as broker:
         tmp = Path(d)
-        for run in range(args.runs):
-            for label, size in (("array", args.array), ("single", 1)):
-                msgs = messages(events, args.models, size)
-                topic = f"ceiling-{label}-{run}"
-
-                async def setup(topic: str = topic) -> None:
-                    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-                    await admin.start()
-                    await admin.create_topics([NewTopic(topic, 4, 1)])
-                    await admin.close()
-
-                asyncio.run(setup())
-                asyncio.run(produce(broker.bootstrap, topic, msgs))
-                ceil_eps = asyncio.run(ceiling(broker.bootstrap, topic, len(events)))
-                res = run_worker(broker.bootstrap, tmp, msgs, len(events), args.models,
-                                 f"b{run}{label}")
-                rows.append((label, len(msgs), ceil_eps, res))
-                print(f"run {run} {label}: ceiling {ceil_eps:,.0f} ev/s, driftwarden "
-                      f"{res['eps']:,.0f} ev/s", file=sys.stderr, flush=True)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; {args.events} events, {args.models} models x "
-          f"{NUMERIC + CATEGORICAL} features; embedded broker.\n")
-    print("| messages | count | ceiling ev/s | driftwarden ev/s | ratio | worker CPU s / M events "
-          "| first event to last evaluation s | worker peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, count, ceil_eps, r in rows:
-        print(f"| {label} | {count} | {ceil_eps:,.0f} | {r['eps']:,.0f} | "
-              f"{r['eps'] / ceil_eps:.1%} | {r['cpu_per_m']:.1f} | {r['to_last_eval']:.1f} | "
-              f"{r['rss_mb']:.0f} |")
+        if args.soak:
+            r = soak(broker.bootstrap, tmp, args.soak, args.rate, args.models)
+            flat = (r["rss_tail_max_mb"] - r["rss_tail_min_mb"]) / max(r["rss_tail_min_mb"], 1)
+            print(f"\nSoak: {machine}; {args.soak:.0f} s at {args.rate} predictions/s "
+                  f"({args.models} models x {NUMERIC + CATEGORICAL} features, 1 in "
+                  f"{LABELLED} labelled, drift on m0 from 120 s).\n")
+            print(f"- sent {r['sent']}, processed {r['processed']:.0f}, consumer lag at the "
+                  f"end {r['lag_end']:.0f}")
+            print(f"- worker RSS: {r['rss_first_mb']:.0f} MiB at the start; over the last "
+                  f"8 minutes {r['rss_tail_min_mb']:.0f}..{r['rss_tail_max_mb']:.0f} MiB "
+                  f"({flat:.1%} spread)")
+            closes = r["closes"]
+            print(f"- window due -> evaluation on the topic: {quantiles(closes['evaluation'])}")
+            print(f"- window due -> drift alert on the topic: {quantiles(closes['alert'])}")
+            print("- RSS samples (s, MiB): " + ", ".join(
+                f"{t:.0f}:{rss / 2**20:.0f}" for t, rss in r["samples"][::12]))
+            return 0
+        events = make_events(args.events, args.models)
+        rows = []
+        for label, size in (("array", args.array), ("single", 1)):
+            msgs = messages(events, size)
+            tag = f"c{label}"
+            settings = load_settings(write_config(tmp, 1, f"{tag}.", 0))
+            asyncio.run(ensure_topics(broker.bootstrap, settings))
+            topic = settings.topics.name("predictions")
+            asyncio.run(produce(broker.bootstrap, topic, msgs))
+            ceil_eps = asyncio.run(ceiling(broker.bootstrap, topic, len(events)))
+            asyncio.run(delete_topics(broker.bootstrap, f"{tag}."))
+            bare_eps = faust_bare(broker.bootstrap, tmp, msgs, len(events), size, f"f{label}")
+            res = run_workers(broker.bootstrap, tmp, events, size, args.models, f"w{label}")
+            rows.append((label, len(msgs), ceil_eps, bare_eps, res, 1))
+            print(f"{label}: ceiling {ceil_eps:,.0f} ev/s, faust bare {bare_eps:,.0f} ev/s, "
+                  f"driftwarden {res['eps']:,.0f} ev/s", file=sys.stderr, flush=True)
+            if args.two_workers and label == "array":
+                two = run_workers(broker.bootstrap, tmp, events, size, args.models,
+                                  "w2array", count=2)
+                rows.append((label, len(msgs), ceil_eps, bare_eps, two, 2))
+                print(f"two workers: {two['eps']:,.0f} ev/s", file=sys.stderr, flush=True)
+    print(f"\nMachine: {machine}; {args.events} predictions (+1 in {LABELLED} labelled), "
+          f"{args.models} models x {NUMERIC + CATEGORICAL} features; drift, quality, "
+          "performance and a latency SLO on.\n")
+    print("| messages | workers | ceiling ev/s | faust bare ev/s | driftwarden ev/s | "
+          "of ceiling | of faust bare | worker CPU s / M events | first event to last "
+          "evaluation s | worker peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, _count, ceil_eps, bare_eps, r, n in rows:
+        print(f"| {label} | {n} | {ceil_eps:,.0f} | {bare_eps:,.0f} | {r['eps']:,.0f} | "
+              f"{r['eps'] / ceil_eps:.1%} | {r['eps'] / bare_eps:.1%} | "
+              f"{r['cpu_per_m']:.1f} | {r['to_last_eval']:.1f} | {r['rss_mb']:.0f} |")
     return 0
 
 

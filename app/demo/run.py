@@ -92,7 +92,7 @@ def standalone_config() -> dict[str, Any]:
     return demo_config(reference={"warmup": 5000},
                        kafka={"partitions": 4}, topics={"prefix": "demo."},
                        metrics={"host": "0.0.0.0", "port": 9464},  # inside a container
-                       worker={"app_id": "driftwarden-demo", "batch_within": 0.1})
+                       worker={"app_id": "driftwarden-demo"})
 
 
 def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
@@ -106,7 +106,7 @@ def write_files(workdir: Path, seed: int, metrics_port: int) -> Path:
         kafka={"partitions": 2, "rebalance_timeout": "3s", "session_timeout": "6s"},
         metrics={"host": "127.0.0.1", "port": metrics_port},
         worker={"app_id": f"driftwarden-demo-{os.getpid()}",
-                "data_dir": str(workdir / "data"), "batch_within": 0.1})
+                "data_dir": str(workdir / "data")})
     path = workdir / "monitor.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -56,7 +56,7 @@ def write_config(tmp: Path, **overrides: Any) -> Path:
         "topics": {"prefix": f"t{tag}."},
         "metrics": {"host": "127.0.0.1", "port": 0},
         "worker": {"app_id": f"dw-test-{tag}", "data_dir": str(tmp / "data"),
-                   "batch_within": 0.05, "tick_interval": 0.25},
+                   "tick_interval": 0.25},
         "defaults": {"window": "1m", "lateness": "1s", "min_samples": 200},
         "models": {MODEL: {
             "owners": {"monitoring": "ml-platform", "on_call": "it-oncall"},
