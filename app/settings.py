@@ -84,9 +84,8 @@ class WorkerSettings(_Frozen):
     store: Literal["memory://"] = "memory://"
     data_dir: str = ".driftwarden-data"
     batch_size: int = Field(1000, ge=1, le=100_000)
-    # A batch takes what is buffered, up to batch_size messages, and what arrives within
-    # this long of its first message (0: never waits). Sketches update per batch with
-    # numpy: batches of a few events would pay its per-call cost per event.
+    # How long a batch waits to fill (faust's take_events): sketches update per batch
+    # with numpy, whose per-call cost a batch of a few events would pay per event.
     batch_within: Duration = 0.05
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Rejected values up to this size are dead-lettered whole; larger ones are cut to it
@@ -94,9 +93,6 @@ class WorkerSettings(_Frozen):
     deadletter_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_array_elements: int = Field(100_000, ge=1)
     tick_interval: Duration = 1.0
-    # How often a model's state goes to the changelog, and the events behind it are
-    # acknowledged (their offsets committable): a crash replays at most this much.
-    checkpoint_interval: Duration = Field(0.5, gt=0, le=60)
     # Messages a worker may hold fetched but unprocessed (faust's stream buffer): bounds
     # memory when messages are large arrays.
     stream_buffer: int = Field(256, ge=1, le=100_000)

@@ -138,19 +138,18 @@ class Pipeline:
         log.error("cannot restore the state of model %r, starting afresh: %s", model, exc)
 
     def save(self, model: str) -> None:
-        """The model's state changed: written at the next checkpoint (see
-        :meth:`checkpoint`), at most once per ``worker.checkpoint_interval``."""
-        self.dirty.add(model)
-
-    def _write(self, model: str) -> None:
-        """One changelog record for this model, and its side records."""
+        """One changelog record for this model, and its side records (once per batch,
+        never per event); :meth:`flush_state` waits until the broker has them."""
         m = self.engine.monitor(model)
         if m.partition is None:
             return
         key = model.encode()
+        # Drained before the main state is taken: draining files new chunks that the
+        # main state lists. Sent first: a restore never sees a main state newer than
+        # its records.
+        records = m.drain_records()
         value = orjson.dumps(m.to_state(), option=orjson.OPT_SERIALIZE_NUMPY)
-        # Side records first: a restore never sees a main state newer than its records.
-        for suffix, record in m.drain_records().items():
+        for suffix, record in records.items():
             rkey = f"{model}/{suffix}".encode()
             if record is None:
                 self.table.data.pop(rkey, None)
@@ -163,44 +162,16 @@ class Pipeline:
         self.unflushed.append(self.table.send_changelog(m.partition, key, value))
 
     async def flush_state(self) -> None:
-        """Write every changed model's state and wait until the broker has it all."""
-        for model in sorted(self.dirty):
-            self._write(model)
-        self.dirty.clear()
+        """Wait until the broker has every state record saved so far: a batch is
+        acknowledged (its offsets committable) only after its state is on the changelog,
+        or a restart would restore an older state and skip the batch."""
         pending, self.unflushed = self.unflushed, []
         for fut in pending:
             await fut
 
-    def hold(self, stream: Any, events: list[Any]) -> None:
-        """Processed events, acknowledged at the next checkpoint."""
-        self.held.append((stream, events))
-
-    def checkpoint_due(self) -> bool:
-        return bool(self.held) and (
-            time.monotonic() - self.last_checkpoint >= self.settings.worker.checkpoint_interval
-            or sum(len(e) for _, e in self.held) >= 20 * self.settings.worker.batch_size)
-
-    async def checkpoint(self) -> None:
-        """State first, then acknowledgements: offsets are never committed past events
-        whose state is not on the changelog (a restart would restore an older state and
-        skip them). One record per changed model per checkpoint, not per batch: small
-        batches of single-event messages would otherwise each write every model's state.
-        """
-        async with self.checkpoint_lock:
-            held, self.held = self.held, []
-            await self.flush_state()
-            for stream, events in held:
-                for event in events:
-                    await stream.ack(event)
-            self.last_checkpoint = time.monotonic()
-
     assigned: Any = None  # () -> set of predictions partitions this worker holds
     lag: ConsumerLag | None = None  # processed offsets, for the consumer-lag gauge
     unflushed: list[Any] = field(default_factory=list)  # state records being sent
-    dirty: set[str] = field(default_factory=set)  # models whose state changed
-    held: list[tuple[Any, list[Any]]] = field(default_factory=list)  # processed, not acked
-    last_checkpoint: float = field(default_factory=time.monotonic)
-    checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def local_models(self) -> list[str]:
         """Models whose state this worker holds for a partition it is assigned."""
@@ -284,6 +255,7 @@ class Pipeline:
         for model in batch.models:
             await self.publish_detections(model)
             await self.close_due(model, now)
+        await self.flush_state()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _dead_letter(self, dead: list[tuple[Message, Rejection]]) -> None:
@@ -376,6 +348,7 @@ class Pipeline:
                     self.save(model)
             await self.publish_detections(model)  # also what was left before a restart
             await self.close_due(model, now)
+        await self.flush_state()
 
     async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
         """Publish CloudEvents keyed by model and wait until the broker has them all."""
@@ -413,37 +386,6 @@ class Pipeline:
                                                  rate)
 
 
-async def batches(stream: Any, size: int, within: float, *, acks: bool = True) -> Any:
-    """An agent's stream as batches of events, acknowledged only once the caller has
-    processed them (asked for the next batch): offsets are never committed past events
-    whose outputs are not published. ``acks=False``: the caller acknowledges them (after
-    a checkpoint that writes the state first).
-
-    A batch is what is buffered, up to ``size`` messages, plus what arrives within
-    ``within`` seconds of its first message: under load it fills at once; a trickle is
-    gathered for at most ``within`` (0: never wait).
-    """
-    stream.enable_acks = False  # acked below (or by the holder), once processed
-    queue = getattr(stream.channel, "queue", None)
-    pending: list[Any] = []
-    started = 0.0
-    loop = asyncio.get_running_loop()
-    async for event in stream.events():
-        if not pending:
-            started = loop.time()
-        pending.append(event)
-        if queue is not None and len(pending) < size and queue.empty() and within > 0:
-            # gather: the buffer fills while the agent waits, for at most ``within``
-            while queue.empty() and (left := started + within - loop.time()) > 0:
-                await asyncio.sleep(min(0.005, left))
-        if len(pending) >= size or queue is None or queue.empty():
-            yield pending
-            if acks:
-                for done in pending:
-                    await stream.ack(done)
-            pending = []
-
-
 def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool) -> dict[str, Any]:
     kafka, worker = settings.kafka, settings.worker
     conf: dict[str, Any] = {
@@ -456,8 +398,6 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
         "topic_disable_leader": True,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
-        # Stopping does not wait for unacknowledged events (WorkerApp checkpoints first).
-        "stream_wait_empty": False,
         "stream_buffer_maxsize": worker.stream_buffer,
         # Dead letters can be as large as what arrived: allow up to the dead-letter cap.
         "producer_max_request_size": max(worker.max_message_bytes,
@@ -493,28 +433,10 @@ def _ready(app: faust.App) -> bool:
     return not app.rebalancing and bool(recovery.completed.is_set())
 
 
-class WorkerApp(faust.App):
-    """The faust app, with a hook run first when it stops: the pipeline's last checkpoint
-    (state written, processed events acknowledged) while the consumer can still commit.
-    Streams are not waited for (``stream_wait_empty`` off): a batch still being processed
-    is not acknowledged, and is processed again after the restart."""
-
-    before_stop: Any = None  # async () -> None
-
-    async def on_stop(self) -> None:
-        if self.before_stop is not None:
-            try:
-                await asyncio.wait_for(self.before_stop(), timeout=20)
-            except Exception:
-                log.exception("the last checkpoint failed: the restart replays from the "
-                              "previous one")
-        await super().on_stop()
-
-
 def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str, Reference | None],
               metrics: Metrics, *, embedded: bool = False) -> tuple[faust.App, Pipeline]:
     """The faust app of one worker and the pipeline its agents drive."""
-    app = WorkerApp(settings.worker.app_id, **faust_settings(settings, bootstrap,
+    app = faust.App(settings.worker.app_id, **faust_settings(settings, bootstrap,
                                                             embedded=embedded))
     topics = settings.topics
     parts = settings.kafka.partitions
@@ -552,14 +474,12 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     pipeline.lag = lag
 
     async def predictions_agent(stream: Any) -> None:
-        queue = getattr(stream.channel, "queue", None)
-        async for taken in batches(stream, batch, within, acks=False):
+        # take_events acknowledges a batch after this body: after process_batch has
+        # published its outputs and the broker has its state (flush_state).
+        async for events in stream.take_events(batch, within=within):
+            taken = list(events)
             await pipeline.process_batch(taken)
             lag.processed(taken)
-            # One checkpoint per interval (the timer checkpoints an idle stream).
-            pipeline.hold(stream, taken)
-            if queue is None or pipeline.checkpoint_due():
-                await pipeline.checkpoint()
 
     app.agent(streams, name="driftwarden.predictions")(predictions_agent)
 
@@ -575,12 +495,6 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     app.timer(max(1.0, settings.worker.tick_interval), name="driftwarden.lag")(measure_lag)
 
-    async def checkpoint() -> None:  # an idle stream is checkpointed too
-        if pipeline.dirty or pipeline.held:
-            await pipeline.checkpoint()
-
-    app.timer(settings.worker.checkpoint_interval, name="driftwarden.checkpoint")(checkpoint)
-    app.before_stop = pipeline.checkpoint
 
     if settings.sources:
         _add_sources(app, settings, metrics, raw_topic, pipeline)
@@ -598,7 +512,6 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
-        await pipeline.checkpoint()  # the state of what it processed, before it moves
         pipeline.forget_partitions({tp.partition for tp in revoked
                                     if tp.topic == topics.name("predictions")})
 
@@ -628,7 +541,8 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
     batch, within = settings.worker.batch_size, settings.worker.batch_within
 
     async def inputs_agent(stream: Any) -> None:
-        async for taken in batches(stream, batch, within):
+        async for events in stream.take_events(batch, within=within):
+            taken = list(events)
             await sources.process_batch(taken)
             if pipeline.lag is not None:
                 pipeline.lag.processed(taken)
