@@ -1,9 +1,11 @@
 """The faust app: topics, the state table, and thin agents around the pure core.
 
 Hot path (DESIGN §6, §9): the predictions agent takes events in batches
-(``take_events``), decodes each message with orjson and precompiled checks, groups the
-valid events by model, updates each model's window sketches with numpy over the batch,
-and writes each touched model's state to the table **once per batch**. Windows close by
+(``take_events``), decodes and validates each message (msgspec in C, the precise checks
+when it refuses), routes each message's events to their model at once, updates each
+model's window sketches with numpy over the batch, and writes each touched model's
+state to the table **once per batch**; the batch is acknowledged only once the broker
+has those records and the outputs. Windows close by
 watermark plus lateness, or by wall clock when a stream is idle: a timer checks every
 ``worker.tick_interval``; faust's ``on_window_close`` is not used (it does not fire for
 windows restored from the changelog).

@@ -225,6 +225,21 @@ def scrape(port: int, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def held_partitions(port: int, topic: str) -> set[str]:
+    """Partitions of ``topic`` a worker reports a consumer lag for: those it holds."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return set()
+    return {s.labels["partition"] for fam in text_string_to_metric_families(text.decode())
+            for s in fam.samples
+            if s.name == "driftwarden_consumer_lag_messages" and s.labels.get("topic") == topic}
+
+
 class Workers:
     """One or more ``driftwarden worker`` processes on one monitor file."""
 
@@ -335,6 +350,13 @@ def run_workers(bootstrap: str, tmp: Path, events: list[dict[str, Any]], array: 
         warm_up(bootstrap, topic, msgs,
                 lambda: workers.metric("driftwarden_events_total", outcome="valid",
                                        topic=topic))
+        if count > 1:  # every worker holds partitions: no rebalance during the load
+            deadline = time.monotonic() + 120
+            while not all(held_partitions(port, topic) for port in workers.ports):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workers did not share the partitions in time")
+                workers.alive()
+                time.sleep(0.2)
         total += 1
         began, cpu0 = time.perf_counter(), workers.cpu()
         asyncio.run(produce(bootstrap, topic, msgs))  # the load, as fast as it goes
@@ -498,6 +520,7 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=5)
     ap.add_argument("--array", type=int, default=500)
     ap.add_argument("--two-workers", action="store_true")
+    ap.add_argument("--messages", choices=["both", "array", "single"], default="both")
     ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--rate", type=int, default=1000, help="soak: predictions per second")
     args = ap.parse_args()
@@ -525,6 +548,8 @@ def main() -> int:
         events = make_events(args.events, args.models)
         rows = []
         for label, size in (("array", args.array), ("single", 1)):
+            if args.messages not in ("both", label):
+                continue
             msgs = messages(events, size)
             tag = f"c{label}"
             settings = load_settings(write_config(tmp, 1, f"{tag}.", 0))
