@@ -46,6 +46,12 @@ STATE_TABLE = "model-state"
 STATE_MAX_BYTES = 16 * 1024 * 1024  # a model's state record: references can be large
 
 
+async def wait_all(futures: list[Any]) -> None:
+    """Wait for sends (faust futures) to be acknowledged by the broker, in order."""
+    for fut in futures:
+        await fut
+
+
 class ConsumerLag:
     """Offsets processed per input partition, and the lag they leave behind the
     partitions' high watermarks (``driftwarden_consumer_lag_messages``)."""
@@ -168,11 +174,9 @@ class Pipeline:
         acknowledged (its offsets committable) only after its state is on the changelog,
         or a restart would restore an older state and skip the batch."""
         pending, self.unflushed = self.unflushed, []
-        for fut in pending:
-            await fut
+        await wait_all(pending)
 
     assigned: Any = None  # () -> set of predictions partitions this worker holds
-    lag: ConsumerLag | None = None  # processed offsets, for the consumer-lag gauge
     unflushed: list[Any] = field(default_factory=list)  # state records being sent
 
     def local_models(self) -> list[str]:
@@ -355,10 +359,8 @@ class Pipeline:
     async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
         """Publish CloudEvents keyed by model and wait until the broker has them all."""
         key = model.encode()
-        futures = [await topic.send(key=key, value=orjson.dumps(event), headers=CE_HEADERS)
-                   for topic, event in outputs]
-        for fut in futures:
-            await fut
+        await wait_all([await topic.send(key=key, value=orjson.dumps(event),
+                                         headers=CE_HEADERS) for topic, event in outputs])
 
     async def _publish(self, model: str, closed: ClosedWindow) -> None:
         await self._send(model, [(self.alerts, a) for a in closed.alerts]
@@ -473,7 +475,6 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     lag = ConsumerLag(metrics, {topics.name(t) for t in
                                 ("predictions", "outcomes", "model_events", "inputs")})
-    pipeline.lag = lag
 
     async def predictions_agent(stream: Any) -> None:
         # take_events acknowledges a batch after this body: after process_batch has
@@ -497,9 +498,8 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     app.timer(max(1.0, settings.worker.tick_interval), name="driftwarden.lag")(measure_lag)
 
-
     if settings.sources:
-        _add_sources(app, settings, metrics, raw_topic, pipeline)
+        _add_sources(app, settings, metrics, raw_topic, pipeline, lag)
 
     async def follow_references() -> None:
         """Keep installing references published while the worker runs."""
@@ -521,7 +521,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
 
 def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, raw_topic: Any,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline, lag: ConsumerLag) -> None:
     """The inputs agent and its state table (sources are keyed by source, not model)."""
     from app.sources.engine import SourcesEngine
     from app.streaming_sources import SOURCE_TABLE, SourcePipeline
@@ -546,8 +546,7 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
         async for events in stream.take_events(batch, within=within):
             taken = list(events)
             await sources.process_batch(taken)
-            if pipeline.lag is not None:
-                pipeline.lag.processed(taken)
+            lag.processed(taken)
 
     app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
 

@@ -25,6 +25,7 @@ from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
 from app.settings import MonitorSettings
 from app.sources.engine import SourcesEngine
+from app.streaming import wait_all
 
 log = logging.getLogger("driftwarden")
 
@@ -72,8 +73,7 @@ class SourcePipeline:
     async def flush_state(self) -> None:
         """Every state record saved so far on the broker (see ``Pipeline.flush_state``)."""
         pending, self.unflushed = self.unflushed, []
-        for fut in pending:
-            await fut
+        await wait_all(pending)
 
     async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -219,6 +219,7 @@ class VersionOutputs:
         """
         advice = None
         live, previous = self.live, self.previous
+        profiles = {v: window_profiles(window, v) for v in window.versions}
         if self.settings.on_prediction_drift and self.judging and live is not None \
                 and previous is not None and live in window.slices:
             pair = f"{live}>{previous}"
@@ -227,17 +228,15 @@ class VersionOutputs:
                     and window.slices[live].n >= min_samples:
                 self.judged += 1
                 recent = self.windows.get(previous, [])[-self.settings.previous_windows:]
-                found = compare_outputs(_pooled(recent), window_profiles(window, live),
-                                        drift, min_samples=min_samples)
+                found = compare_outputs(_pooled(recent), profiles.get(live, {}), drift,
+                                        min_samples=min_samples)
                 if found:
                     advice = OutputRollback(live, previous, window.start_ms, window.end_ms,
                                             len(recent), tuple(found))
-                    self.advised = [*self.advised, pair][-MAX_VERSIONS:]
-                    self.bad = [*[v for v in self.bad if v != live], live][-MAX_VERSIONS:]
-        for version in window.versions:
-            profiles = window_profiles(window, version)
-            if profiles and window.slices[version].n >= min_samples:
-                self._keep(version, window.start_ms, profiles)
+                    self.mark_advised(pair)
+        for version, kept in profiles.items():
+            if kept and window.slices[version].n >= min_samples:
+                self._keep(version, window.start_ms, kept)
         return advice
 
     def _keep(self, version: str, start_ms: int, profiles: dict[str, Profile]) -> None:
@@ -249,7 +248,8 @@ class VersionOutputs:
             self.windows.pop(spare[0] if spare else next(iter(self.windows)))
 
     def mark_advised(self, pair: str) -> None:
-        """Advice given on other evidence (performance): not repeated on outputs."""
+        """Advice given (here, or on performance evidence): not repeated, and its new
+        version never a target."""
         if pair not in self.advised:
             self.advised = [*self.advised, pair][-MAX_VERSIONS:]
             bad = pair.partition(">")[0]

@@ -23,19 +23,19 @@ def slo_alert_event(d: SloDecision, ev: WindowEvaluation, model: ModelSettings, 
     owners = _owners(model)
     labels = _labels(d.kind, ev.model, d.severity, d.subject, owners,
                      model_version=ev.model_version)
-    figures = ev.serving.figures() if ev.serving is not None else {}
+    figures = _figures_text(ev.serving.figures() if ev.serving is not None else {})
     data = {
         "alert_id": alert_id, "status": "firing", "severity": d.severity, "kind": d.kind,
         "model": ev.model, "model_version": ev.model_version, "feature": d.subject,
         "window": {"start": iso(ev.start_ms), "end": iso(ev.end_ms)},
         "evidence": {"statistic": d.subject, "value": d.value, "threshold": d.threshold,
                      "reference_value": d.objective, "n": d.n,
-                     "window": _figures_text(figures)},
+                     "window": figures},
         "owners": owners, "affected_models": [ev.model], "summary": summary,
         "labels": labels,
         "annotations": {"summary": summary,
                         "description": f"Window {iso(ev.start_ms)}..{iso(ev.end_ms)}, version "
-                                       f"{ev.model_version}: {_figures_text(figures)}."},
+                                       f"{ev.model_version}: {figures}."},
         "startsAt": iso(ev.end_ms), "endsAt": None,
     }
     return envelope(type_=ALERT_FIRING, id_=alert_id, source=source,

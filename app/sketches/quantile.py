@@ -273,14 +273,11 @@ def aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:
     if _last and _last[0] is a and _last[1] is b and _last[2] == (a.n, b.n):
         return _last[3]  # type: ignore[no-any-return]
     result = _aligned(a, b)
-    for array in (*vars_of(result[0]), result[1]):
+    cells = result[0]
+    for array in (cells.lower, cells.upper, cells.value, cells.counts, result[1]):
         array.flags.writeable = False
     _last[:] = [a, b, (a.n, b.n), result]
     return result
-
-
-def vars_of(cells: Cells) -> tuple[Any, ...]:
-    return (cells.lower, cells.upper, cells.value, cells.counts)
 
 
 def _aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:
