@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -39,6 +40,9 @@ from app.outputs.cloudevents import CONTENT_TYPE
 from app.reference import Reference
 from app.references_topic import ReferenceFollower
 from app.settings import MonitorSettings
+
+# refused records larger than this are not parsed again for their model's name
+_LABEL_PARSE_MAX = 64 * 1024
 
 log = logging.getLogger("driftwarden")
 CE_HEADERS = [("content-type", CONTENT_TYPE.encode())]
@@ -208,7 +212,7 @@ class Pipeline:
         topic = self.settings.topics.name("predictions")
         batch = self.engine.batch()
         dead: list[tuple[Message, Rejection]] = []
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # messages, valid, dup
+        messages: dict[str, int] = defaultdict(int)  # topic -> messages read
         for event in events:
             msg = event.message
             value: bytes = msg.value or b""
@@ -222,9 +226,7 @@ class Pipeline:
                 for r in decoded.rejections:
                     if r.reason == "non_finite_number":  # dead-lettered, and counted
                         batch.add_non_finite(r.raw, default_ms)
-            count = counts[msg.topic]
-            count[0] += 1
-            before = (batch.accepted, batch.duplicates)
+            messages[msg.topic] += 1
             for i in batch.add_many(decoded.events, default_ms, position=(position, msg.offset),
                                     partition=msg.partition, kind=kind):
                 obj = decoded.events[i]
@@ -232,24 +234,23 @@ class Pipeline:
                 dead.append((msg, Rejection(
                     "unknown_model", f"model {obj['model']!r} is not configured",
                     element_bytes(value, obj, decoded), index)))
-            count[1] += batch.accepted - before[0]
-            count[2] += batch.duplicates - before[1]
-        for name, (messages, valid, duplicates) in counts.items():
-            self.metrics.messages.labels(name).inc(messages)
-            self.metrics.events.labels(name, "valid").inc(valid)
-            if duplicates:
-                self.metrics.events.labels(name, "duplicate").inc(duplicates)
+        for name, n in messages.items():
+            self.metrics.messages.labels(name).inc(n)
+        topic_of = {"prediction": topic, **{kind: name for name, kind in self.kinds.items()}}
         for model, runs in batch.runs.items():
             for kind, accepted, _ in runs:
+                self.metrics.events.labels(topic_of[kind], model, "valid").inc(len(accepted))
                 if kind == "prediction":
                     self.metrics.observe_predictions(model, accepted)
+        for (kind, model), n in batch.duplicated.items():
+            self.metrics.events.labels(topic_of[kind], model, "duplicate").inc(n)
         for model, result in self.engine.apply(batch, now).items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()
                 log.error("model %r: warm-up reference not built: %s", model, problem)
             if result.late:
                 self.metrics.late_events.labels(model).inc(result.late)
-                self.metrics.events.labels(topic, "late").inc(result.late)
+                self.metrics.events.labels(topic, model, "late").inc(result.late)
             m = self.engine.monitor(model)
             if m.watermark_ms is not None:
                 self.metrics.watermark.labels(model).set(m.watermark_ms / 1000)
@@ -263,6 +264,18 @@ class Pipeline:
             await self.close_due(model, now)
         await self.flush_state()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _model_label(self, rej: Rejection) -> str:
+        """The configured model a refused record names, or "" (unparseable, unnamed, or a
+        name not configured: refused records never mint new label values)."""
+        if len(rej.raw) > _LABEL_PARSE_MAX:
+            return ""
+        try:  # NaN is not JSON: such an element is read as the batch reads it for quality
+            model = (json.loads(rej.raw) if rej.reason == "non_finite_number"
+                     else orjson.loads(rej.raw)).get("model")
+        except (ValueError, AttributeError, RecursionError):
+            return ""
+        return model if isinstance(model, str) and model in self.settings.models else ""
 
     async def _dead_letter(self, dead: list[tuple[Message, Rejection]]) -> None:
         futures = []
@@ -285,7 +298,7 @@ class Pipeline:
             futures.append(await self.deadletter.send(key=msg.key, value=value,
                                                       headers=headers))
             outcome = "unknown_model" if rej.reason == "unknown_model" else "invalid"
-            self.metrics.events.labels(msg.topic, outcome).inc()
+            self.metrics.events.labels(msg.topic, self._model_label(rej), outcome).inc()
             self.metrics.deadletters.labels(msg.topic, rej.reason).inc()
         for fut in futures:
             await fut

@@ -98,9 +98,9 @@ class SourcePipeline:
                         reason, f"source {obj['source']!r} is not configured",
                         element_bytes(value, obj, decoded), index)))
         self.metrics.messages.labels(topic).inc(len(events))
-        self.metrics.events.labels(topic, "valid").inc(batch.accepted)
+        self.metrics.events.labels(topic, "", "valid").inc(batch.accepted)  # no model: sources
         if batch.duplicates:
-            self.metrics.events.labels(topic, "duplicate").inc(batch.duplicates)
+            self.metrics.events.labels(topic, "", "duplicate").inc(batch.duplicates)
         self.engine.apply(batch, now)
         for source, (_, times) in batch.groups.items():
             self.metrics.source_last_event.labels(source).set(

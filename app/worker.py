@@ -63,6 +63,7 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
         for name, model in settings.models.items():
             for counter in (metrics.late_events, metrics.state_errors, metrics.windows_closed):
                 counter.labels(name)  # known series start at 0, not absent
+            metrics.events.labels(settings.topics.name("predictions"), name, "valid")
             for statistic in STATISTICS:
                 warning, critical = model.drift.thresholds_for(statistic)
                 metrics.drift_threshold.labels(name, statistic, "warning").set(warning)

@@ -76,7 +76,13 @@ class Batch:
     non_finite: dict[str, list[tuple[str, int, list[str]]]] = field(default_factory=dict)
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> source -> offset
     duplicates: int = 0
+    # (kind, model) -> redelivered events skipped, for the ingest metrics
+    duplicated: dict[tuple[str, str], int] = field(default_factory=dict)
     accepted: int = 0
+
+    def _duplicate(self, kind: str, model: str, n: int) -> None:
+        self.duplicates += n
+        self.duplicated[kind, model] = self.duplicated.get((kind, model), 0) + n
 
     def add_non_finite(self, raw: bytes, default_ms: int) -> bool:
         """Count a prediction refused for NaN or infinity in its model's window quality
@@ -124,7 +130,7 @@ class Batch:
             return "unknown_model"
         m = self.engine.monitor(model, partition)
         if position is not None and m.applied(*position):
-            self.duplicates += 1
+            self._duplicate(kind, model, 1)
             return None
         runs = self.runs.setdefault(model, [])
         if not runs or runs[-1][0] != kind:
@@ -158,7 +164,7 @@ class Batch:
             return list(range(len(events)))
         m = self.engine.monitor(model, partition)
         if position is not None and m.applied(*position):
-            self.duplicates += len(events)
+            self._duplicate(kind, model, len(events))
             return []
         runs = self.runs.setdefault(model, [])
         if not runs or runs[-1][0] != kind:

@@ -73,8 +73,10 @@ class Metrics:
         self._feature_series: set[tuple[str, str, str, str]] = set()
         self.events = Counter(
             "driftwarden_events_total",
-            "Events read, by topic and outcome (valid, invalid, late, unknown_model).",
-            ["topic", "outcome"], registry=registry)
+            "Events read, by topic, model and outcome (valid, duplicate, invalid, late, "
+            "unknown_model); model is empty where none configured is named (input records, "
+            "unparseable or unknown-model records).",
+            ["topic", "model", "outcome"], registry=registry)
         self.messages = Counter(
             "driftwarden_messages_total", "Kafka messages read, by topic.", ["topic"],
             registry=registry)

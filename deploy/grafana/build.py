@@ -164,8 +164,11 @@ def model_detail() -> dict[str, Any]:
         table("Drift thresholds", f"driftwarden_drift_threshold{{{M}}}", w=8),
         series("Events per closed window", target(f"driftwarden_window_events{{{M}}}",
                                                   "events"), w=8),
-        series("Late events/s", target(f"rate(driftwarden_late_events_total{{{M}}}[{RATE}])",
-                                       "late"), w=8),
+        series("Events/s by topic and outcome",
+               target(f"sum by (topic, outcome) (rate(driftwarden_events_total{{{M}}}[{RATE}]))",
+                      "{{topic}} {{outcome}}"), w=8,
+               description="Outcome late: after its window closed; invalid or "
+                           "unknown_model: dead-lettered."),
         series("Windows closed/min",
                target(f"60 * rate(driftwarden_windows_closed_total{{{M}}}[{RATE}])",
                       "windows"), w=8),

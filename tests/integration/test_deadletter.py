@@ -77,5 +77,17 @@ def test_bad_elements_go_to_the_dead_letter_topic(broker, worker_factory, tmp_pa
     assert [e["data"]["n"] for e in evaluations] == [7]
     assert evaluations[0]["data"]["model"] == MODEL
     assert worker.metric("driftwarden_events_total", outcome="valid") == 7
+    # by model: the refused elements naming the configured model count under it; the
+    # unparseable ones, the one without a model and the unknown model's under "" (a
+    # refused record never adds a label value)
+    topic = settings.topics.name("predictions")
+    assert worker.metric("driftwarden_events_total", topic=topic, model=MODEL,
+                         outcome="valid") == 7
+    assert worker.metric("driftwarden_events_total", model=MODEL, outcome="invalid") == 3
+    assert worker.metric("driftwarden_events_total", model="", outcome="invalid") == 3
+    assert worker.metric("driftwarden_events_total", model="",
+                         outcome="unknown_model") == 1
+    assert not any(dict(lab).get("model") == "nobody-knows"
+                   for _, lab in worker.metrics())
     assert worker.metric("driftwarden_deadletters_total") == sum(expected.values())
     assert worker.proc.poll() is None  # still running
