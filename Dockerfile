@@ -1,8 +1,9 @@
 FROM python:3.11-slim
 WORKDIR /srv/driftwarden
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY app ./app
-RUN pip install --no-cache-dir . \
+# the locked versions, as CI tested and `make audit` audited them
+RUN pip install --no-cache-dir -c requirements.lock . \
  && mkdir -p /var/lib/driftwarden && chown nobody:nogroup /var/lib/driftwarden
 # the worker's local data (worker.data_dir is relative to the working directory)
 WORKDIR /var/lib/driftwarden

@@ -7,7 +7,9 @@ passes, and gives a firing one ``now + resolve_timeout``); a resolved event is s
 once, with ``endsAt`` set, and forgotten. Offsets are committed only after Alertmanager
 accepted the alert (at-least-once: it deduplicates on the labels). On partition
 assignment the partition is read again from its start up to the committed offset,
-without sending, to rebuild the set of firing alerts to re-send.
+without sending, to rebuild the set of firing alerts to re-send. Credentials for an
+Alertmanager behind authentication come from the environment (``--auth-env``), never
+the URL: see :mod:`app.alertmanager_http`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ import logging
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from app.alertmanager_http import (
+    AlertmanagerRejected,
+    Sender,
+    authorization_from_env,
+    check_url,
+    display_url,
+    http_sender,
+)
 from app.durations import parse_duration
 from app.errors import DriftwardenError
 from app.settings import MonitorSettings
@@ -35,21 +43,14 @@ log = logging.getLogger(__name__)
 
 FIRING = "io.driftwarden.alert.firing"
 RESOLVED = "io.driftwarden.alert.resolved"
-ALERTS_PATH = "/api/v2/alerts"
 MAX_BATCH = 500  # alerts per POST
-RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 Alert = dict[str, Any]
-Sender = Callable[[list[Alert]], Awaitable[None]]
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 
 class InvalidAlertEvent(ValueError):
     """A record of the alerts topic that is not an alert CloudEvent."""
-
-
-class AlertmanagerRejected(Exception):
-    """Alertmanager refused the alerts (HTTP 4xx): sending them again will not help."""
 
 
 @dataclass(frozen=True)
@@ -345,36 +346,10 @@ class Bridge:
         return True
 
 
-def http_sender(url: str, *, timeout: float = 10.0) -> Sender:
-    """A ``Sender`` posting to ``{url}/api/v2/alerts`` with urllib in a worker thread.
-
-    Raises ``AlertmanagerRejected`` on a 4xx answer (but 408, 425 and 429), another
-    exception on a connection failure or a 5xx answer.
-    """
-    endpoint = url.rstrip("/") + ALERTS_PATH
-
-    def post(alerts: list[Alert]) -> None:
-        request = urllib.request.Request(
-            endpoint, data=json.dumps(alerts).encode(), method="POST",
-            headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace")[:500]
-            if 400 <= exc.code < 500 and exc.code not in RETRYABLE_STATUS:
-                raise AlertmanagerRejected(f"HTTP {exc.code}: {body}") from None
-            raise OSError(f"HTTP {exc.code}: {body}") from None
-
-    async def send(alerts: list[Alert]) -> None:
-        await asyncio.to_thread(post, alerts)
-
-    return send
-
-
 async def run_bridge(settings: MonitorSettings, bootstrap: str, url: str, *,
                      stop: asyncio.Event, resend: float = 60.0, group: str | None = None,
-                     max_firing: int = 10_000, send: Sender | None = None) -> None:
+                     max_firing: int = 10_000, send: Sender | None = None,
+                     authorization: str | None = None) -> None:
     """Consume the alerts topic and forward it to Alertmanager until ``stop`` is set.
 
     Parameters
@@ -395,6 +370,8 @@ async def run_bridge(settings: MonitorSettings, bootstrap: str, url: str, *,
         Most firing alerts kept for re-sending.
     send : Sender, optional
         Replaces the HTTP sender (tests).
+    authorization : str, optional
+        The ``Authorization`` header value for Alertmanager (see ``--auth-env``).
     """
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
     from aiokafka.errors import CommitFailedError, KafkaError
@@ -403,7 +380,8 @@ async def run_bridge(settings: MonitorSettings, bootstrap: str, url: str, *,
 
     kafka = settings.kafka
     topic = settings.topics.name("alerts")
-    bridge = Bridge(send or http_sender(url), stop, resend=resend, max_firing=max_firing)
+    bridge = Bridge(send or http_sender(url, authorization=authorization), stop, resend=resend,
+                    max_firing=max_firing)
     replay_until: dict[TopicPartition, int] = {}
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap,
@@ -427,9 +405,9 @@ async def run_bridge(settings: MonitorSettings, bootstrap: str, url: str, *,
                     consumer.seek(tp, 0)
 
     consumer.subscribe([topic], listener=Rebalance())
-    await consumer.start()
-    log.warning("forwarding %s to %s", topic, url)
     try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
+        log.warning("forwarding %s to %s", topic, display_url(url))
         while not stop.is_set():
             if not await bridge.resend_if_due():
                 break
@@ -466,8 +444,8 @@ def cmd_alertmanager_bridge(args: argparse.Namespace) -> int:
     bootstrap = args.bootstrap or settings.kafka.bootstrap
     if not bootstrap:
         raise DriftwardenError("no bootstrap server: set kafka.bootstrap or pass --bootstrap")
-    if not args.url.startswith(("http://", "https://")):
-        raise DriftwardenError(f"--url must be an http(s) URL, got {args.url!r}")
+    check_url(args.url)
+    authorization = authorization_from_env(args.auth_env) if args.auth_env else None
     try:
         resend = parse_duration(args.resend)
     except ValueError as exc:
@@ -481,7 +459,8 @@ def cmd_alertmanager_bridge(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await run_bridge(settings, bootstrap, args.url, stop=stop, resend=resend,
-                         group=args.group, max_firing=args.max_firing)
+                         group=args.group, max_firing=args.max_firing,
+                         authorization=authorization)
 
     asyncio.run(main())
     return 0
@@ -494,6 +473,10 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("-c", "--config", required=True, help="the monitor YAML file")
     b.add_argument("--url", required=True,
                    help="Alertmanager base URL, e.g. http://alertmanager:9093")
+    b.add_argument("--auth-env", metavar="NAME",
+                   help="environment variable holding the Authorization header value for "
+                        "Alertmanager ('Bearer <token>' or 'Basic <base64 user:password>'); "
+                        "credentials never go in --url")
     b.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap)")
     b.add_argument("--resend", default="60s",
                    help="re-send firing alerts this often (default 60s; keep it under "

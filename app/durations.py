@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -19,14 +20,25 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration must not be negative, got {value!r}")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond the float range
+            seconds = math.inf
+        return _finite(seconds, value)
     if isinstance(value, str):
         m = _RE.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+            return _finite(float(m.group(1)) * _UNITS[m.group(2) or "s"], value)
     raise ValueError(
         f"expected a duration like '500ms', '30s', '5m', '1h', '14d' or seconds, got {value!r}"
     )
+
+
+def _finite(seconds: float, value: object) -> float:
+    if not math.isfinite(seconds):  # NaN, infinity, or digits beyond the float range
+        raise ValueError(f"a duration must be a finite number of seconds, got "
+                         f"{str(value)[:50]}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -24,6 +24,12 @@ class StateError(DriftwardenError):
     """A serialised state that cannot be loaded (unknown version, wrong kind, corrupt)."""
 
 
+#: What reading a malformed state raises: a key or an index missing, a value of the wrong
+#: type, shape or range (``int(1e400)``, an int64 array of 10**30). State loaders turn
+#: these into :class:`StateError`.
+MALFORMED_STATE = (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError)
+
+
 class ReferenceDataError(DriftwardenError):
     """A reference that cannot be built or loaded."""
 

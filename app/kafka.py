@@ -3,39 +3,96 @@
 from __future__ import annotations
 
 import os
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app import redact
 from app.errors import DriftwardenError
 from app.settings import KafkaSettings, MonitorSettings
 
 TOPIC_ALREADY_EXISTS = 36
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
-def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """aiokafka connection arguments (security) from the settings; secrets from the env."""
-    kw: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-    if kafka.sasl_mechanism:
+def client_kwargs(kafka: KafkaSettings, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """aiokafka connection arguments (security) from the settings; secrets from the env.
+
+    Every Kafka client driftwarden builds takes these (workers' faust app, topic admin,
+    references, retrain listener, Alertmanager bridge, demo, plan). The SASL password is
+    read from the variable ``kafka.sasl_password_env`` names and registered with
+    :mod:`app.redact`, so no log record shows it from then on.
+
+    Raises
+    ------
+    DriftwardenError
+        For settings that would connect less securely than they say (SASL settings
+        without a SASL protocol, a CA file without TLS), a SASL protocol without a
+        mechanism, user or password variable, a password variable that is not set or
+        empty (the message names the variable, never a value), or a CA file that does
+        not load.
+
+    >>> from app.settings import KafkaSettings
+    >>> client_kwargs(KafkaSettings())
+    {'security_protocol': 'PLAINTEXT'}
+    >>> client_kwargs(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+    ...     sasl_username="dw", sasl_password_env="DW_KAFKA_PASSWORD"), env={})
+    Traceback (most recent call last):
+    ...
+    app.errors.DriftwardenError: kafka.sasl_password_env names 'DW_KAFKA_PASSWORD', ...
+    """
+    env = os.environ if env is None else env
+    protocol = kafka.security_protocol
+    kw: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in SASL_PROTOCOLS:
+        if not kafka.sasl_mechanism:
+            raise DriftwardenError(f"kafka.security_protocol {protocol} needs "
+                                   "kafka.sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        if not kafka.sasl_username:
+            raise DriftwardenError(f"kafka.security_protocol {protocol} needs kafka.sasl_username")
+        name = kafka.sasl_password_env
+        if not name:
+            raise DriftwardenError(
+                f"kafka.security_protocol {protocol} needs kafka.sasl_password_env: the name "
+                "of the environment variable holding the SASL password")
+        password = env.get(name)
+        if password is None:
+            raise DriftwardenError(f"kafka.sasl_password_env names {redact.env_name(name)}, "
+                                   "which is not set in the environment")
+        if not password:
+            raise DriftwardenError(f"kafka.sasl_password_env names {redact.env_name(name)}, "
+                                   "which is set but empty")
+        redact.register(password)
         kw["sasl_mechanism"] = kafka.sasl_mechanism
         kw["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password_env:
-            password = os.environ.get(kafka.sasl_password_env)
-            if password is None:
-                raise DriftwardenError(
-                    f"kafka.sasl_password_env names {kafka.sasl_password_env!r}, "
-                    "which is not set in the environment")
-            kw["sasl_plain_password"] = password
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        kw["sasl_plain_password"] = password
+    elif kafka.sasl_mechanism or kafka.sasl_username or kafka.sasl_password_env:
+        raise DriftwardenError(
+            f"kafka.sasl_* are set but kafka.security_protocol is {protocol}, which does not "
+            "authenticate: use SASL_SSL (or SASL_PLAINTEXT), or remove them")
+    if protocol in TLS_PROTOCOLS:
         from aiokafka.helpers import create_ssl_context
 
-        kw["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+        try:
+            kw["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise DriftwardenError(f"kafka.ssl_cafile {kafka.ssl_cafile!r} does not load: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+    elif kafka.ssl_cafile:
+        raise DriftwardenError(
+            f"kafka.ssl_cafile is set but kafka.security_protocol is {protocol}, which does "
+            "not use TLS: use SSL or SASL_SSL, or remove it")
     return kw
 
 
 async def ensure_topics(bootstrap: str, settings: MonitorSettings,
-                        extra: dict[str, int] | None = None) -> None:
-    """Create every driftwarden topic with its partition count, before workers start.
+                        extra: dict[str, int] | None = None,
+                        compact: frozenset[str] = frozenset()) -> list[str]:
+    """Create every driftwarden topic with its partition count, before workers start;
+    returns the names it created (none: all were there).
 
     A topic that already exists with another partition count is an error: faust
     refuses co-partitioned topics whose counts differ.
@@ -47,7 +104,7 @@ async def ensure_topics(bootstrap: str, settings: MonitorSettings,
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        compacted = {settings.topics.name("references")}
+        compacted = {settings.topics.name("references"), *compact}  # + changelogs
         large = {"max.message.bytes": str(16 * 1024 * 1024)}
         missing = [NewTopic(name, parts, kafka.replication_factor,
                             topic_configs={"cleanup.policy": "compact", **large}
@@ -67,5 +124,6 @@ async def ensure_topics(bootstrap: str, settings: MonitorSettings,
                     raise DriftwardenError(
                         f"topic {desc['topic']!r} has {have} partitions but the configuration "
                         f"asks for {want} (kafka.partitions); recreate it or change the setting")
+        return [t.name for t in missing]
     finally:
         await admin.close()

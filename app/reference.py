@@ -33,7 +33,7 @@ from app.core.signals import (
     reference_row,
     segment_label,
 )
-from app.errors import ReferenceDataError, StateError
+from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
 from app.settings import DriftSettings, FeatureSettings, ModelSettings, MonitorSettings
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 from app.sketches.categorical import OTHER, as_category
@@ -146,7 +146,7 @@ class Reference:
             return cls(str(data["model"]), data.get("version"), str(data["origin"]),
                        int(data["n"]), feats, float(data["created_at"]), segments,
                        {str(k): str(v) for k, v in data.get("skipped", {}).items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt reference: {exc!r}") from None
 
     def summary(self) -> str:
@@ -178,16 +178,32 @@ def numeric_reference(values: Sequence[Any], bins: int) -> NumericReference:
     missing = int(np.isnan(arr).sum())
     if finite.size == 0:
         raise ReferenceDataError("no finite values to build numeric bins from")
-    cuts = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    cuts = _scaled(lambda x: np.quantile(x, np.linspace(0.0, 1.0, bins + 1)[1:-1]), finite)
     edges = np.unique(cuts)
     sketch = BinnedHistogram(edges)
     sketch.update(finite)
-    qs = np.quantile(finite, _QUANTILES)
+    qs = _scaled(lambda x: np.quantile(x, _QUANTILES), finite)
     distribution = QuantileSketch()
     distribution.update(finite)
+    mean, std = _scaled(lambda x: np.array([x.mean(), x.std()]), finite).tolist()
     return NumericReference(tuple(edges.tolist()), tuple(sketch.counts.tolist()), missing,
-                            float(finite.mean()), float(finite.std()),
-                            tuple(float(q) for q in qs), distribution.to_state())
+                            mean, std, tuple(float(q) for q in qs), distribution.to_state())
+
+
+def _scaled(statistic: Any, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``statistic(x)`` for a statistic that scales with ``x`` (quantiles, mean, std),
+    finite: near the float max its sums and differences overflow, so it is taken of ``x``
+    scaled into [-1, 1] instead (a state has no room for infinity).
+
+    >>> _scaled(lambda x: np.array([x.mean()]), np.array([1e308, 1e308])).tolist()
+    [1e+308]
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(statistic(x), dtype=np.float64)
+    if np.isfinite(out).all():
+        return out
+    scale = float(np.abs(x).max())
+    return np.asarray(statistic(x / scale), dtype=np.float64) * scale
 
 
 def categorical_reference(values: Iterable[Any], max_categories: int,

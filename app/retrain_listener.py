@@ -3,9 +3,10 @@
 A reference consumer of the retrain-triggers topic that users run as is or copy. For
 each trigger it publishes ``retrain_started`` to the model-events topic, runs the
 command through the shell (the trigger CloudEvent on stdin; ``DW_TRIGGER_ID``,
-``DW_MODEL``, ``DW_MODEL_VERSION`` and ``DW_REASONS`` in the environment), then
-publishes ``retrain_completed`` (and, with ``--deploy``, ``deployed``) or
-``retrain_failed``. The command reports on its last stdout line::
+``DW_MODEL``, ``DW_MODEL_VERSION`` and ``DW_REASONS`` in the environment, which is the
+listener's less the variable holding its Kafka password), then publishes
+``retrain_completed`` (and, with ``--deploy``, ``deployed``) or ``retrain_failed``. The
+command reports on its last stdout line::
 
     {"version": "v2", "metrics": {"accuracy": 0.9}, "reference": "s3://..."}
 
@@ -27,11 +28,13 @@ import re
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from app import redact
 from app.durations import parse_duration
 from app.errors import DriftwardenError
 from app.settings import MonitorSettings
@@ -216,7 +219,22 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def run_command(command: str, trigger: Trigger, timeout: float) -> TrainingOutput:
+def command_env(trigger: Trigger, withhold: Iterable[str] = ()) -> dict[str, str]:
+    """The command's environment: the listener's, less the ``withhold`` variables (its
+    Kafka password: the command does not need it, and what it prints goes to the
+    model-events topic when it fails), plus :func:`trigger_env`.
+
+    >>> t = Trigger("t1", "churn", None, [], b"{}")
+    >>> env = command_env(t, withhold=["HOME"])
+    >>> "HOME" in env, env["DW_MODEL"]
+    (False, 'churn')
+    """
+    held = set(withhold)
+    return {**{k: v for k, v in os.environ.items() if k not in held}, **trigger_env(trigger)}
+
+
+async def run_command(command: str, trigger: Trigger, timeout: float, *,
+                      withhold: Iterable[str] = ()) -> TrainingOutput:
     """Run ``command`` through the shell for ``trigger`` and parse its output.
 
     Parameters
@@ -227,6 +245,8 @@ async def run_command(command: str, trigger: Trigger, timeout: float) -> Trainin
         The trigger: its CloudEvent goes to stdin, its fields to the environment.
     timeout
         Seconds before the command's process group is killed.
+    withhold
+        Environment variables the command does not get (see :func:`command_env`).
 
     Returns
     -------
@@ -241,7 +261,7 @@ async def run_command(command: str, trigger: Trigger, timeout: float) -> Trainin
     """
     proc = await asyncio.create_subprocess_shell(
         command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **trigger_env(trigger)},
+        stderr=asyncio.subprocess.PIPE, env=command_env(trigger, withhold),
         start_new_session=True)
 
     async def feed() -> None:
@@ -353,8 +373,8 @@ class RetrainListener:
         kw = client_kwargs(self.settings.kafka)
         scanner = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                    enable_auto_commit=False, **kw)
-        await scanner.start()
-        try:
+        try:  # a client that failed to start is closed too
+            await scanner.start()
             found = await scan_handled(scanner, self.events_topic, self.handled)
         finally:
             await scanner.stop()
@@ -364,10 +384,10 @@ class RetrainListener:
             self.triggers_topic, bootstrap_servers=self.bootstrap, group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_interval_ms=int((self.timeout + 300) * 1000), **kw)
-        await producer.start()
         try:
-            await consumer.start()
+            await producer.start()
             try:
+                await consumer.start()
                 log.info("listening on %s as group %s", self.triggers_topic, self.group)
                 await self._consume(consumer, producer, stop)
             finally:
@@ -416,7 +436,9 @@ class RetrainListener:
         self.runs += 1
         log.info("retraining %s (trigger %s): %s", trigger.model, trigger.trigger_id,
                  self.command)
-        run = asyncio.ensure_future(run_command(self.command, trigger, self.timeout))
+        held = [v for v in (self.settings.kafka.sasl_password_env,) if v]
+        run = asyncio.ensure_future(run_command(self.command, trigger, self.timeout,
+                                                withhold=held))
         halt = asyncio.ensure_future(stop.wait())
         await asyncio.wait({run, halt}, return_when=asyncio.FIRST_COMPLETED)
         halt.cancel()
@@ -433,7 +455,7 @@ class RetrainListener:
             log.error("retrain of %s (trigger %s) failed: %s", trigger.model,
                       trigger.trigger_id, exc)
             events = [model_event(trigger, "retrain_failed", trigger.version, metrics={},
-                                  reason=str(exc)[:2000])]
+                                  reason=redact.mask(str(exc))[:2000])]
         else:
             extra: dict[str, Any] = {"metrics": out.metrics}
             if out.reference is not None:
@@ -517,7 +539,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-c", "--config", required=True, help="the monitor YAML file")
     p.add_argument("--exec", required=True, metavar="CMD",
                    help="shell command run per trigger: the CloudEvent on stdin, DW_* "
-                        "variables in the environment; its last stdout line is a JSON "
+                        "variables in the environment (the listener's, less the "
+                        "kafka.sasl_password_env one); its last stdout line is a JSON "
                         'object like {"version": "v2", "metrics": {...}, "reference": "..."}')
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap)")
     p.add_argument("--group", help="consumer group (default <worker.app_id>-retrain-listener)")

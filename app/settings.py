@@ -155,7 +155,7 @@ class FeatureSettings(_Frozen):
         if self.range is not None:
             if self.type != "numeric":
                 raise ValueError("'range' applies to numeric features only")
-            if self.range[0] > self.range[1]:
+            if not self.range[0] <= self.range[1]:  # NaN compares false: refused too
                 raise ValueError(
                     f"range must be [low, high] with low <= high, got {list(self.range)}")
         if self.values is not None and self.type != "categorical":
@@ -323,7 +323,7 @@ class PerformanceSettings(_Frozen):
     metric: PerformanceMetric | None = None  # accuracy for classification, mae for regression
     positive_class: str = "1"  # binary models; booleans are the classes "1" and "0"
     score_key: str | None = None  # the ``scores`` key of the positive class (default: it)
-    baseline: float | None = None
+    baseline: float | None = Field(None, allow_inf_nan=False)
     max_drop: float = Field(0.03, ge=0)
     min_labels: int = Field(200, ge=1)
     baseline_windows: int = Field(3, ge=1, le=1000)
@@ -588,7 +588,18 @@ class MonitorSettings(_Frozen):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    return ".".join(_shown(part, quote=False) for part in loc)
+
+
+def _shown(value: Any, *, quote: bool = True) -> str:
+    """A value for an error message: text (a lone surrogate escaped), cut to 100
+    characters (an integer of more digits than Python prints, 4 300, by its size)."""
+    try:
+        text = repr(value) if quote else str(value)
+    except ValueError:
+        text = f"<an integer of {value.bit_length()} bits>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = ".",
@@ -597,6 +608,10 @@ def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = 
     if not isinstance(data, dict):
         raise ConfigError(
             file, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    not_text = _lone_surrogates(data)
+    if not_text:
+        raise ConfigError(file, [(where, "a lone UTF-16 surrogate (\\ud800-\\udfff) is not "
+                                         "text") for where in not_text[:10]])
     env = os.environ if env is None else env
     data = dict(data)
     bootstrap = env.get("DRIFTWARDEN_BOOTSTRAP")
@@ -619,9 +634,43 @@ def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = 
             if "input" in err and err["type"] not in ("missing",) and not isinstance(
                 err["input"], dict | list
             ):
-                msg = f"{msg} (got {err['input']!r})"
+                msg = f"{msg} (got {_shown(err['input'])})"
             problems.append((_loc(err["loc"]), msg))
         raise ConfigError(file, problems) from None
+
+
+def _lone_surrogates(data: Any) -> list[str]:
+    """Paths of the keys and strings that UTF-8 cannot hold (YAML reads "\\ud800").
+
+    Each container once: YAML aliases share them (``&a [*a]`` even contains itself).
+    """
+    found = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else \
+            enumerate(value) if isinstance(value, list) else ()
+        for k, v in items:
+            where = f"{path}.{_shown(k, quote=False)}" if path else _shown(k, quote=False)
+            if isinstance(k, str) and not _is_text(k):
+                found.append(where)
+            stack.append((where, v))
+        if isinstance(value, str) and not _is_text(value):
+            found.append(path)
+    return sorted(found)
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> MonitorSettings:
@@ -641,4 +690,8 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Mon
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), [(where, f"not valid YAML: {problem}")]) from None
+    except RecursionError:  # PyYAML recurses once per level
+        raise ConfigError(str(path), [("", "not valid YAML: nested too deeply")]) from None
+    except ValueError as exc:  # a scalar its constructor refuses: 2024-02-30, 5000 digits
+        raise ConfigError(str(path), [("", f"not valid YAML: {str(exc)[:200]}")]) from None
     return settings_from_mapping(data, file=str(path), base_dir=str(path.parent), env=env)

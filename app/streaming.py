@@ -28,19 +28,23 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import EventT, Message
 
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
-from app.errors import StateError
+from app.errors import DriftwardenError, StateError
 from app.events.checks import SPECS
 from app.events.decode import Rejection, decode_message, element_bytes
+from app.kafka import client_kwargs, ensure_topics
 from app.observability import Metrics
 from app.outputs.cloudevents import CONTENT_TYPE
 from app.reference import Reference
 from app.references_topic import ReferenceFollower
 from app.settings import MonitorSettings
 
+# seconds between checks that every topic exists (a broker that came back empty)
+TOPIC_GUARD_INTERVAL = 5.0
 # refused records larger than this are not parsed again for their model's name
 _LABEL_PARSE_MAX = 64 * 1024
 
@@ -54,6 +58,19 @@ async def wait_all(futures: list[Any]) -> None:
     """Wait for sends (faust futures) to be acknowledged by the broker, in order."""
     for fut in futures:
         await fut
+
+
+def withhold(events: list[EventT[Any]]) -> None:
+    """Keep a failed or interrupted batch's offsets from ever being committed.
+
+    faust's ``take_events`` acknowledges a batch in a ``finally`` clause: also when the
+    body raised or was cancelled (a stop, a rebalance). A message already marked
+    acknowledged is skipped by that clause, so its offset, and every later one of its
+    partition, stays uncommitted here: the batch is read again after a restart or a
+    rebalance, where the state's applied positions skip what had reached the changelog.
+    """
+    for event in events:
+        event.message.acked = True
 
 
 class ConsumerLag:
@@ -200,6 +217,19 @@ class Pipeline:
             out.append(name)
         return out
 
+    async def rewind(self, topic: str) -> None:
+        """Forget every applied position of ``topic`` (recreated empty: its offsets start
+        from 0 again) in each model state this worker holds, and write those states to
+        the (new) changelog."""
+        for key in list(self.table.data.keys()):  # the local copies hold positions too
+            name = (key.decode() if isinstance(key, bytes) else str(key)).partition("/")[0]
+            if name in self.settings.models:
+                self.engine.monitor(name)
+        self.engine.rewind(topic)
+        for name in list(self.engine.monitors):
+            self.save(name)
+        await self.flush_state()
+
     def forget_partitions(self, partitions: set[int]) -> None:
         self.engine.forget(n for n, m in self.engine.monitors.items()
                            if m.partition in partitions)
@@ -244,6 +274,9 @@ class Pipeline:
                     self.metrics.observe_predictions(model, accepted)
         for (kind, model), n in batch.duplicated.items():
             self.metrics.events.labels(topic_of[kind], model, "duplicate").inc(n)
+        # Dead letters first: they are owed nowhere in the state, so they are on the
+        # broker before the state that skips their positions after a restart is saved.
+        await self._dead_letter(dead)
         for model, result in self.engine.apply(batch, now).items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()
@@ -257,7 +290,6 @@ class Pipeline:
             if result.performance is not None:
                 self.metrics.observe_performance(model, result.performance, m.performance)
             self.save(model)
-        await self._dead_letter(dead)
         self.metrics.batch_events.observe(batch.accepted + len(dead))
         for model in batch.models:
             await self.publish_detections(model)
@@ -434,14 +466,34 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
 
 
 def _credentials(settings: MonitorSettings) -> Any:
-    from app.kafka import client_kwargs
-
     kw = client_kwargs(settings.kafka)
     if settings.kafka.sasl_mechanism:
         return faust.SASLCredentials(
             username=kw.get("sasl_plain_username"), password=kw.get("sasl_plain_password"),
             mechanism=settings.kafka.sasl_mechanism, ssl_context=kw.get("ssl_context"))
     return faust.SSLCredentials(kw["ssl_context"])
+
+
+async def guarded(app: faust.App, name: str, process: Any, events: list[EventT[Any]]) -> None:
+    """Run one batch; on any failure its offsets are withheld (never committed).
+
+    A failure other than a stop or a rebalance (an output the broker never took within
+    the producer's request timeout, a bug) stops the worker with an error: its state may
+    be ahead of its outputs, and a fresh start from the last commit and the changelog is
+    the one consistent way on. The orchestrator restarts it.
+    """
+    try:
+        await process(events)
+    except asyncio.CancelledError:
+        withhold(events)
+        raise
+    except Exception as exc:
+        withhold(events)
+        log.critical("%s batch of %d events failed (%s: %s); its offsets stay uncommitted "
+                     "and the worker stops, to start again from the last commit",
+                     name, len(events), type(exc).__name__, exc)
+        await app.crash(exc)
+        raise
 
 
 def _ready(app: faust.App) -> bool:
@@ -494,7 +546,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
         # published its outputs and the broker has its state (flush_state).
         async for events in stream.take_events(batch, within=within):
             taken = list(events)
-            await pipeline.process_batch(taken)
+            await guarded(app, "predictions", pipeline.process_batch, taken)
             lag.processed(taken)
 
     app.agent(streams, name="driftwarden.predictions")(predictions_agent)
@@ -511,8 +563,9 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     app.timer(max(1.0, settings.worker.tick_interval), name="driftwarden.lag")(measure_lag)
 
+    rewinders = [pipeline.rewind]
     if settings.sources:
-        _add_sources(app, settings, metrics, raw_topic, pipeline, lag)
+        rewinders.append(_add_sources(app, settings, metrics, raw_topic, pipeline, lag).rewind)
 
     async def follow_references() -> None:
         """Keep installing references published while the worker runs."""
@@ -525,6 +578,45 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     app.task(follow_references)
 
+    changelogs = {t.changelog_topic.get_topic_name(): parts for t in app.tables.values()}
+    inputs = {topics.name(t) for t in ("predictions", "outcomes", "model_events", "inputs")}
+    reread: set[tuple[str, int]] = set()  # partitions to read again from offset 0
+
+    async def guard_topics() -> None:
+        """A broker that came back empty (a new cluster, lost storage): recreate every
+        topic with its partition count before a client's first touch auto-creates one
+        with the broker's default count (faust then stops on PartitionsMismatch).
+
+        An input topic recreated here numbers its partitions from 0 again: the positions
+        the state holds for it are dropped at once (nothing was read from the new topic
+        yet), the state is written to the new changelog, and each partition is read from
+        its start once assigned (faust would skip offsets below those it had read)."""
+        try:
+            created = await asyncio.wait_for(
+                ensure_topics(bootstrap, settings, extra=changelogs,
+                              compact=frozenset(changelogs)), TOPIC_GUARD_INTERVAL)
+        except DriftwardenError as exc:
+            log.error("topic check: %s", exc)
+            return
+        except (TimeoutError, KafkaError, OSError) as exc:  # broker away: later
+            log.debug("topic check: broker unavailable (%s)", exc)
+            return
+        lost = sorted(inputs & set(created or ()))
+        if lost:
+            log.warning("topics %s were missing and are recreated (a broker that lost its "
+                        "data?): their partitions are read from offset 0", lost)
+            for name in lost:
+                for rewind in rewinders:
+                    await rewind(name)
+                reread.update((name, p) for p in range(parts))
+        for tp in list(app.consumer.assignment()):
+            if (tp.topic, tp.partition) in reread:
+                reread.discard((tp.topic, tp.partition))
+                lag.done.pop((tp.topic, tp.partition), None)
+                await app.consumer.seek(tp, 0)
+
+    app.timer(TOPIC_GUARD_INTERVAL, name="driftwarden.topics")(guard_topics)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
         pipeline.forget_partitions({tp.partition for tp in revoked
@@ -534,7 +626,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
 
 def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, raw_topic: Any,
-                 pipeline: Pipeline, lag: ConsumerLag) -> None:
+                 pipeline: Pipeline, lag: ConsumerLag) -> Any:
     """The inputs agent and its state table (sources are keyed by source, not model)."""
     from app.sources.engine import SourcesEngine
     from app.streaming_sources import SOURCE_TABLE, SourcePipeline
@@ -558,7 +650,7 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
     async def inputs_agent(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             taken = list(events)
-            await sources.process_batch(taken)
+            await guarded(app, "inputs", sources.process_batch, taken)
             lag.processed(taken)
 
     app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
@@ -574,3 +666,5 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
         engine.forget([s for s, m in engine.monitors.items()
                        if m.partition in {tp.partition for tp in revoked
                                           if tp.topic == inputs_name}])
+
+    return sources

@@ -70,6 +70,17 @@ class SourcePipeline:
         self.table.data[key] = value
         self.unflushed.append(self.table.send_changelog(m.partition, key, value))
 
+    async def rewind(self, topic: str) -> None:
+        """See ``Pipeline.rewind``: sources' positions of a recreated ``topic``."""
+        for key in list(self.table.data.keys()):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if name in self.settings.sources:
+                self.engine.monitor(name)
+        self.engine.rewind(topic)
+        for name in list(self.engine.monitors):
+            self.save(name)
+        await self.flush_state()
+
     async def flush_state(self) -> None:
         """Every state record saved so far on the broker (see ``Pipeline.flush_state``)."""
         pending, self.unflushed = self.unflushed, []
@@ -101,13 +112,13 @@ class SourcePipeline:
         self.metrics.events.labels(topic, "", "valid").inc(batch.accepted)  # no model: sources
         if batch.duplicates:
             self.metrics.events.labels(topic, "", "duplicate").inc(batch.duplicates)
+        await self.dead_letter(dead)  # before the state that skips their positions
         self.engine.apply(batch, now)
         for source, (_, times) in batch.groups.items():
             self.metrics.source_last_event.labels(source).set(
                 self.engine.monitor(source).watermark_ms / 1000)  # type: ignore[operator]
             self.metrics.source_records.labels(source).inc(len(times))
             self.save(source)
-        await self.dead_letter(dead)
         for source in batch.groups:
             await self.check(source, now)
         await self.flush_state()

@@ -17,13 +17,17 @@ afterwards: the embedded broker keeps every record in RAM):
 
 ``--soak SECONDS`` instead runs one worker under a steady load at ``--rate`` events/s with
 wall-clock event times (a drift on one model from the second minute), sampling the
-worker's resident memory, and measures window close to evaluation/alert on the topic
-(the due time is the window's end plus its lateness).
+worker's resident memory and its consumer lag every 5 s, and measures window close to
+evaluation/alert on the topic (the due time is the window's end plus its lateness).
 
 Usage::
 
     python load-tests/bench.py --events 100000 [--two-workers]
-    python load-tests/bench.py --soak 600 --rate 1000
+    python load-tests/bench.py --soak 600 --rate 1000     # the 10-minute soak
+    python load-tests/bench.py --soak 3600 --rate 500     # opt-in: the hour-long soak
+
+The embedded broker keeps every record in RAM: an hour at 500 predictions/s holds
+1.8 million (roughly 1 to 2 GiB with the outcomes); the soak's topics are deleted at its end.
 """
 
 from __future__ import annotations
@@ -458,7 +462,7 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
     topics = settings.topics
     asyncio.run(ensure_topics(bootstrap, settings))
     workers = Workers(cfg, bootstrap, tmp, "soak")
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, float]] = []  # (s since start, RSS bytes, lag messages)
     closes: dict[str, list[float]] = {"evaluation": [], "alert": []}
     try:
         deadline = time.monotonic() + 120
@@ -477,7 +481,9 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
             async def sample() -> None:
                 while not stop.is_set():
                     samples.append((time.monotonic() - began,
-                                    proc_stats(workers.procs[0].pid)[2]))
+                                    proc_stats(workers.procs[0].pid)[2],
+                                    scrape(workers.ports[0],
+                                           "driftwarden_consumer_lag_messages")))
                     await asyncio.sleep(5)
 
             sampler = asyncio.create_task(sample())
@@ -496,12 +502,23 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
     finally:
         workers.stop()
         asyncio.run(delete_topics(bootstrap, "soak."))
-    tail = [rss for t, rss in samples if t >= seconds - 480]
+    tail = [rss for t, rss, _ in samples if t >= seconds - 480]
+    lags = [lag for t, _, lag in samples if t >= seconds - 480]
     return {"sent": sent, "processed": processed, "lag_end": lag, "samples": samples,
             "rss_first_mb": samples[0][1] / 2**20 if samples else 0,
             "rss_tail_min_mb": min(tail) / 2**20 if tail else 0,
             "rss_tail_max_mb": max(tail) / 2**20 if tail else 0,
+            "lag_tail_max": max(lags) if lags else 0,
+            "lag_tail_halves": _halves(lags),
             "closes": closes}
+
+
+def _halves(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the second half: a growing lag shows as a rise."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (0.0, 0.0)
+    mid = len(values) // 2
+    return statistics.fmean(values[:mid]), statistics.fmean(values[mid:])
 
 
 def quantiles(values: list[float]) -> str:
@@ -536,6 +553,9 @@ def main() -> int:
                   f"{LABELLED} labelled, drift on m0 from 120 s).\n")
             print(f"- sent {r['sent']}, processed {r['processed']:.0f}, consumer lag at the "
                   f"end {r['lag_end']:.0f}")
+            first, second = r["lag_tail_halves"]
+            print(f"- consumer lag over the last 8 minutes: max {r['lag_tail_max']:.0f} "
+                  f"messages, mean {first:.1f} then {second:.1f} (first and second half)")
             print(f"- worker RSS: {r['rss_first_mb']:.0f} MiB at the start; over the last "
                   f"8 minutes {r['rss_tail_min_mb']:.0f}..{r['rss_tail_max_mb']:.0f} MiB "
                   f"({flat:.1%} spread)")
@@ -543,7 +563,7 @@ def main() -> int:
             print(f"- window due -> evaluation on the topic: {quantiles(closes['evaluation'])}")
             print(f"- window due -> drift alert on the topic: {quantiles(closes['alert'])}")
             print("- RSS samples (s, MiB): " + ", ".join(
-                f"{t:.0f}:{rss / 2**20:.0f}" for t, rss in r["samples"][::12]))
+                f"{t:.0f}:{rss / 2**20:.0f}" for t, rss, _ in r["samples"][::12]))
             return 0
         events = make_events(args.events, args.models)
         rows = []

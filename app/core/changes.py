@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.settings import ChangeDetectorSettings
+from app.sketches._state import integer, json_float, read_float
 
 if TYPE_CHECKING:
     from app.detectors.streaming import RiverDetector
@@ -48,9 +49,22 @@ class Detection:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Detection:
-        return cls(str(d["detector"]), str(d["signal"]), int(d["index"]), int(d["event_ms"]),
-                   str(d["model_version"]), d["before_mean"], d["recent_mean"],
-                   str(d["severity"]), str(d["config"]))
+        try:
+            return cls(str(d["detector"]), str(d["signal"]),
+                       integer(d["index"], "index", minimum=0),
+                       integer(d["event_ms"], "event_ms"), str(d["model_version"]),
+                       _mean(d["before_mean"]), _mean(d["recent_mean"]), str(d["severity"]),
+                       str(d["config"]))
+        except MALFORMED_STATE as exc:
+            raise StateError(f"corrupt change detection: {exc!r}") from None
+
+
+def _mean(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a mean must be a number or null, got {str(value)[:50]!r}")
+    return float(value)
 
 
 def detector_identity(cfg: ChangeDetectorSettings) -> str:
@@ -101,8 +115,10 @@ class DetectorRun:
         return found
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": self.detector.to_state(), "since_sum": self.since_sum,
-                "since_n": self.since_n, "recent": self.recent}
+        # values near the float max make the sums infinite: written as "inf", not null
+        return {"detector": self.detector.to_state(), "since_sum": json_float(self.since_sum),
+                "since_n": self.since_n,
+                "recent": None if self.recent is None else json_float(self.recent)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> DetectorRun:
@@ -110,11 +126,11 @@ class DetectorRun:
 
         try:
             run = cls(detector_from_state(state["detector"]))
-            run.since_sum = float(state["since_sum"])
-            run.since_n = int(state["since_n"])
+            run.since_sum = read_float(state["since_sum"])
+            run.since_n = integer(state["since_n"], "since_n", minimum=0)
             recent = state["recent"]
-            run.recent = None if recent is None else float(recent)
-        except (KeyError, TypeError, ValueError) as exc:
+            run.recent = None if recent is None else read_float(recent)
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt change-detector state: {exc!r}") from None
         return run
 
@@ -156,10 +172,12 @@ class ChangeTracker:
         return {"identity": self.identity, "seen": self.seen, **self.run.to_state()}
 
     def load(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise StateError(f"not a change-detector state: {str(state)[:200]}")
         if state.get("identity") != self.identity:
             return  # another detector's state: this one starts afresh
         self.run = DetectorRun.from_state(state)
         try:
             self.seen = int(state["seen"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt change-detector state: {exc!r}") from None

@@ -61,6 +61,19 @@ RecordsLoader = Callable[[str], dict[str, Any]]  # model -> its side records (su
 StateErrorHook = Callable[[str, StateError], None]
 
 
+def drop_positions(monitors: Iterable[Any], topic: str) -> int:
+    """Drop every ``<topic>:<partition>`` applied position of ``monitors`` (their
+    ``positions`` dicts); returns how many held one."""
+    prefix = f"{topic}:"
+    touched = 0
+    for m in monitors:
+        stale = [s for s in m.positions if s.startswith(prefix)]
+        for source in stale:
+            del m.positions[source]
+        touched += bool(stale)
+    return touched
+
+
 @dataclass
 class Batch:
     """Valid events of one batch grouped by model, with what was refused."""
@@ -236,6 +249,11 @@ class Engine:
     def forget(self, models: Iterable[str]) -> None:
         for model in list(models):
             self.monitors.pop(model, None)
+
+    def rewind(self, topic: str) -> int:
+        """Forget the applied positions of ``topic``'s partitions (a broker that lost its
+        data numbers a partition from 0 again); returns how many models held one."""
+        return drop_positions(self.monitors.values(), topic)
 
     # -- the batch path -------------------------------------------------------------
     def batch(self) -> Batch:

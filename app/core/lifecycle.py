@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
 MAX_TRACKED = 32  # versions and open retrains remembered
@@ -174,5 +174,5 @@ class ModelLifecycle:
             o = state["overdue"]
             self.overdue = None if o is None else (str(o[0]), int(o[1]))
             self.stuck = {str(k) for k in state["stuck"]}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt model-lifecycle state: {exc!r}") from None

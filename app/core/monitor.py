@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
@@ -19,7 +20,7 @@ from app.core.serving import ServingStats
 from app.core.signals import reference_row, segment_label
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
-from app.errors import ReferenceDataError, StateError
+from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.policy.alerts import AlertBook
 from app.policy.retrain import RetrainPolicy
@@ -29,6 +30,7 @@ from app.quality import evaluate as evaluate_quality
 from app.quality.rules import judge_non_finite
 from app.reference import Reference, build_reference
 from app.settings import MonitorSettings
+from app.sketches._state import integer
 
 STATE_KIND = "model-monitor"
 STATE_VERSION = 2
@@ -568,14 +570,15 @@ class ModelMonitor:
                             for v, r in state["references"].items()}
             m.versions_seen = [str(v) for v in state["versions_seen"]]
 
-            m.partition = state["partition"]
-            m.watermark_ms = state["watermark"]
+            m.partition = integer(state["partition"], "partition", minimum=0, nullable=True)
+            m.watermark_ms = integer(state["watermark"], "watermark", nullable=True)
             # Not restored: downtime is not idle time. The idle clock restarts with the
             # first wall-clock check (or event) after the restart.
             m.last_arrival = None
-            m.closed_through_ms = state["closed_through"]
-            m.late_events = int(state["late_events"])
-            m.positions = {str(k): int(v) for k, v in state["positions"].items()}
+            m.closed_through_ms = integer(state["closed_through"], "closed_through",
+                                          nullable=True)
+            m.late_events = integer(state["late_events"], "late_events", minimum=0)
+            m.positions = {str(k): integer(v, "position") for k, v in state["positions"].items()}
             saved_changes = {c.get("identity"): c for c in state.get("changes", [])}
             for tracker in m.changes:  # matched by identity: reordering is harmless
                 if tracker.identity in saved_changes:
@@ -585,13 +588,13 @@ class ModelMonitor:
             for ws in state["windows"]:
                 w = Window.from_state(ws)
                 m.windows[w.start_ms] = w
-            m.pending_outputs = [(str(t), e) for t, e in state.get("outputs", [])]
+            m.pending_outputs = saved_outputs(state.get("outputs", []), OUTPUT_TARGETS)
             if state.get("alerting") is not None:  # absent in states of earlier builds
                 m.alerts.load(state["alerting"])
             if state.get("version_outputs") is not None:
                 m.versions.load(state["version_outputs"])
-            m.silent_since = state.get("silent_since")
-            m.clock_ms = state.get("clock")
+            m.silent_since = integer(state.get("silent_since"), "silent_since", nullable=True)
+            m.clock_ms = integer(state.get("clock"), "clock", nullable=True)
             if m.lifecycle is not None and state.get("lifecycle") is not None:
                 m.lifecycle.load(state["lifecycle"])
             if m.retrain is not None and state.get("retrain") is not None:
@@ -599,9 +602,26 @@ class ModelMonitor:
             saved_performance = state.get("performance")
             if m.performance is not None and saved_performance is not None:
                 m.performance.load(saved_performance, records or {})
-        except (KeyError, TypeError, ValueError) as exc:
+            # What loads must save again (the next batch writes it back): a number no
+            # JSON encoder writes (an integer beyond 64 bits) fails here, not then.
+            orjson.dumps(m.to_state(), option=orjson.OPT_SERIALIZE_NUMPY)
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt model-monitor state: {exc!r}") from None
         return m
+
+
+OUTPUT_TARGETS = frozenset({"alerts", "evaluations", "retrain_triggers"})
+
+
+def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Outputs waiting to be published, from a state: ``[[target, CloudEvent], ...]``."""
+    out = []
+    for target, event in saved:
+        if target not in targets or not isinstance(event, dict) or \
+                not isinstance(event.get("data"), dict):
+            raise ValueError(f"not an output for {sorted(targets)}: {str(target)[:50]!r}")
+        out.append((target, event))
+    return out
 
 
 def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -10,16 +10,26 @@ however the stream was cut into batches. The objectives they are judged against 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.performance.exactsum import ExactSum
 from app.sketches import QuantileSketch
 
 QUANTILES = (0.5, 0.9, 0.99)
+
+
+def _float(v: float) -> float:
+    """A validated number (>= 0) as a float: an integer beyond the float range is inf
+    (a non-finite latency, a cost sum of inf), as for features."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
 
 
 class ServingStats:
@@ -41,13 +51,13 @@ class ServingStats:
         self.n = 0  # predictions counted
 
     def update(self, events: Sequence[Mapping[str, Any]]) -> None:
-        latencies = [e["latency_ms"] for e in events if e.get("latency_ms") is not None]
+        latencies = [_float(e["latency_ms"]) for e in events if e.get("latency_ms") is not None]
         if latencies:
             self.latency.update(np.asarray(latencies, dtype=np.float64))
         for e in events:
             c = e.get("cost")
             if c is not None:
-                self.cost.add(float(c))
+                self.cost.add(_float(c))
                 self.cost_n += 1
         self.n += len(events)
 
@@ -89,5 +99,5 @@ class ServingStats:
             return s
         except StateError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt serving state: {exc!r}") from None

@@ -28,7 +28,7 @@ from app.core.evaluation import chosen_statistic
 from app.core.signals import is_output_signal, public_name
 from app.core.windows import Window
 from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.settings import DriftSettings, RollbackSettings
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
 from app.sketches.categorical import OTHER
@@ -279,5 +279,5 @@ class VersionOutputs:
                             for v, kept in state["windows"].items()}
         except StateError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt {STATE_KIND} state: {exc!r}") from None

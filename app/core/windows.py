@@ -10,10 +10,11 @@ import numpy as np
 
 from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, numeric_columns, segment_label, signal_rows
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
+from app.sketches._state import integer
 
 Sketch = BinnedHistogram | CategoryCounts
 
@@ -63,18 +64,22 @@ class Slice:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Slice:
-        sketches: dict[str, Sketch] = {}
-        for name, st in state["sketches"].items():
-            kind = st.get("kind") if isinstance(st, dict) else None
-            if kind == BinnedHistogram.KIND:
-                sketches[name] = BinnedHistogram.from_state(st)
-            elif kind == CategoryCounts.KIND:
-                sketches[name] = CategoryCounts.from_state(st)
-            else:
-                raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
-        quantiles = {str(k): QuantileSketch.from_state(q) for k, q in state["quantiles"].items()}
-        return cls(str(state["reference"]), sketches, quantiles, int(state["n"]),
-                   state["segment"])
+        try:
+            sketches: dict[str, Sketch] = {}
+            for name, st in state["sketches"].items():
+                kind = st.get("kind") if isinstance(st, dict) else None
+                if kind == BinnedHistogram.KIND:
+                    sketches[name] = BinnedHistogram.from_state(st)
+                elif kind == CategoryCounts.KIND:
+                    sketches[name] = CategoryCounts.from_state(st)
+                else:
+                    raise StateError(f"unknown sketch kind {kind!r} for feature {name!r}")
+            quantiles = {str(k): QuantileSketch.from_state(q)
+                         for k, q in state["quantiles"].items()}
+            return cls(str(state["reference"]), sketches, quantiles, int(state["n"]),
+                       state["segment"])
+        except MALFORMED_STATE as exc:
+            raise StateError(f"corrupt slice state: {exc!r}") from None
 
 
 ReferenceLookup = Callable[[str], "tuple[str, Reference] | None"]
@@ -172,12 +177,14 @@ class Window:
             slices = {str(v): Slice.from_state(st) for v, st in state["slices"].items()}
             quality = {str(v): QualityCounts.from_state(q)
                        for v, q in state.get("quality", {}).items()}
-            return cls(int(state["start"]), int(state["end"]), slices, int(state["n"]),
-                       state["first"], state["last"], quality,
+            return cls(integer(state["start"], "start"), integer(state["end"], "end"), slices,
+                       integer(state["n"], "n", minimum=0),
+                       integer(state["first"], "first", nullable=True),
+                       integer(state["last"], "last", nullable=True), quality,
                        {str(v): {str(f): int(c) for f, c in d.items()}
                         for v, d in state.get("non_finite", {}).items()},
                        {str(v): int(c) for v, c in state.get("rejected", {}).items()},
                        {str(v): ServingStats.from_state(st)
                         for v, st in state.get("serving", {}).items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt window state: {exc!r}") from None

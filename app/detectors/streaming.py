@@ -110,7 +110,7 @@ import numpy.typing as npt
 from river import drift
 from river.drift import adwin_c, binary
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
 _RIVER_VERSION = importlib.metadata.version("river")
@@ -512,7 +512,7 @@ class RiverDetector:
             if not 0 <= out._n_detections <= out._n:
                 raise ValueError(f"counters n={out._n}, n_detections={out._n_detections}")
             out._load_fields(state["detector"])
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt {cls.name} state: {exc!r}") from None
         return out
 
@@ -915,7 +915,7 @@ def make_detector(name: str, **params: Any) -> RiverDetector:
 def detector_from_state(state: Any) -> RiverDetector:
     """Restore any registry detector from its state, picking the class by ``kind``."""
     kind = state.get("kind") if isinstance(state, dict) else None
-    if kind not in STREAM_DETECTORS:
+    if not isinstance(kind, str) or kind not in STREAM_DETECTORS:
         raise StateError(f"not a stream detector state: kind {kind!r}; "
                          f"known: {sorted(STREAM_DETECTORS)}")
     return STREAM_DETECTORS[kind].from_state(state)

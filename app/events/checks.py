@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # The same patterns as the schemas ($defs), applied with re.search like the
@@ -25,6 +25,7 @@ RFC3339_PATTERN = (
 )
 MAX_FEATURES = 4096
 MAX_EPOCH_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+MIN_EPOCH_MS = -62135596800000  # 0001-01-01T00:00:00Z (string timestamps only)
 MODEL_EVENT_KINDS = frozenset(
     {"deployed", "retrain_started", "retrain_completed", "retrain_failed", "rolled_back"}
 )
@@ -170,14 +171,33 @@ def timestamp(v: Any) -> str | None:
 
 
 def timestamp_ms(v: Any) -> int:
-    """Epoch milliseconds of a validated timestamp."""
+    """Epoch milliseconds of a validated timestamp (exact: no float on the way, so
+    ``.001`` is 1 ms, not 0.9999999 ms truncated to 0).
+
+    >>> timestamp_ms("1970-01-01T00:00:01.001Z"), timestamp_ms("1969-12-31T23:59:59.9995Z")
+    (1001, -1)
+    """
     if isinstance(v, str):
         text = v.strip()
         if text[-1] in "Zz":
             text = text[:-1] + "+00:00"
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
+        d = datetime.fromisoformat(text) - _EPOCH
+        return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
     return int(v)
 
+
+def utc_datetime(ms: int) -> datetime:
+    """The UTC date-time of epoch milliseconds, clamped to 0001-01-01..9999-12-31 (all a
+    ``datetime`` or RFC 3339 can write; a window or checkpoint may end past the last
+    event time accepted).
+
+    >>> utc_datetime(MAX_EPOCH_MS + 3_600_000).isoformat()
+    '9999-12-31T23:59:59.999000+00:00'
+    """
+    return _EPOCH + timedelta(milliseconds=min(max(ms, MIN_EPOCH_MS), MAX_EPOCH_MS))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Spec = tuple[tuple[str, bool, Check], ...]  # (field, required, check)
 
@@ -248,4 +268,6 @@ def check_event(spec: Spec, obj: Any) -> str | None:
             return "timestamp: not a valid calendar date-time"
         if ms > MAX_EPOCH_MS:  # 9999-12-31 with a negative offset is past year 9999 in UTC
             return "timestamp: later than 9999-12-31T23:59:59.999Z"
+        if ms < MIN_EPOCH_MS:  # 0001-01-01 with a positive offset is before year 1 in UTC
+            return "timestamp: earlier than 0001-01-01T00:00:00Z"
     return None

@@ -3,7 +3,11 @@
 A value is one event object or a JSON array of them. Each element is validated on its
 own; a bad element never rejects its neighbours. orjson decodes the common case; a
 value orjson refuses is retried with the standard library, which also reads ``NaN``
-and ``Infinity`` so that an element carrying them is rejected alone.
+and ``Infinity`` so that an element carrying them is rejected alone, and reads an
+integer of more digits than Python converts (4 300) as the float it spells (±inf), like
+``1e400``. Duplicate keys: the last one wins, on every path. Nesting: what is deeper than
+the readers go (orjson 1 024 levels, the standard library its recursion limit) is
+``invalid_json``; what they read is written back out (dead letters) without recursion.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from typing import Any
 
 import orjson
 
-from app.events.checks import MAX_EPOCH_MS, NonFinite, Spec, check_event, timestamp_ms
+from app.events.checks import (
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    NonFinite,
+    Spec,
+    check_event,
+    timestamp_ms,
+)
 from app.events.fast import fast_decoder
 
 
@@ -35,14 +46,60 @@ class Decoded:
     positions: list[int] | None = None  # element index of each event; None: not an array
 
 
+def _int(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts: the float it spells (±inf)
+        return float(text)
+
+
 def _lenient_loads(value: bytes) -> Any:
-    return json.loads(value.decode("utf-8"))
+    return json.loads(value.decode("utf-8"), parse_int=_int)
+
+
+def _leaf(obj: Any) -> str:
+    return json.dumps(obj, allow_nan=True, ensure_ascii=False, default=str)
+
+
+def _text(obj: Any) -> str:
+    """``obj`` as compact JSON text, NaN and Infinity kept as they came."""
+    try:
+        return json.dumps(obj, allow_nan=True, ensure_ascii=False, separators=(",", ":"),
+                          default=str)
+    except RecursionError:  # nested deeper than json.dumps recurses (orjson reads 1 024)
+        return _deep_text(obj)
+
+
+class _Piece(str):
+    """Literal JSON text on :func:`_deep_text`'s stack (never a value of the document)."""
+
+
+def _deep_text(obj: Any) -> str:
+    """What :func:`_text` writes, with a stack of its own instead of recursion."""
+    out: list[str] = []
+    stack: list[Any] = [obj]
+    while stack:
+        x = stack.pop()
+        if type(x) is _Piece:
+            out.append(x)
+        elif isinstance(x, dict):
+            out.append("{")
+            stack.append(_Piece("}"))
+            for i, (k, v) in reversed(list(enumerate(x.items()))):
+                stack += [v, _Piece(("," if i else "") + _leaf(k) + ":")]
+        elif isinstance(x, list):
+            out.append("[")
+            stack.append(_Piece("]"))
+            for i, v in reversed(list(enumerate(x))):
+                stack += [v, _Piece(",")] if i else [v]
+        else:
+            out.append(_leaf(x))
+    return "".join(out)
 
 
 def _raw_element(obj: Any) -> bytes:
     """The element as JSON text, NaN and Infinity kept as they came (a rare, slow path)."""
-    return json.dumps(obj, allow_nan=True, ensure_ascii=False, separators=(",", ":"),
-                      default=str).encode("utf-8", "surrogatepass")
+    return _text(obj).encode("utf-8", "surrogatepass")
 
 
 def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
@@ -66,11 +123,11 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
             doc = decoder.decode(value)
         except Exception:  # refused (or anything else): the precise path below says
             pass           # what is wrong, element by element
-        else:
+        else:  # (msgspec does not check UTF-8 in the fields it skips: checked here)
             if isinstance(doc, list):
-                if 0 < len(doc) <= max_elements and _calendar_ok(doc):
+                if 0 < len(doc) <= max_elements and _calendar_ok(doc) and _utf8(value):
                     return Decoded(doc, [], list(range(len(doc))))
-            elif _calendar_ok((doc,)):
+            elif _calendar_ok((doc,)) and _utf8(value):
                 return Decoded([doc], [], None)
     try:
         doc = orjson.loads(value)
@@ -83,7 +140,7 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
             detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             return Decoded([], [Rejection("invalid_json", detail[:200], value)])
         try:  # what the standard library accepts and UTF-8 cannot hold
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+            _text(doc).encode("utf-8")
         except UnicodeEncodeError:
             return Decoded([], [Rejection(
                 "invalid_json", "a lone UTF-16 surrogate (\\ud800-\\udfff) is not text", value)])
@@ -121,14 +178,25 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
     return Decoded(events, rejections, positions)
 
 
+def _utf8(value: bytes) -> bool:
+    """UTF-8 text (ASCII, the common case, is checked without decoding)."""
+    if value.isascii():
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _calendar_ok(events: Any) -> bool:
-    """String timestamps name real instants up to 9999-12-31 UTC (what the pattern cannot
-    say); epoch milliseconds were bounded by the decoder."""
+    """String timestamps name real instants from 0001-01-01 to 9999-12-31 UTC (what the
+    pattern cannot say); epoch milliseconds were bounded by the decoder."""
     for e in events:
         t = e.get("timestamp")
         if type(t) is str:
             try:
-                if timestamp_ms(t) > MAX_EPOCH_MS:
+                if not MIN_EPOCH_MS <= timestamp_ms(t) <= MAX_EPOCH_MS:
                     return False
             except (ValueError, OverflowError):
                 return False

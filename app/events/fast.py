@@ -6,9 +6,11 @@ milliseconds as integers, no NaN, numbers within 64 bits). A message the fast de
 refuses for any reason goes through the precise path unchanged, element by element, so
 rejections, their reasons and their detail are exactly what they were; only valid
 messages are faster. Events come out as plain dicts, as from ``orjson``, minus top-level
-fields the contract does not define (nothing reads them). Tests check on generated
-documents that the fast path never accepts what the checks refuse, and returns the same
-events when both accept.
+fields the contract does not define (nothing reads them); one known difference: inside an
+input's ``record`` (free-form), an integer beyond 64 bits stays exact here where orjson
+reads it as the nearest float. Tests check on generated documents (and fuzz on any bytes,
+``tests/unit/fuzz``) that the fast path never accepts what the checks refuse, and
+returns the same events when both accept.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ so a window closed again after a restart or a redelivery re-emits the same id.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 from app.core.changes import Detection
 from app.core.evaluation import WindowEvaluation
+from app.events.checks import utc_datetime
 from app.policy.drift import AlertDecision
 from app.settings import ModelSettings
 
@@ -39,8 +39,13 @@ def window_id(model: str, version: str, start_ms: int) -> str:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """RFC 3339 in UTC, to the millisecond; a time past 9999-12-31 (a window ending after
+    the last time events may carry) is written as its last millisecond.
+
+    >>> iso(0), iso(10**15)
+    ('1970-01-01T00:00:00.000Z', '9999-12-31T23:59:59.999Z')
+    """
+    return utc_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event_ms(event: dict[str, Any]) -> int:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from app.errors import MALFORMED_STATE, StateError
+
 
 class ExactSum:
     __slots__ = ("partials", "special")
@@ -70,14 +72,26 @@ class ExactSum:
 
     @classmethod
     def from_state(cls, data: Any) -> ExactSum:
-        """From :meth:`to_state`, or a plain number (older states); null is infinity."""
+        """From :meth:`to_state`, or a plain number (older states); null is infinity.
+
+        Raises :class:`~app.errors.StateError` for anything else.
+        """
         out = cls()
-        if data is None:
-            out.special = math.inf
-        elif isinstance(data, list):  # already non-overlapping partials: kept as they are
-            out.partials = [float(p) for p in data]
-            if not all(math.isfinite(p) for p in out.partials):
-                raise ValueError("exact-sum partials must be finite")
-        else:
-            out.add(float(data))
+        try:
+            if data is None:
+                out.special = math.inf
+            elif isinstance(data, list):  # already non-overlapping partials: kept as they are
+                out.partials = [_number(p) for p in data]
+                if not all(math.isfinite(p) for p in out.partials):
+                    raise ValueError("exact-sum partials must be finite")
+            else:
+                out.add(_number(data))
+        except MALFORMED_STATE as exc:
+            raise StateError(f"corrupt exact sum: {exc!r}") from None
         return out
+
+
+def _number(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise TypeError(f"expected a number, got {x!r}")
+    return float(x)

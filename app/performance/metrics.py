@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.performance.exactsum import ExactSum
 from app.sketches._state import check_state
 from app.sketches.categorical import as_category
@@ -287,7 +287,7 @@ class ClassificationMetrics:
                 raise ValueError("score histograms have the wrong size")
             if m.n != sum(m.confusion.values()):
                 raise ValueError("row count does not match the confusion matrix")
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt classification metrics: {exc!r}") from None
         return m
 
@@ -406,6 +406,6 @@ class RegressionMetrics:
                 raise ValueError(f"expected {len(m._sums)} sums, got {len(sums)}")
             m._sums = {k: ExactSum.from_state(v) for k, v in zip(m._sums, sums, strict=True)}
             m.pct_n = int(pn)
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt regression metrics: {exc!r}") from None
         return m

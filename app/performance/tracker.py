@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from app.core.changes import DetectorRun
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.performance.join import JoinResult, LabelJoin, Labelled
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_class
 from app.policy.performance import (
@@ -91,7 +91,10 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond the float range: no usable number
+        return None
     return f if math.isfinite(f) else None
 
 
@@ -287,7 +290,8 @@ class PerformanceTracker:
             score = None
             if self.task == "binary_classification":
                 score = _number((e.get("scores") or {}).get(score_key))
-            rows.append((e["prediction_id"], int(t), version, e["prediction"], score))
+            rows.append((e["prediction_id"], int(t), version, self._kept(e["prediction"]),
+                         score))
         if times_ms:
             top = int(max(times_ms))
             self.prediction_wm = top if self.prediction_wm is None else \
@@ -295,6 +299,12 @@ class PerformanceTracker:
         result = self.join.add_predictions(rows)
         update.count(result)
         self._place(result.labelled, update)
+
+    def _kept(self, value: Any) -> Any:
+        """What the join keeps of a prediction or a label: what the metrics read of it,
+        its class (classification) or its number (regression). Always JSON the changelog
+        writes, whatever the event held (an integer beyond 64 bits is not)."""
+        return _number(value) if self.task == "regression" else as_class(value)
 
     def note_version(self, version: str) -> None:
         if version not in self.versions:
@@ -307,7 +317,7 @@ class PerformanceTracker:
         rows = []
         for e, t in zip(events, times_ms, strict=True):
             wm = self.watermark()
-            rows.append((e["prediction_id"], e["label"], int(t),
+            rows.append((e["prediction_id"], self._kept(e["label"]), int(t),
                          np.iinfo(np.int64).min if wm is None else wm))
             self.outcome_wm = int(t) if self.outcome_wm is None else max(self.outcome_wm, int(t))
         result = self.join.add_outcomes(rows)
@@ -380,7 +390,9 @@ class PerformanceTracker:
         if not metrics:
             return
         version = str(event["version"])
-        self.version_metrics[version] = {str(k): float(v) for k, v in metrics.items()}
+        # a metric beyond the float range (10**400) is no baseline: left out
+        self.version_metrics[version] = {str(k): f for k, v in metrics.items()
+                                         if (f := _number(v)) is not None}
         while len(self.version_metrics) > MAX_VERSIONS:
             self.version_metrics.pop(next(iter(self.version_metrics)))
 
@@ -650,7 +662,7 @@ class PerformanceTracker:
                         for seq, _ in b.chunks:
                             b.rows += [(int(r[0]), float(r[1]), float(r[2]))
                                        for r in chunks[seq]["rows"]]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt performance state: {exc!r}") from None
 
 

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.outputs.cloudevents import ALERT_FIRING, ALERT_RESOLVED, event_ms, iso, stable_id
 from app.policy.routing import EpisodePolicy, apply_route, silence_of
 from app.settings_alerting import RouteSettings, SilenceSettings
@@ -354,13 +354,37 @@ class AlertBook:
         check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
         names = set(Episode.__dataclass_fields__)
         episodes = {}
-        for raw in state["episodes"]:
-            if not isinstance(raw, dict) or not set(raw) <= names or "key" not in raw:
-                raise StateError(f"not an alert episode: {str(raw)[:200]}")
-            ep = Episode(**raw)
-            episodes[ep.key] = ep
+        try:
+            for raw in state["episodes"]:
+                if not isinstance(raw, dict) or not set(raw) <= names or "key" not in raw:
+                    raise StateError(f"not an alert episode: {str(raw)[:200]}")
+                ep = _episode(raw)
+                episodes[ep.key] = ep
+            silenced = [str(i) for i in state.get("silenced_ids", [])]
+        except MALFORMED_STATE as exc:
+            raise StateError(f"corrupt alert book: {exc!r}") from None
         self.episodes = episodes
-        self.silenced_ids = [str(i) for i in state.get("silenced_ids", [])]
+        self.silenced_ids = silenced
+
+
+_EPISODE_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (str,), "status": (str,), "bad": (int,), "good": (int,), "windows": (int,),
+    "quiet_until": (int,), "streak_start": (int, type(None)), "last_window": (int, type(None)),
+    "expires": (int, type(None)), "last_bad": (bool,), "published": (bool,), "held": (bool,),
+    "alert_id": (str, type(None)), "severity": (str,), "event": (dict, type(None))}
+
+
+def _episode(raw: dict[str, Any]) -> Episode:
+    """An episode from its saved fields, each of its type (a bool is no count)."""
+    for name, value in raw.items():
+        types = _EPISODE_TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise TypeError(f"episode field {name} must be {types}, got {str(value)[:50]!r}")
+    ep = Episode(**raw)
+    if ep.status not in ("pending", "firing") or (
+            ep.event is not None and not isinstance(ep.event.get("data"), dict)):
+        raise ValueError(f"not an alert episode: {str(raw)[:200]}")
+    return ep
 
 
 def _rank(event: Event) -> int:

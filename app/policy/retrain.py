@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.outputs.cloudevents import stable_id
 from app.settings import RetrainSettings
 from app.sketches._state import check_state
@@ -88,5 +88,5 @@ class RetrainPolicy:
             self.last_trigger_ms = state["last"]
             self.per_day = {int(d): int(n) for d, n in state["per_day"].items()}
             self.suppressed = int(state["suppressed"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt retrain-policy state: {exc!r}") from None

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from app.events.checks import utc_datetime
 from app.settings_alerting import (
     DAYS,
     AlertingSettings,
@@ -99,7 +100,7 @@ def _in_weekly(s: SilenceSettings, at: datetime) -> bool:
     start = int(w.start[:2]) * 60 + int(w.start[3:])
     end = int(w.end[:2]) * 60 + int(w.end[3:])
     today = DAYS[at.weekday()]
-    yesterday = DAYS[(at - timedelta(days=1)).weekday()]
+    yesterday = DAYS[(at.weekday() - 1) % 7]
     if start < end:
         return today in w.days and start <= minute < end
     return (today in w.days and minute >= start) or (yesterday in w.days and minute < end)
@@ -122,7 +123,7 @@ def silence_of(data: dict[str, Any], at_ms: int, silences: Sequence[SilenceSetti
     """
     if not silences:
         return None
-    at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    at = utc_datetime(at_ms)
     for s in silences:
         if not s.match.matches(data):
             continue

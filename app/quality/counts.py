@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 from app.sketches.categorical import OTHER, as_category
 
@@ -288,7 +288,7 @@ class QualityCounts:
             out._unexpected_other = _count(state["unexpected_other"])
             if out.unexpected_events > out.events:
                 raise ValueError("more unexpected events than events")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt quality counts state: {exc}") from None
         return out
 

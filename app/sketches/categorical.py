@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
 OTHER = "__other__"
@@ -91,7 +91,7 @@ class CategoryCounts:
                                  f"{out.counts.size} buckets")
             out.counts = counts
             out.missing = int(state["missing"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt category state: {exc}") from None
         return out
 

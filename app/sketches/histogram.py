@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StateError
-from app.sketches._state import check_state
+from app.errors import MALFORMED_STATE, StateError
+from app.sketches._state import check_state, json_float, read_float
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -34,7 +34,7 @@ class BinnedHistogram:
         self.edges = np.asarray(edges, dtype=np.float64)
         if self.edges.ndim != 1:
             raise ValueError(f"edges must be one-dimensional, got shape {self.edges.shape}")
-        if self.edges.size and not np.all(np.diff(self.edges) > 0):
+        if self.edges.size and not np.all(self.edges[1:] > self.edges[:-1]):
             raise ValueError(f"edges must be strictly increasing, got {self.edges.tolist()}")
         self.counts = np.zeros(self.edges.size + 1, dtype=np.int64)
         self.missing = 0
@@ -91,8 +91,8 @@ class BinnedHistogram:
             "counts": self.counts.tolist(),
             "missing": self.missing,
             "nonfinite": self.nonfinite,
-            "total": self.total,
-            "total_sq": self.total_sq,
+            "total": json_float(self.total),  # inf: values near the float max
+            "total_sq": json_float(self.total_sq),
         }
 
     @classmethod
@@ -107,9 +107,9 @@ class BinnedHistogram:
             out.counts = counts
             out.missing = int(state["missing"])
             out.nonfinite = int(state["nonfinite"])
-            out.total = float(state["total"])
-            out.total_sq = float(state["total_sq"])
-        except (KeyError, TypeError, ValueError) as exc:
+            out.total = read_float(state["total"])
+            out.total_sq = read_float(state["total_sq"])
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt histogram state: {exc}") from None
         return out
 

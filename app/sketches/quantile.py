@@ -9,7 +9,7 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
 FloatArray = npt.NDArray[np.float64]
@@ -210,7 +210,7 @@ class QuantileSketch:
             out.zero = _count(state["zero"])
             out.missing = _count(state["missing"])
             out.nonfinite = _count(state["nonfinite"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt quantile state: {exc}") from None
         return out
 

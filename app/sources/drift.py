@@ -18,7 +18,7 @@ from typing import Any
 
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.windows import Slice, Window
-from app.errors import ReferenceDataError
+from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
 from app.policy.drift import AlertDecision, decide_drift_alerts
 from app.reference import Reference, build_reference
 from app.settings import ModelSettings, MonitorSettings, ReferenceSettings
@@ -96,6 +96,9 @@ class SourceDrift:
                 "slices": {str(s): sl.to_state() for s, sl in self.slices.items()}}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        ref = state.get("reference")
-        self.reference = None if ref is None else Reference.from_dict(ref)
-        self.slices = {int(s): Slice.from_state(st) for s, st in state["slices"].items()}
+        try:
+            ref = state.get("reference")
+            self.reference = None if ref is None else Reference.from_dict(ref)
+            self.slices = {int(s): Slice.from_state(st) for s, st in state["slices"].items()}
+        except MALFORMED_STATE as exc:
+            raise StateError(f"corrupt source-drift state: {exc!r}") from None

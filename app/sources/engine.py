@@ -20,7 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import StateError
+import orjson
+
+from app.core.engine import drop_positions
+from app.core.monitor import saved_outputs
+from app.errors import MALFORMED_STATE, StateError
 from app.events.checks import timestamp_ms
 from app.outputs.cloudevents import EVALUATION, envelope, iso, stable_id
 from app.outputs.operational import source_alert_event, source_alert_id
@@ -32,6 +36,7 @@ from app.sources.monitor import ClosedSourceWindow, SourceMonitor
 
 StateLoader = Callable[[str], Any]
 StateErrorHook = Callable[[str, StateError], None]
+OUTPUT_TARGETS = frozenset({"alerts", "evaluations"})
 
 
 @dataclass
@@ -109,18 +114,26 @@ class SourcesEngine:
                 saved = self.load_state(source) if self.load_state else None
                 if saved is not None:
                     m.load(saved.get("monitor"))
-                    self.pending[source] = [(str(t), e) for t, e in saved.get("outputs", [])]
+                    self.pending[source] = saved_outputs(saved.get("outputs", []),
+                                                         OUTPUT_TARGETS)
                     if saved.get("alerting") is not None:  # absent before episodes
                         self.books[source].load(saved["alerting"])
-            except (StateError, AttributeError) as exc:
+                    orjson.dumps(self.to_state(source))  # what loads must save again
+            except (StateError, *MALFORMED_STATE) as exc:
                 m = self.monitors[source] = self._new(source)
                 self.books[source] = self._book(source)
+                self.pending.pop(source, None)
                 if self.on_state_error is not None:
-                    err = exc if isinstance(exc, StateError) else StateError(str(exc))
+                    err = exc if isinstance(exc, StateError) else StateError(
+                        f"corrupt source state: {exc!r}")
                     self.on_state_error(source, err)
         if partition is not None:
             m.partition = partition
         return m
+
+    def rewind(self, topic: str) -> int:
+        """:meth:`app.core.engine.Engine.rewind` for sources."""
+        return drop_positions(self.monitors.values(), topic)
 
     def forget(self, sources: list[str]) -> None:
         for s in sources:

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from app.core.evaluation import WindowEvaluation
-from app.errors import StateError
-from app.sketches._state import check_state
+from app.errors import MALFORMED_STATE, StateError
+from app.sketches._state import check_state, integer
 from app.sources.drift import SourceDrift
 from app.sources.schema import SchemaCounts, SchemaDiff, diff_schema
 
@@ -277,22 +277,24 @@ class SourceMonitor:
     def load(self, state: Any) -> None:
         check_state(state, STATE_KIND, frozenset({STATE_VERSION}))
         try:
-            self.partition = state["partition"]
-            self.watermark_ms = state["watermark"]
-            self.closed_through_ms = state["closed_through"]
+            self.partition = integer(state["partition"], "partition", minimum=0, nullable=True)
+            self.watermark_ms = integer(state["watermark"], "watermark", nullable=True)
+            self.closed_through_ms = integer(state["closed_through"], "closed_through",
+                                             nullable=True)
             self.accepted = None if state["accepted"] is None else \
                 {str(k): str(v) for k, v in state["accepted"].items()}
-            self.learned = [int(n) for n in state["learned"]]
-            self.first_event_ms = state["first_event"]
-            self.late = int(state["late"])
-            self.stale_since = state["stale_since"]
-            self.positions = {str(k): int(v) for k, v in state["positions"].items()}
+            self.learned = [integer(n, "learned", minimum=0) for n in state["learned"]]
+            self.first_event_ms = integer(state["first_event"], "first_event", nullable=True)
+            self.late = integer(state["late"], "late", minimum=0)
+            self.stale_since = integer(state["stale_since"], "stale_since", nullable=True)
+            self.positions = {str(k): integer(v, "position") for k, v in state["positions"].items()}
             if self.drift is not None and state.get("drift") is not None:
                 self.drift.load(state["drift"])
             self.windows = {}
             for start, records, schema in state["windows"]:
-                self.windows[int(start)] = SourceWindow(
-                    int(start), int(start) + self.window_ms, int(records),
+                start = integer(start, "window start")
+                self.windows[start] = SourceWindow(
+                    start, start + self.window_ms, integer(records, "records", minimum=0),
                     SchemaCounts.from_state(schema))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt source-monitor state: {exc!r}") from None

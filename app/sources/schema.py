@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import StateError
+from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
 MAX_FIELDS = 512  # fields tracked per window; more are counted, not named
@@ -111,7 +111,7 @@ class SchemaCounts:
                        {str(k): int(v) for k, v in state["present"].items()},
                        {str(k): {str(t): int(n) for t, n in v.items()}
                         for k, v in state["types"].items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except MALFORMED_STATE as exc:
             raise StateError(f"corrupt schema counts: {exc!r}") from None
 
 
