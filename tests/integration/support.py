@@ -137,6 +137,12 @@ class Worker:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
+def partitions_of(worker: Worker, topic: str) -> set[str]:
+    """The partitions of ``topic`` a worker holds (those it reports a lag for)."""
+    return {dict(labels)["partition"] for (name, labels), _ in worker.metrics().items()
+            if name == "driftwarden_consumer_lag_messages" and ("topic", topic) in labels}
+
+
 def settings_of(config: Path) -> MonitorSettings:
     return load_settings(config, env={})
 

@@ -23,6 +23,7 @@ from support import (
     collect,
     create_topics,
     feature_rows,
+    partitions_of,
     predictions,
     produce,
     settings_of,
@@ -231,10 +232,7 @@ def test_survivor_of_two_workers_resumes_from_the_changelog(broker, tmp_path):
         deadline = time.monotonic() + 60
         held = {}
         while time.monotonic() < deadline:  # both hold a partition: the group settled
-            held = {i: {dict(lab)["partition"] for (n, lab), _ in w.metrics().items()
-                        if n == "driftwarden_consumer_lag_messages"
-                        and dict(lab).get("topic") == topic}
-                    for i, w in enumerate(workers)}
+            held = {i: partitions_of(w, topic) for i, w in enumerate(workers)}
             if all(held.values()):
                 break
             time.sleep(0.5)

@@ -14,6 +14,7 @@ from support import (
     collect,
     create_topics,
     feature_rows,
+    partitions_of,
     predictions,
     produce,
     settings_of,
@@ -49,11 +50,6 @@ def stream():
             values += [orjson.dumps(events[i:i + 100]) for i in range(0, PER_WINDOW, 100)]
         out.append((model, values))
     return out
-
-
-def partitions_of(worker, topic):
-    return {dict(labels)["partition"] for (name, labels), _ in worker.metrics().items()
-            if name == "driftwarden_consumer_lag_messages" and ("topic", topic) in labels}
 
 
 def run(broker, factory, cfg, count):

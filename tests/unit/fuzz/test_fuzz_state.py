@@ -176,20 +176,19 @@ def patched(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
 @example(state=patched(STATE, ("late_events",), 1e300))
 @example(state=patched(STATE, ("windows", 0, "n"), 10**30))
 def test_model_monitor_states(state):
-    try:
-        m = ModelMonitor.from_state(state, CFG, None, RECORDS)
-    except StateError:
-        event("StateError")
-        return
-    event("loaded")
-    use_model(m)
+    load_and_use(state, RECORDS)
 
 
 @settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 @given(records=mutated(RECORDS))
 def test_model_monitor_side_records(records):
+    load_and_use(STATE, records)
+
+
+def load_and_use(state, records):
+    """A restore refuses the state (StateError) or gives a monitor that works on."""
     try:
-        m = ModelMonitor.from_state(STATE, CFG, None, records)
+        m = ModelMonitor.from_state(state, CFG, None, records)
     except StateError:
         event("StateError")
         return
