@@ -23,17 +23,20 @@ def client_kwargs(kafka: KafkaSettings, env: Mapping[str, str] | None = None) ->
 
     Every Kafka client driftwarden builds takes these (workers' faust app, topic admin,
     references, retrain listener, Alertmanager bridge, demo, plan). The SASL password is
-    read from the variable ``kafka.sasl_password_env`` names and registered with
+    read from the variable ``kafka.sasl_password_env`` names (the client key's
+    passphrase from ``kafka.ssl_keyfile_password_env``'s) and registered with
     :mod:`app.redact`, so no log record shows it from then on.
 
     Raises
     ------
     DriftwardenError
         For settings that would connect less securely than they say (SASL settings
-        without a SASL protocol, a CA file without TLS), a SASL protocol without a
+        without a SASL protocol, TLS files without TLS), a SASL protocol without a
         mechanism, user or password variable, a password variable that is not set or
-        empty (the message names the variable, never a value), or a CA file that does
-        not load.
+        empty (the message names the variable, never a value), a CA file that does not
+        load, or a client certificate and key (mutual TLS) that do not: a key without
+        its certificate, an encrypted key without ``kafka.ssl_keyfile_password_env``, a
+        passphrase that does not decrypt it.
 
     >>> from app.settings import KafkaSettings
     >>> client_kwargs(KafkaSettings())
@@ -74,18 +77,82 @@ def client_kwargs(kafka: KafkaSettings, env: Mapping[str, str] | None = None) ->
             f"kafka.sasl_* are set but kafka.security_protocol is {protocol}, which does not "
             "authenticate: use SASL_SSL (or SASL_PLAINTEXT), or remove them")
     if protocol in TLS_PROTOCOLS:
-        from aiokafka.helpers import create_ssl_context
-
-        try:
-            kw["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise DriftwardenError(f"kafka.ssl_cafile {kafka.ssl_cafile!r} does not load: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
-    elif kafka.ssl_cafile:
-        raise DriftwardenError(
-            f"kafka.ssl_cafile is set but kafka.security_protocol is {protocol}, which does "
-            "not use TLS: use SSL or SASL_SSL, or remove it")
+        kw["ssl_context"] = _ssl_context(kafka, env)
+    else:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_keyfile_password_env"):
+            if getattr(kafka, name):
+                raise DriftwardenError(
+                    f"kafka.{name} is set but kafka.security_protocol is {protocol}, which "
+                    "does not use TLS: use SSL or SASL_SSL, or remove it")
     return kw
+
+
+def secret_variables(kafka: KafkaSettings) -> list[str]:
+    """The environment variables the settings read secrets from (what a child process
+    such as the training command must not inherit)."""
+    return [v for v in (kafka.sasl_password_env, kafka.ssl_keyfile_password_env) if v]
+
+
+def _ssl_context(kafka: KafkaSettings, env: Mapping[str, str]) -> ssl.SSLContext:
+    """The TLS context: the broker verified (against ``ssl_cafile``, else the system's
+    CAs) and, for mutual TLS, the client's certificate and key loaded."""
+    from aiokafka.helpers import create_ssl_context
+
+    if kafka.ssl_keyfile and not kafka.ssl_certfile:
+        raise DriftwardenError("kafka.ssl_keyfile is set without kafka.ssl_certfile: mutual "
+                               "TLS needs the client's certificate too")
+    if kafka.ssl_keyfile_password_env and not kafka.ssl_certfile:
+        raise DriftwardenError("kafka.ssl_keyfile_password_env is set without "
+                               "kafka.ssl_certfile (and kafka.ssl_keyfile)")
+    try:
+        context: ssl.SSLContext = create_ssl_context(cafile=kafka.ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise DriftwardenError(f"kafka.ssl_cafile {kafka.ssl_cafile!r} does not load: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    if kafka.ssl_certfile:
+        password = _key_password(kafka, env)
+        try:
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile, password)
+        except _EncryptedKey as exc:
+            raise DriftwardenError(str(exc)) from None
+        except ssl.SSLError as exc:
+            files = " and ".join(repr(f) for f in (kafka.ssl_certfile, kafka.ssl_keyfile) if f)
+            hint = (f" (or the passphrase in {redact.env_name(kafka.ssl_keyfile_password_env)} "
+                    "does not decrypt the key)" if kafka.ssl_keyfile_password_env else "")
+            raise DriftwardenError(
+                f"kafka.ssl_certfile/ssl_keyfile: {files} are not a PEM certificate and its "
+                f"private key{hint}; a certificate file without its key needs "
+                f"kafka.ssl_keyfile ({exc.reason or exc})") from None
+        except OSError as exc:
+            files = " and ".join(repr(f) for f in (kafka.ssl_certfile, kafka.ssl_keyfile) if f)
+            raise DriftwardenError(f"kafka.ssl_certfile/ssl_keyfile: {files} do not load: "
+                                   f"{exc.strerror or exc}") from None
+    return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would ask on the terminal: a worker would hang.
+    raise _EncryptedKey("kafka.ssl_keyfile is encrypted: put its passphrase in an "
+                        "environment variable and name it in kafka.ssl_keyfile_password_env")
+
+
+def _key_password(kafka: KafkaSettings, env: Mapping[str, str]) -> Any:
+    name = kafka.ssl_keyfile_password_env
+    if not name:
+        return _no_passphrase
+    password = env.get(name)
+    if password is None:
+        raise DriftwardenError(f"kafka.ssl_keyfile_password_env names {redact.env_name(name)}, "
+                               "which is not set in the environment")
+    if not password:
+        raise DriftwardenError(f"kafka.ssl_keyfile_password_env names {redact.env_name(name)}, "
+                               "which is set but empty")
+    redact.register(password)
+    return password
 
 
 async def ensure_topics(bootstrap: str, settings: MonitorSettings,

@@ -436,9 +436,10 @@ class RetrainListener:
         self.runs += 1
         log.info("retraining %s (trigger %s): %s", trigger.model, trigger.trigger_id,
                  self.command)
-        held = [v for v in (self.settings.kafka.sasl_password_env,) if v]
+        from app.kafka import secret_variables
+
         run = asyncio.ensure_future(run_command(self.command, trigger, self.timeout,
-                                                withhold=held))
+                                                withhold=secret_variables(self.settings.kafka)))
         halt = asyncio.ensure_future(stop.wait())
         await asyncio.wait({run, halt}, return_when=asyncio.FIRST_COMPLETED)
         halt.cancel()
@@ -540,7 +541,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--exec", required=True, metavar="CMD",
                    help="shell command run per trigger: the CloudEvent on stdin, DW_* "
                         "variables in the environment (the listener's, less the "
-                        "kafka.sasl_password_env one); its last stdout line is a JSON "
+                        "kafka.sasl_password_env and kafka.ssl_keyfile_password_env ones); its "
+                        "last stdout line is a JSON "
                         'object like {"version": "v2", "metrics": {...}, "reference": "..."}')
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap)")
     p.add_argument("--group", help="consumer group (default <worker.app_id>-retrain-listener)")

@@ -49,6 +49,14 @@ class KafkaSettings(_Frozen):
         None, description="name of the environment variable holding the SASL password"
     )
     ssl_cafile: str | None = None
+    # Mutual TLS: the client's certificate (PEM; it may hold the key too) and private
+    # key, and the variable holding the key's passphrase when the key is encrypted.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password_env: str | None = Field(
+        None, description="name of the environment variable holding the private key's "
+                          "passphrase"
+    )
     rebalance_timeout: Duration = 60.0
     session_timeout: Duration = 30.0
 
@@ -587,6 +595,10 @@ class MonitorSettings(_Frozen):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
+# A configuration key that may hold a secret: its value is never shown in an error.
+_SECRETISH = re.compile(r"pass|secret|token|credential|private", re.IGNORECASE)
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(_shown(part, quote=False) for part in loc)
 
@@ -631,9 +643,17 @@ def settings_from_mapping(data: Any, *, file: str = "<config>", base_dir: str = 
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] not in ("missing",) and not isinstance(
-                err["input"], dict | list
-            ):
+            secretish = any(isinstance(part, str) and _SECRETISH.search(part)
+                            for part in err["loc"])
+            if secretish and err["type"] == "extra_forbidden" and err["loc"][0] == "kafka":
+                msg = (f"{msg}: secrets never go in the file; put the SASL password in an "
+                       "environment variable and name it in kafka.sasl_password_env")
+            elif secretish and err["type"] == "extra_forbidden":
+                msg = f"{msg}: secrets never go in the file (read from the environment)"
+            elif "input" in err and err["type"] not in ("missing",) and not secretish \
+                    and not isinstance(err["input"], dict | list):
+                # (a key that looks like a secret's never has its value repeated: it may
+                # be a password written where its variable's name belongs)
                 msg = f"{msg} (got {_shown(err['input'])})"
             problems.append((_loc(err["loc"]), msg))
         raise ConfigError(file, problems) from None

@@ -25,7 +25,7 @@ from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
 from app.settings import MonitorSettings
 from app.sources.engine import SourcesEngine
-from app.streaming import wait_all
+from app.streaming import rewind_states, state_bytes, wait_all
 
 log = logging.getLogger("driftwarden")
 
@@ -66,20 +66,14 @@ class SourcePipeline:
         m = self.engine.monitor(source)
         if m.partition is None:
             return
-        key, value = source.encode(), orjson.dumps(self.engine.to_state(source))
+        key, value = source.encode(), state_bytes(self.engine.to_state(source))
         self.table.data[key] = value
         self.unflushed.append(self.table.send_changelog(m.partition, key, value))
 
     async def rewind(self, topic: str) -> None:
-        """See ``Pipeline.rewind``: sources' positions of a recreated ``topic``."""
-        for key in list(self.table.data.keys()):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            if name in self.settings.sources:
-                self.engine.monitor(name)
-        self.engine.rewind(topic)
-        for name in list(self.engine.monitors):
-            self.save(name)
-        await self.flush_state()
+        """See ``app.streaming.rewind_states``: the sources' positions of a recreated
+        ``topic`` (a table key is a source's name)."""
+        await rewind_states(self, topic, lambda key: key, self.settings.sources)
 
     async def flush_state(self) -> None:
         """Every state record saved so far on the broker (see ``Pipeline.flush_state``)."""

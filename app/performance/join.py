@@ -79,7 +79,7 @@ class LabelJoin:
         An early outcome waits until the watermark passes its label time by more than this.
     max_pending, max_orphans
         Budgets: past them the oldest are evicted (counted expired, resp. orphans).
-        Each map also remembers about ``max_pending`` removed ids (for duplicates).
+        Each map also remembers about that many removed ids (for duplicates).
     segment_size
         Entries per segment record.
 
@@ -116,7 +116,7 @@ class LabelJoin:
                                     max_removed=max_pending, width=4)
         # prediction_id -> (label_ms, label, seen_ms)
         self.orphans = SegmentedMap(ORPHANS, segment_size=segment_size,
-                                    max_removed=max_pending, width=3)
+                                    max_removed=max_orphans, width=3)
         self._watermark: int | None = None  # the highest expire() argument
         self._sent_watermark: int | None = None
         self._meta_written = False
@@ -210,8 +210,11 @@ class LabelJoin:
         """Drop predictions older than the horizon and outcomes older than theirs.
 
         The watermark never goes back (the highest argument so far counts). Removed ids
-        are remembered until ``watermark - horizon_ms`` (``- max(horizon_ms,
-        orphan_horizon_ms)`` for outcomes) passes their time.
+        of both maps are remembered until ``watermark - horizon_ms`` passes their time.
+        An early outcome that joined is remembered by the later of its own time and its
+        prediction's, as long as a prediction labelled after it came: not for the orphan
+        horizon, which bounds only how long an outcome waits. (An orphan's id, past the
+        orphan horizon already, is remembered only when the label horizon is longer.)
         """
         w = watermark_ms if self._watermark is None else max(self._watermark, watermark_ms)
         self._watermark = w
@@ -219,7 +222,7 @@ class LabelJoin:
         out.expired = len(self.pending.pop_older_than(w - self.horizon_ms, EXPIRED))
         out.orphans = len(self.orphans.pop_older_than(w - self.orphan_horizon_ms, ORPHANED))
         self.pending.forget_before(w - self.horizon_ms)
-        self.orphans.forget_before(w - max(self.horizon_ms, self.orphan_horizon_ms))
+        self.orphans.forget_before(w - self.horizon_ms)
         return out
 
     def drain_records(self) -> dict[str, Any | None]:
@@ -269,7 +272,7 @@ class LabelJoin:
         j.pending = SegmentedMap.restore(own, prefix=PENDING, segment_size=segment_size,
                                          max_removed=max_pending, width=4)
         j.orphans = SegmentedMap.restore(own, prefix=ORPHANS, segment_size=segment_size,
-                                         max_removed=max_pending, width=3)
+                                         max_removed=max_orphans, width=3)
         j._watermark = j._sent_watermark = w
         j._meta_written = True
         return j

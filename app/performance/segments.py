@@ -35,9 +35,23 @@ from typing import Any
 from app.errors import StateError
 
 Entry = tuple[Any, ...]
+Gone = tuple[tuple[str, int], ...]
 
 _KEY = re.compile(r"([sr])(0|[1-9][0-9]*)")
 _BUFFERED = -1  # the removal-record sequence number of ids removed in the current batch
+_HEAP_SLACK = 64  # stale heap entries tolerated beyond twice the live ones
+
+
+class _Shared:
+    """One object for equal tuples (the removal reasons of thousands of ids)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[Gone, Gone] = {}
+
+    def of(self, value: Gone) -> Gone:
+        return self._seen.setdefault(value, value)
 
 
 def _is_int(v: Any) -> bool:
@@ -127,8 +141,9 @@ class SegmentedMap:
         self._rems: OrderedDict[int, tuple[dict[str, Any], int]] = OrderedDict()  # value, ids
         self._rem_heap: list[tuple[int, int]] = []  # (max time, seq), lazily invalidated
         self._known = 0  # ids named by the live removal records
-        # removed id -> [(reason, removal seq)] of the live removals naming it, newest last
-        self._gone: dict[str, list[tuple[str, int]]] = {}
+        # removed id -> ((reason, removal seq), ...) of the live removals naming it, newest
+        # last; the tuples are shared by the ids of one removal (most ids have only one)
+        self._gone: dict[str, Gone] = {}
         self._buf: dict[tuple[int, str], list[str]] = {}  # this batch's removals
         self._buf_t: int | None = None
         self._next = 0
@@ -323,12 +338,14 @@ class SegmentedMap:
             else:  # a leftover of an interrupted write: delete it with the next drain
                 m._dirty[m._key("s", seq)] = None
         heapq.heapify(m._seg_heap)
+        shared = _Shared()
         for rseq in sorted(rems):
             max_t, groups = rems[rseq]
             count = 0
             for _, reason, keys in groups:
+                pair = (reason, rseq)
                 for k in keys:
-                    m._gone.setdefault(k, []).append((reason, rseq))
+                    m._gone[k] = shared.of((*m._gone.get(k, ()), pair))
                 count += len(keys)
             m._rems[rseq] = ({"t": max_t, "g": groups}, count)
             m._known += count
@@ -355,6 +372,11 @@ class SegmentedMap:
         for i, key in enumerate(seg.ids):
             self._at[key] = (seg.seq, i)
         heapq.heappush(self._seg_heap, (seg.min_t, seg.seq))
+        if len(self._seg_heap) > 2 * len(self._segs) + _HEAP_SLACK:
+            # stale entries of segments emptied before their time came (labelled, say):
+            # rebuilt, so the heap stays proportional to the live segments
+            self._seg_heap = [(sg.min_t, sq) for sq, sg in self._segs.items()]
+            heapq.heapify(self._seg_heap)
 
     def _delete_key(self, key: str) -> None:
         if key in self._unsent:  # never written: nothing to delete
@@ -372,7 +394,7 @@ class SegmentedMap:
         self._buf.setdefault((seq, reason), []).append(key)
         t = entry[0] if t_ms is None else t_ms
         self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
-        self._gone.setdefault(key, []).append((reason, _BUFFERED))
+        self._gone[key] = (*self._gone.get(key, ()), (reason, _BUFFERED))
         if not seg.live:
             del self._segs[seq]
             self._delete_key(self._key("s", seq))
@@ -390,15 +412,20 @@ class SegmentedMap:
             else:
                 rseq = self._take_seq()
                 count = 0
+                shared = _Shared()
                 for _, _, keys in groups:
                     count += len(keys)
                     for k in keys:
-                        self._gone[k] = [(r, rseq if s == _BUFFERED else s)
-                                         for r, s in self._gone[k]]
+                        self._gone[k] = shared.of(tuple(
+                            (r, rseq if s == _BUFFERED else s) for r, s in self._gone[k]))
                 value = {"t": max_t, "g": groups}
                 self._rems[rseq] = (value, count)
                 self._known += count
                 heapq.heappush(self._rem_heap, (max_t, rseq))
+                if len(self._rem_heap) > 2 * len(self._rems) + _HEAP_SLACK:
+                    # removals dropped by the budget, not by time: likewise
+                    self._rem_heap = [(v["t"], rs) for rs, (v, _) in self._rems.items()]
+                    heapq.heapify(self._rem_heap)
                 key = self._key("r", rseq)
                 self._dirty[key] = value
                 self._unsent.add(key)
@@ -423,7 +450,7 @@ class SegmentedMap:
             for k in keys:
                 gone = self._gone.get(k)
                 if gone is not None:
-                    left = [g for g in gone if g[1] != rseq]
+                    left = tuple(g for g in gone if g[1] != rseq)
                     if left:
                         self._gone[k] = left
                     else:

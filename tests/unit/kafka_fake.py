@@ -3,7 +3,8 @@
 It answers ApiVersions and the SASL handshake, records the login each client sends, then
 refuses it (``SaslAuthenticationFailed``), so every Kafka client can be started against
 it without a real broker and fails fast, after the security settings went on the wire.
-A self-signed certificate (made with the ``openssl`` command) serves the TLS variant.
+A self-signed certificate (made with the ``openssl`` command) serves the TLS variant;
+given a client CA it requires and records a client certificate (mutual TLS).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Login:
     mechanism: str | None = None
     auth: bytes | None = None
     requests: list[int] = field(default_factory=list)  # API keys, in order
+    client_cn: str | None = None  # the verified client certificate's common name (mTLS)
 
     @property
     def username(self) -> str | None:
@@ -68,15 +70,41 @@ def self_signed(folder: Path) -> Path | None:
     return cert
 
 
+def client_certificate(folder: Path, passphrase: str | None = None) -> tuple[Path, Path] | None:
+    """A self-signed client certificate (CN ``driftwarden-client``) and its key, the key
+    encrypted with ``passphrase`` when given; None without the ``openssl`` command."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, plain, key = (folder / "client.pem", folder / "client-plain-key.pem",
+                        folder / "client-key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=driftwarden-client", "-keyout", str(plain),
+         "-out", str(cert), "-addext", "extendedKeyUsage=clientAuth"],
+        check=True, capture_output=True, timeout=30)
+    if passphrase is None:
+        plain.rename(key)
+    else:
+        subprocess.run(["openssl", "pkey", "-in", str(plain), "-aes256", "-passout",
+                        "env:DW_FAKE_PASSPHRASE", "-out", str(key)],
+                       check=True, capture_output=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", "DW_FAKE_PASSPHRASE": passphrase})
+        plain.unlink()
+    return cert, key
+
+
 class FakeSaslBroker:
     """Serve on a free loopback port until :meth:`stop`; ``logins`` holds one
     :class:`Login` per connection."""
 
-    def __init__(self, cert: Path | None = None) -> None:
+    def __init__(self, cert: Path | None = None, client_ca: Path | None = None) -> None:
         self.tls: ssl.SSLContext | None = None
         if cert is not None:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(cert, cert.with_name("key.pem"))
+            if client_ca is not None:
+                self.tls.verify_mode = ssl.CERT_REQUIRED
+                self.tls.load_verify_locations(client_ca)
         self.logins: list[Login] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -100,6 +128,11 @@ class FakeSaslBroker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         login = Login()
+        peer = writer.get_extra_info("peercert") or {}
+        for rdn in peer.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName":
+                    login.client_cn = value
         self.logins.append(login)
         self._writers.add(writer)
         try:

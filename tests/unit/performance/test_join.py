@@ -115,6 +115,43 @@ def test_remembered_ids_are_bounded_too():
     assert j.add_outcomes([("p19-0", 0, 19, 0)]).duplicates == 1  # recent: still known
 
 
+def remembered(j, prefix):
+    return sum(len(g[2]) for k, v in j.records().items() if k.startswith(prefix + "r")
+               for g in v["g"])
+
+
+def test_early_outcomes_that_joined_are_remembered_for_the_label_horizon_only():
+    # outcomes first, their predictions next, time moving 100 ms a batch: with the
+    # orphan horizon far longer than the label horizon, the joined ids must still be
+    # forgotten once the label horizon passes them (they are no orphans)
+    j = join(horizon_ms=1_000, orphan_horizon_ms=10**9, max_pending=10**6,
+             max_orphans=10**6, segment_size=50)
+    counts = []
+    for b in range(100):
+        rows = [(f"p{b}-{i}", 100 * b, "v1", 0, None) for i in range(50)]
+        j.add_outcomes([(pid, 1, t + 5, 0) for pid, t, *_ in rows])
+        assert len(j.add_predictions(rows).labelled) == 50
+        j.expire(100 * b)
+        j.drain_records()
+        counts.append(remembered(j, "j/o/"))
+    # about ten batches' ids (one label horizon) at a time, not all 5000 of them
+    assert max(counts[20:]) <= 11 * 50 and counts[-1] == counts[50]
+    assert j.add_outcomes([("p99-0", 1, 9_905, 0)]).duplicates == 1  # recent: still known
+    assert j.add_predictions([("p99-1", 9_900, "v1", 0, None)]).labelled == []  # redelivered
+    assert j.pending_count == 0
+
+
+def test_the_orphan_budget_bounds_the_remembered_outcome_ids():
+    j = join(max_pending=10_000, max_orphans=10, segment_size=4)
+    for b in range(20):
+        rows = [(f"p{b}-{i}", b, "v1", 0, None) for i in range(5)]
+        j.add_outcomes([(pid, 0, b, 0) for pid, *_ in rows])
+        j.add_predictions(rows)
+        j.drain_records()
+    assert remembered(j, "j/o/") <= 10 + 5  # max_orphans, plus the newest batch
+    assert j.add_outcomes([("p19-0", 0, 19, 0)]).duplicates == 1
+
+
 def test_removal_records_say_why_ids_left():
     j = join()
     j.add_predictions([("a", 0, "v1", 0, None), ("b", 0, "v1", 0, None),

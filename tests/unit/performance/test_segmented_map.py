@@ -213,3 +213,32 @@ def test_restore_from_records_or_changelog_is_invisible(batch_list, size, max_re
     got, got_records = run(batch_list, params, restore_at=at, source=source)
     assert got == want
     assert got_records == json_round_trip(want_records)
+
+
+def test_heaps_stay_proportional_to_what_is_live():
+    # segments emptied by id (labelled), never by time, and removals dropped by the
+    # budget, never by time: neither heap may keep an entry for each of them
+    m = SegmentedMap("j/p/", segment_size=10, max_removed=50)
+    for b in range(500):
+        m.add([(f"k{b}-{i}", (10 * b + i,)) for i in range(10)])
+        for i in range(10):
+            m.pop(f"k{b}-{i}", "j")
+        m.drain_records()
+    assert len(m) == 0 and len(m._segs) == 0
+    assert len(m._seg_heap) <= 2 * len(m._segs) + 64
+    assert len(m._rem_heap) <= 2 * len(m._rems) + 64
+    assert m.removed("k499-0") == "j" and m.removed("k0-0") is None
+    m.forget_before(10**9)  # the rebuilt heap still forgets by time
+    assert m.removed("k499-0") is None and m.drain_records()["j/p/n"]["d"] == 10**9
+
+
+def test_the_ids_of_one_removal_share_their_reason():
+    m = SegmentedMap("j/p/", segment_size=100)
+    m.add([(f"k{i}", (i,)) for i in range(100)])
+    for i in range(100):
+        m.pop(f"k{i}", "j" if i % 2 else "x")
+    m.drain_records()
+    assert len({id(m._gone[f"k{i}"]) for i in range(100)}) == 2  # one per reason
+    back = SegmentedMap.restore(m.records(), prefix="j/p/")
+    assert len({id(back._gone[f"k{i}"]) for i in range(100)}) == 2
+    assert [back.removed(f"k{i}") for i in range(3)] == ["x", "j", "x"]
