@@ -51,12 +51,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from app.detectors.statistics import LARGE_N, STATISTICS
 from app.durations import format_duration
 from app.errors import DriftwardenError
+from app.events.checks import utc_datetime
 from app.performance.metrics import HIGHER_IS_BETTER
 from app.settings import ModelSettings, MonitorSettings
 
@@ -415,8 +415,13 @@ def _age(seconds: float) -> str:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    """To the second; a record's timestamp outside 0001..9999 (any int64 a producer set)
+    is clamped rather than failing the plan.
+
+    >>> _iso(1_767_225_600_000), _iso(-2**63), _iso(2**63 - 1)
+    ('2026-01-01T00:00:00Z', '0001-01-01T00:00:00Z', '9999-12-31T23:59:59Z')
+    """
+    return utc_datetime(ms).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _text_monitoring(name: str, m: dict[str, Any], out: list[str]) -> None:

@@ -22,7 +22,7 @@ from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
-from app.policy.alerts import AlertBook
+from app.policy.alerts import AlertBook, is_alert_data
 from app.policy.retrain import RetrainPolicy
 from app.policy.routing import episode_policy
 from app.quality import QualityRules
@@ -620,6 +620,8 @@ def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[s
         if target not in targets or not isinstance(event, dict) or \
                 not isinstance(event.get("data"), dict):
             raise ValueError(f"not an output for {sorted(targets)}: {str(target)[:50]!r}")
+        if target == "alerts" and not is_alert_data(event["data"]):
+            raise ValueError(f"not an alert: {str(event)[:100]}")
         out.append((target, event))
     return out
 

@@ -7,6 +7,7 @@ what the cap drops is counted.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
+
+log = logging.getLogger("driftwarden")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
@@ -284,6 +287,15 @@ class Metrics:
         """Gauges from a published performance evaluation (``data`` of its CloudEvent)."""
         if data.get("kind") != "performance":
             return
+        try:
+            self._performance_gauges(model, data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # an evaluation restored from a saved state, published already: its gauges
+            # are lost, never the worker
+            log.warning("model %r: a performance evaluation without its figures (%r): "
+                        "not in the metrics", model, exc)
+
+    def _performance_gauges(self, model: str, data: dict[str, Any]) -> None:
         version = data["model_version"]
         perf = data["performance"]
         for name, value in perf["figures"].items():

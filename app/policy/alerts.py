@@ -382,9 +382,16 @@ def _episode(raw: dict[str, Any]) -> Episode:
             raise TypeError(f"episode field {name} must be {types}, got {str(value)[:50]!r}")
     ep = Episode(**raw)
     if ep.status not in ("pending", "firing") or (
-            ep.event is not None and not isinstance(ep.event.get("data"), dict)):
+            ep.event is not None and not is_alert_data(ep.event.get("data"))):
         raise ValueError(f"not an alert episode: {str(raw)[:200]}")
     return ep
+
+
+def is_alert_data(data: Any) -> bool:
+    """An alert's data with the labels the metrics read of it (kind, severity, status):
+    what a restored state must hold before anything publishes or counts it."""
+    return isinstance(data, dict) and all(
+        isinstance(data.get(k), str) for k in ("kind", "severity", "status"))
 
 
 def _rank(event: Event) -> int:

@@ -27,6 +27,7 @@ import pytest
 from fuzz_support import mutated
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from app.core.changes import Detection
 from app.core.engine import Engine
@@ -35,6 +36,7 @@ from app.core.serving import ServingStats
 from app.core.windows import Slice, Window
 from app.detectors.streaming import STREAM_DETECTORS, detector_from_state, make_detector
 from app.errors import StateError
+from app.observability import Metrics
 from app.performance.exactsum import ExactSum
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics
 from app.quality import QualityCounts
@@ -138,8 +140,21 @@ assert STATE["pending_detections"] and SOURCE_STATE["outputs"] and RECORDS  # al
 
 # --- the top-level loaders, their objects used ------------------------------------------
 
+METRICS = Metrics(CollectorRegistry())
+
+
+def observe_outputs(model: str, outputs: Any, book: Any) -> None:
+    """The metrics the worker takes of restored outputs once it has published them."""
+    METRICS.observe_alerts(model, [e for t, e in outputs if t == "alerts"], book)
+    for target, e in outputs:
+        if target == "evaluations":
+            METRICS.observe_performance_evaluation(model, e["data"])
+
+
 def use_model(m: ModelMonitor) -> None:
-    """What the worker does after a restore: ingest, close windows, save."""
+    """What the worker does after a restore: publish what was owed, ingest, close
+    windows, save."""
+    observe_outputs("m", m.pending_outputs, m.alerts)
     rnd = random.Random(3)
     events = [_prediction(5, i, rnd) for i in range(30)]
     m.ingest(events, [e["timestamp"] for e in events], now=None)
@@ -170,10 +185,14 @@ def patched(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
 @example(state=patched(STATE, ("positions",), 2.5))
 @example(state=patched(STATE, ("changes",), [[1]]))
 # ... or loaded, then a crash in the next batch: a string watermark, an unknown output
-# target, a count no JSON encoder writes back
+# target, a count no JSON encoder writes back, an alert without the labels the metrics
+# read, a performance evaluation without its figures
 @example(state=patched(STATE, ("watermark",), "x"))
 @example(state=patched(STATE, ("outputs",), [["nowhere", {"data": {}}]]))
 @example(state=patched(STATE, ("late_events",), 1e300))
+@example(state=patched(STATE, ("outputs",), [["alerts", {"data": {"kind": "drift"}}]]))
+@example(state=patched(STATE, ("outputs",), [["evaluations", {"data": {
+    "kind": "performance", "model_version": "v1", "performance": {"figures": 3}}}]]))
 @example(state=patched(STATE, ("windows", 0, "n"), 10**30))
 def test_model_monitor_states(state):
     load_and_use(state, RECORDS)
@@ -211,6 +230,7 @@ def test_sources_engine_states(state):
     event("StateError" if errors else "loaded")
     if errors:
         assert not engine.outputs("crm")  # nothing of the refused state is kept
+    observe_outputs("", engine.outputs("crm"), engine.books["crm"])
     batch = engine.batch()
     for i in range(20):
         batch.add({"source": "crm", "record": {"x": float(i)},
