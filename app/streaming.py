@@ -31,6 +31,10 @@ import orjson
 from aiokafka.errors import KafkaError
 from faust.types import EventT, Message
 
+# river's import (its drift package pulls in its datasets, and with them scipy and
+# sklearn: seconds) paid when the worker starts, not in the first batch that evaluates a
+# concept-drift detector, holding the event loop
+import app.detectors.streaming  # noqa: F401
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError

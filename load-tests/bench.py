@@ -215,18 +215,34 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
     return cpu, hwm, rss
 
 
-def scrape(port: int, name: str, **labels: str) -> float:
+Query = tuple[str, dict[str, str]]  # a sample name and the labels it must have
+
+
+def scrape_many(port: int, queries: list[Query]) -> list[float]:
+    """Sums of the samples matching each query, from one scrape of a worker's /metrics
+    (0 when it does not answer). A scrape renders every series: each costs the worker."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    out = [0.0] * len(queries)
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
     except OSError:
-        return 0.0
-    return sum(s.value for fam in text_string_to_metric_families(text.decode())
-               for s in fam.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return out
+    names = {name for name, _ in queries}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            if s.name not in names:
+                continue
+            for i, (name, labels) in enumerate(queries):
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    out[i] += s.value
+    return out
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    return scrape_many(port, [(name, labels)])[0]
 
 
 def held_partitions(port: int, topic: str) -> set[str]:
@@ -266,6 +282,11 @@ class Workers:
 
     def metric(self, name: str, **labels: str) -> float:
         return sum(scrape(p, name, **labels) for p in self.ports)
+
+    def metrics(self, queries: list[Query]) -> list[float]:
+        """Each query summed over the workers, one scrape per worker."""
+        per = [scrape_many(p, queries) for p in self.ports]
+        return [sum(values) for values in zip(*per, strict=True)]
 
     def cpu(self) -> float:
         return sum(proc_stats(p.pid)[0] for p in self.procs)
@@ -368,15 +389,25 @@ def run_workers(bootstrap: str, tmp: Path, events: list[dict[str, Any]], array: 
         all_in = cpu_in = None
         deadline = time.monotonic() + 900
         windows = 0.0
+        queries: list[Query] = [("driftwarden_events_total", {"outcome": "valid", "topic": topic}),
+                                ("driftwarden_windows_closed_total", {})]
+        before = (began, 0.0)  # the previous poll: (time, events counted)
         while time.monotonic() < deadline:
-            done = workers.metric("driftwarden_events_total", outcome="valid", topic=topic)
+            # Polled five times a second, not faster: every scrape renders all the worker's
+            # series, on the same two cores. The moment the last event was counted is
+            # interpolated between the two polls around it.
+            now = time.perf_counter()
+            done, windows = workers.metrics(queries)
             if all_in is None and done >= total:
-                all_in, cpu_in = time.perf_counter(), workers.cpu()
-            windows = workers.metric("driftwarden_windows_closed_total")
+                t_before, done_before = before
+                all_in = t_before + (now - t_before) * (total - done_before) / max(
+                    done - done_before, 1e-9)
+                cpu_in = workers.cpu()
+            before = (now, done)
             if done >= total and windows >= models * 10:
                 break
             workers.alive()
-            time.sleep(0.02)
+            time.sleep(0.2)
         finished = time.perf_counter()
         if all_in is None or cpu_in is None:
             raise RuntimeError("the workers did not process every event in time")

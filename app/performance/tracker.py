@@ -34,6 +34,7 @@ open window, plus the join's segments), written only when they change
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +104,9 @@ class Bucket:
     """Labels of one checkpoint of one window and version, not evaluated yet.
 
     ``rows`` (prediction event time, error, loss) wait for the concept-drift detectors;
-    they are saved in append-only chunk records (``chunks``), never rewritten.
+    they are saved in append-only chunk records (``chunks``: which, and how many rows
+    each), never rewritten. Each chunk record names its bucket, so the window's own
+    record does not list them: it would grow with every batch, and be rewritten with it.
     """
 
     metrics: Metrics
@@ -113,8 +116,7 @@ class Bucket:
     unsaved: int = 0
 
     def to_state(self) -> dict[str, Any]:
-        return {"metrics": self.metrics.to_state(), "delays": self.delays.to_state(),
-                "chunks": [list(c) for c in self.chunks]}
+        return {"metrics": self.metrics.to_state(), "delays": self.delays.to_state()}
 
 
 @dataclass
@@ -597,7 +599,8 @@ class PerformanceTracker:
                             b.chunks.append((self.next_chunk, b.unsaved))
                             self.next_chunk += 1
                             b.unsaved = 0
-            out[f"{RECORD_PREFIX}{start}"] = None if w is None else _window_state(w)
+            out[f"{RECORD_PREFIX}{start}"] = (None if w is None
+                                              else _window_state(w, self.next_chunk))
         for seq in self.spent_chunks:
             out[f"{CHUNK_PREFIX}{seq}"] = None
         self.spent_chunks.clear()
@@ -611,7 +614,8 @@ class PerformanceTracker:
         """Every live record (as a restore reads them); drains first."""
         self.drain_records()
         out = dict(self.join.records())
-        out.update({f"{RECORD_PREFIX}{s}": _window_state(w) for s, w in self.windows.items()})
+        out.update({f"{RECORD_PREFIX}{s}": _window_state(w, self.next_chunk)
+                    for s, w in self.windows.items()})
         for w in self.windows.values():
             for version, sl in w.slices.items():
                 for k, b in sl.buckets.items():
@@ -650,18 +654,33 @@ class PerformanceTracker:
                 orphan_horizon_ms=self.join.orphan_horizon_ms,
                 max_pending=self.join.max_pending, max_orphans=self.join.max_orphans)
             self.windows = {}
+            upto: dict[int, int | None] = {}  # window -> chunks below it are its own
             for key, rec in records.items():
                 if key.startswith(RECORD_PREFIX):
-                    w = _window_from(rec)
+                    w, window_upto = _window_from(rec)
                     self.windows[w.start_ms] = w
+                    upto[w.start_ms] = window_upto
             chunks = {int(k[len(CHUNK_PREFIX):]): r for k, r in records.items()
                       if k.startswith(CHUNK_PREFIX)}
-            for w in self.windows.values():
-                for sl in w.slices.values():
-                    for b in sl.buckets.values():
+            owned: dict[tuple[int, str, int], list[int]] = defaultdict(list)
+            for seq in sorted(chunks):
+                r = chunks[seq]
+                owned[(int(r["start"]), str(r["version"]), int(r["k"]))].append(seq)
+            claimed: set[int] = set()
+            for start, w in self.windows.items():
+                limit = upto[start]
+                for version, sl in w.slices.items():
+                    for k, b in sl.buckets.items():
+                        if limit is not None:  # v2: the chunk records name their bucket
+                            b.chunks = [(seq, len(chunks[seq]["rows"]))
+                                        for seq in owned.get((start, version, k), ())
+                                        if seq < min(limit, self.next_chunk)]
                         for seq, _ in b.chunks:
                             b.rows += [(int(r[0]), float(r[1]), float(r[2]))
                                        for r in chunks[seq]["rows"]]
+                            claimed.add(seq)
+            # of an evaluated bucket, or of a save cut short: deleted with the next drain
+            self.spent_chunks = set(chunks) - claimed
         except MALFORMED_STATE as exc:
             raise StateError(f"corrupt performance state: {exc!r}") from None
 
@@ -672,9 +691,11 @@ def _metrics_from(state: Mapping[str, Any]) -> Metrics:
     return ClassificationMetrics.from_state(state)
 
 
-def _window_state(w: PerfWindow) -> dict[str, Any]:
-    return {"kind": WINDOW_KIND, "v": 1, "start": w.start_ms, "end": w.end_ms,
-            "next": w.next_k,
+def _window_state(w: PerfWindow, next_chunk: int) -> dict[str, Any]:
+    """``upto``: chunk records numbered below it, naming a bucket of this window, hold
+    that bucket's rows (a later one is of a save that did not finish)."""
+    return {"kind": WINDOW_KIND, "v": 2, "start": w.start_ms, "end": w.end_ms,
+            "next": w.next_k, "upto": next_chunk,
             "slices": {v: {"metrics": sl.metrics.to_state(), "predictions": sl.predictions,
                            "labelled": sl.labelled, "delays": sl.delays.to_state(),
                            "fired": sl.fired,
@@ -682,8 +703,14 @@ def _window_state(w: PerfWindow) -> dict[str, Any]:
                        for v, sl in w.slices.items()}}
 
 
-def _window_from(state: Any) -> PerfWindow:
-    check_state(state, WINDOW_KIND, frozenset({1}))
+def _window_from(state: Any) -> tuple[PerfWindow, int | None]:
+    """The window, and its ``upto`` (``None`` for version 1, whose buckets list their
+    chunk records)."""
+    state = check_state(state, WINDOW_KIND, frozenset({1, 2}))
+    v1 = state["v"] == 1
+    upto = None if v1 else state["upto"]
+    if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
+        raise TypeError(f"upto must be an integer, got {upto!r}")
     w = PerfWindow(int(state["start"]), int(state["end"]), int(state["next"]))
     for v, s in state["slices"].items():
         w.slices[str(v)] = PerfSlice(
@@ -691,7 +718,8 @@ def _window_from(state: Any) -> PerfWindow:
             QuantileSketch.from_state(s["delays"]), {
                 int(k): Bucket(_metrics_from(b["metrics"]),
                                QuantileSketch.from_state(b["delays"]),
-                               chunks=[(int(c[0]), int(c[1])) for c in b["chunks"]])
+                               chunks=[(int(c[0]), int(c[1])) for c in b["chunks"]]
+                               if v1 else [])
                 for k, b in s["buckets"].items()},
             [str(f) for f in s["fired"]])
-    return w
+    return w, upto

@@ -111,18 +111,39 @@ class QuantileSketch:
         return self.positive.total + self.negative.total + self.zero
 
     def update(self, values: FloatArray | list[float]) -> None:
-        """Add a batch; ``NaN`` marks a missing value, infinities count as non-finite."""
+        """Add a batch; ``NaN`` marks a missing value, infinities count as non-finite.
+
+        Its cost is mostly per call (a few numpy calls whatever the batch's size), so
+        the common case takes the fewest: all values finite (one max says so), one sign.
+        """
         x = np.asarray(values, dtype=np.float64).ravel()
-        finite = np.isfinite(x)
-        nan = np.isnan(x)
-        self.missing += int(nan.sum())
-        self.nonfinite += int((~finite & ~nan).sum())
-        x = x[finite]
+        if not x.size:
+            return
         mag = np.abs(x)
-        small = mag < self.min_positive
-        self.zero += int(small.sum())
-        self.positive.add(self._index(x[~small & (x > 0)]), self.max_buckets)
-        self.negative.add(self._index(mag[~small & (x < 0)]), self.max_buckets)
+        if not math.isfinite(float(mag.max())):  # NaN (max propagates it) or ±inf
+            finite = np.isfinite(x)
+            nan = np.isnan(x)
+            n_nan = int(np.count_nonzero(nan))
+            self.missing += n_nan
+            self.nonfinite += x.size - int(np.count_nonzero(finite)) - n_nan
+            x, mag = x[finite], mag[finite]
+        big = mag >= self.min_positive
+        n_big = int(np.count_nonzero(big))
+        if n_big != x.size:
+            self.zero += x.size - n_big
+            x, mag = x[big], mag[big]
+        if not n_big:
+            return
+        k = self._index(mag)
+        negative = x < 0
+        n_neg = int(np.count_nonzero(negative))
+        if not n_neg:
+            self.positive.add(k, self.max_buckets)
+        elif n_neg == k.size:
+            self.negative.add(k, self.max_buckets)
+        else:
+            self.positive.add(k[~negative], self.max_buckets)
+            self.negative.add(k[negative], self.max_buckets)
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
         """A new sketch of both multisets; exact (integer counts add)."""
@@ -225,8 +246,18 @@ class QuantileSketch:
         if mag.size == 0:
             return np.zeros(0, dtype=np.int64)
         k = np.ceil(np.log(mag) / self._log_gamma).astype(np.int64)
-        k = k + (mag > self._edges(k))  # log's rounding can be one bucket off either way
-        return k - (mag <= self._edges(k - 1))
+        # log's rounding can be one bucket off either way: checked against the edges,
+        # read from the grid's table (one range check for both lookups)
+        start, table = _table(self._gamma, int(k.min()) - 1, int(k.max()) + 1)
+        if table is None:
+            k = k + (mag > self._edges(k))
+            return k - (mag <= self._edges(k - 1))
+        j = k - start
+        up = mag > table[j]
+        j += up
+        k += up
+        k -= mag <= table[j - 1]
+        return k
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, QuantileSketch) and self.same_grid(other)
@@ -346,7 +377,14 @@ class _Store:
         """Count bucket indices ``idx``, folding so that at most ``limit`` buckets remain."""
         if idx.size == 0:
             return
-        top = max(int(idx.max()), self.top) if self.counts.size else int(idx.max())
+        lo, hi = int(idx.min()), int(idx.max())
+        if self.counts.size and lo >= self.offset and hi <= self.top:
+            # within the occupied range (the common case): counted in place, no fold
+            # can be due (the top does not move)
+            seen = np.bincount(idx - self.offset)
+            self.counts[:seen.size] += seen
+            return
+        top = max(hi, self.top) if self.counts.size else hi
         floor = top - limit + 1
         folded = int(idx.min()) < floor
         if folded:  # fold before counting: bincount never spans more than limit buckets
@@ -455,20 +493,28 @@ def _power(base: float, k: IntArray) -> FloatArray:
     return res
 
 
-def _edges(gamma: float, k: IntArray) -> FloatArray:
-    """``gamma**k`` from a cached per-grid table (entries are independent of the range)."""
-    if k.size == 0:
-        return np.zeros(0, dtype=np.float64)
-    lo, hi = int(k.min()), int(k.max())
+def _table(gamma: float, lo: int, hi: int) -> tuple[int, FloatArray | None]:
+    """The grid's table of ``gamma**k`` (``table[k - start]``), grown to hold ``lo..hi``;
+    ``None`` when that would pass ``_TABLE_LIMIT`` entries."""
     start, table = _TABLES.get(gamma, (lo, np.zeros(0, dtype=np.float64)))
     if lo < start or hi >= start + table.size:
         new_lo, new_hi = min(lo, start), max(hi, start + table.size - 1)
         if new_hi - new_lo >= _TABLE_LIMIT:
-            return _power(gamma, k)
+            return 0, None
         left = _power(gamma, np.arange(new_lo, start, dtype=np.int64))
         right = _power(gamma, np.arange(start + table.size, new_hi + 1, dtype=np.int64))
         start, table = new_lo, np.concatenate([left, table, right])
         _TABLES[gamma] = (start, table)  # one assignment: safe for concurrent readers
+    return start, table
+
+
+def _edges(gamma: float, k: IntArray) -> FloatArray:
+    """``gamma**k`` from a cached per-grid table (entries are independent of the range)."""
+    if k.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    start, table = _table(gamma, int(k.min()), int(k.max()))
+    if table is None:
+        return _power(gamma, k)
     out: FloatArray = table[k - start]
     return out
 

@@ -195,7 +195,40 @@ def test_label_coverage_alert_when_labels_stop(tmp_path):
     assert cov[0]["evidence"]["value"] == 0.0 and cov[0]["severity"] == "critical"
 
 
-def test_the_join_state_survives_a_restore_mid_stream():
+def as_version_1(records: dict[str, Any]) -> dict[str, Any]:
+    """The records as version 1 wrote them: each bucket lists its chunk records."""
+    out = dict(records)
+    chunks = sorted((int(k[2:]), r) for k, r in records.items() if k.startswith("c/"))
+    for key, rec in records.items():
+        if key.startswith("w/"):
+            rec = {**rec, "v": 1}
+            del rec["upto"]
+            for version, sl in rec["slices"].items():
+                for k, b in sl["buckets"].items():
+                    b["chunks"] = [[seq, len(r["rows"])] for seq, r in chunks
+                                   if r["start"] == rec["start"] and r["version"] == version
+                                   and r["k"] == int(k)]
+            out[key] = rec
+    return out
+
+
+def with_an_unfinished_save(records: dict[str, Any]) -> dict[str, Any]:
+    """A chunk record of a save cut short (numbered past every window's ``upto``), naming
+    a live bucket: its rows must not count."""
+    out = dict(records)
+    for key, rec in records.items():
+        if key.startswith("w/"):
+            for version, sl in rec["slices"].items():
+                for k in sl["buckets"]:
+                    out["c/999999"] = {"start": rec["start"], "version": version, "k": int(k),
+                                       "rows": [[rec["start"], 1.0, 50.0]] * 500}
+                    return out
+    raise AssertionError("no open bucket to test with")
+
+
+@pytest.mark.parametrize("saved_as", [lambda r: r, as_version_1, with_an_unfinished_save],
+                         ids=["current", "version-1 records", "an unfinished save"])
+def test_the_join_state_survives_a_restore_mid_stream(saved_as):
     cfg = settings()
     preds, outs = labelled_stream(seed=4, windows=6, per_window=300, window_ms=HOUR, t0=T0,
                                   accuracy=lambda w: 0.8, delay_ms=3 * HOUR,
@@ -211,9 +244,10 @@ def test_the_join_state_survives_a_restore_mid_stream():
         for i in range(0, len(stream), 250):
             if restart_at is not None and i == restart_at:  # a new worker: state from saves
                 main = orjson.loads(orjson.dumps(saved))
+                restored = saved_as(orjson.loads(orjson.dumps(records)))
                 engine = Engine(cfg, {"churn": None}, source="urn:test",
-                                                load_state=lambda m, main=main: main,
-                                load_records=lambda m, r=records: orjson.loads(orjson.dumps(r)))
+                                load_state=lambda m, main=main: main,
+                                load_records=lambda m, r=restored: r)
             batch = engine.batch()
             for _, kind, e in stream[i:i + 250]:
                 batch.add(e, 0, kind="outcome" if kind else "prediction")
@@ -239,6 +273,33 @@ def test_the_join_state_survives_a_restore_mid_stream():
     assert [e["id"] for e in restarted] == [e["id"] for e in plain]
     assert [e["data"] for e in restarted] == [e["data"] for e in plain]
     assert any(e["data"].get("labelled") == 300 for e in plain)
+
+
+def test_a_windows_record_does_not_grow_with_its_batches():
+    """Labels in many small batches: each adds a chunk record, and the window's record
+    (rewritten every batch it changes) stays the same size, not a list of them all."""
+    cfg = settings(label_horizon="3h", after=["0s"])
+    preds, outs = labelled_stream(seed=2, windows=1, per_window=3000, window_ms=HOUR, t0=T0,
+                                  accuracy=lambda w: 0.8, delay_ms=1000, jitter_ms=0)
+    engine = Engine(cfg, {"churn": None}, source="urn:test")
+    batch = engine.batch()
+    for p in preds:
+        batch.add(p, 0)
+    engine.apply(batch, None)
+    engine.monitor("churn").drain_records()
+    sizes, chunks = [], 0
+    for i in range(0, len(outs), 10):  # 300 batches of 10 labels, one window
+        batch = engine.batch()
+        for o in outs[i:i + 10]:
+            batch.add(o, 0, kind="outcome")
+        engine.apply(batch, None)
+        drained = engine.monitor("churn").drain_records()
+        chunks += sum(1 for k, v in drained.items() if k.startswith("c/") and v is not None)
+        sizes += [len(orjson.dumps(v)) for k, v in drained.items()
+                  if k == f"w/{T0}" and v is not None]
+    assert chunks >= 250 and len(sizes) >= 250
+    # the delays and metrics sketches settle; 250 chunk ids would add over 2 KiB
+    assert max(sizes[-100:]) - sizes[100] < 200, (sizes[100], max(sizes[-100:]))
 
 
 def test_settings_reject_what_cannot_be_measured():

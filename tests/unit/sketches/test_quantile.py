@@ -216,3 +216,31 @@ def test_memory_is_bounded_on_a_fine_grid_before_any_counting():
     assert s.merge(other).positive.counts.size == 64
     cells, counts = aligned(other, s)
     assert cells.counts.sum() == 2 and counts.sum() == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(xs=st.lists(st.one_of(st.floats(1e-9, 1e300), st.floats(-1e300, -1e-9),
+                             st.floats(0.5, 2.0)), min_size=1, max_size=60),
+       batch=st.integers(1, 60))
+def test_bucket_counts_match_a_direct_computation(xs, batch):
+    """The batch path (edge table, in-place counts) against bucket ``k`` computed for
+    each value alone, with ``gamma**(k-1) < |x| <= gamma**k`` checked by exact powers."""
+    from app.sketches.quantile import _power
+
+    s = QuantileSketch(max_buckets=1 << 16)  # the whole float range: no fold
+    for i in range(0, len(xs), batch):
+        s.update(np.asarray(xs[i:i + batch]))
+    expected: dict[tuple[bool, int], int] = {}
+    for x in xs:
+        m = abs(x)
+        k = int(np.ceil(np.log(m) / s._log_gamma))
+        while m > _power(s._gamma, np.array([k]))[0]:
+            k += 1
+        while m <= _power(s._gamma, np.array([k - 1]))[0]:
+            k -= 1
+        expected[(x < 0, k)] = expected.get((x < 0, k), 0) + 1
+    got = {}
+    for negative, store in ((False, s.positive), (True, s.negative)):
+        ks, counts = store.occupied()
+        got.update({(negative, int(k)): int(c) for k, c in zip(ks, counts, strict=True)})
+    assert got == expected
