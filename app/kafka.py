@@ -61,14 +61,7 @@ def client_kwargs(kafka: KafkaSettings, env: Mapping[str, str] | None = None) ->
             raise DriftwardenError(
                 f"kafka.security_protocol {protocol} needs kafka.sasl_password_env: the name "
                 "of the environment variable holding the SASL password")
-        password = env.get(name)
-        if password is None:
-            raise DriftwardenError(f"kafka.sasl_password_env names {redact.env_name(name)}, "
-                                   "which is not set in the environment")
-        if not password:
-            raise DriftwardenError(f"kafka.sasl_password_env names {redact.env_name(name)}, "
-                                   "which is set but empty")
-        redact.register(password)
+        password = _secret_from_env("kafka.sasl_password_env", name, env)
         kw["sasl_mechanism"] = kafka.sasl_mechanism
         kw["sasl_plain_username"] = kafka.sasl_username
         kw["sasl_plain_password"] = password
@@ -111,12 +104,12 @@ def _ssl_context(kafka: KafkaSettings, env: Mapping[str, str]) -> ssl.SSLContext
                                f"{getattr(exc, 'strerror', None) or exc}") from None
     if kafka.ssl_certfile:
         password = _key_password(kafka, env)
+        files = " and ".join(repr(f) for f in (kafka.ssl_certfile, kafka.ssl_keyfile) if f)
         try:
             context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile, password)
         except _EncryptedKey as exc:
             raise DriftwardenError(str(exc)) from None
         except ssl.SSLError as exc:
-            files = " and ".join(repr(f) for f in (kafka.ssl_certfile, kafka.ssl_keyfile) if f)
             hint = (f" (or the passphrase in {redact.env_name(kafka.ssl_keyfile_password_env)} "
                     "does not decrypt the key)" if kafka.ssl_keyfile_password_env else "")
             raise DriftwardenError(
@@ -124,7 +117,6 @@ def _ssl_context(kafka: KafkaSettings, env: Mapping[str, str]) -> ssl.SSLContext
                 f"private key{hint}; a certificate file without its key needs "
                 f"kafka.ssl_keyfile ({exc.reason or exc})") from None
         except OSError as exc:
-            files = " and ".join(repr(f) for f in (kafka.ssl_certfile, kafka.ssl_keyfile) if f)
             raise DriftwardenError(f"kafka.ssl_certfile/ssl_keyfile: {files} do not load: "
                                    f"{exc.strerror or exc}") from None
     return context
@@ -144,15 +136,20 @@ def _key_password(kafka: KafkaSettings, env: Mapping[str, str]) -> Any:
     name = kafka.ssl_keyfile_password_env
     if not name:
         return _no_passphrase
-    password = env.get(name)
-    if password is None:
-        raise DriftwardenError(f"kafka.ssl_keyfile_password_env names {redact.env_name(name)}, "
-                               "which is not set in the environment")
-    if not password:
-        raise DriftwardenError(f"kafka.ssl_keyfile_password_env names {redact.env_name(name)}, "
-                               "which is set but empty")
-    redact.register(password)
-    return password
+    return _secret_from_env("kafka.ssl_keyfile_password_env", name, env)
+
+
+def _secret_from_env(setting: str, name: str, env: Mapping[str, str]) -> str:
+    """The value of the variable a setting names, masked in every log from now on; an
+    unset or empty one is an error naming the variable, never a value."""
+    value = env.get(name)
+    if value is None:
+        raise DriftwardenError(f"{setting} names {redact.env_name(name)}, which is not set in "
+                               "the environment")
+    if not value:
+        raise DriftwardenError(f"{setting} names {redact.env_name(name)}, which is set but empty")
+    redact.register(value)
+    return value
 
 
 async def ensure_topics(bootstrap: str, settings: MonitorSettings,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -31,10 +32,6 @@ import orjson
 from aiokafka.errors import KafkaError
 from faust.types import EventT, Message
 
-# river's import (its drift package pulls in its datasets, and with them scipy and
-# sklearn: seconds) paid when the worker starts, not in the first batch that evaluates a
-# concept-drift detector, holding the event loop
-import app.detectors.streaming  # noqa: F401
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
@@ -71,7 +68,7 @@ def state_bytes(value: Any) -> bytes:
     kept as it comes would hold that much whatever its length: thousands of small
     records a model made hundreds of MiB. A copy is exact.
 
-    >>> import sys, tracemalloc
+    >>> import tracemalloc
     >>> tracemalloc.start(); before = tracemalloc.get_traced_memory()[0]
     >>> kept = [state_bytes({"n": i}) for i in range(100)]
     >>> (tracemalloc.get_traced_memory()[0] - before) / 100 < 200  # bytes a record
@@ -483,6 +480,10 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
         "broker_rebalance_timeout": kafka.rebalance_timeout,
         "broker_session_timeout": kafka.session_timeout,
         "broker_heartbeat_interval": min(3.0, kafka.session_timeout / 3),
+        # Topics the guard recreates (a broker that lost its data) are found by the next
+        # metadata refresh, which rebalances the group onto them: every few seconds, not
+        # the client's default five minutes without reading them (one small request).
+        "consumer_metadata_max_age_ms": int(TOPIC_GUARD_INTERVAL * 2 * 1000),
     }
     if embedded:
         # The embedded broker makes every group join wait the full rebalance timeout.
@@ -533,6 +534,11 @@ def _ready(app: faust.App) -> bool:
 def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str, Reference | None],
               metrics: Metrics, *, embedded: bool = False) -> tuple[faust.App, Pipeline]:
     """The faust app of one worker and the pipeline its agents drive."""
+    if any(m.performance is not None or m.change_detectors for m in settings.models.values()):
+        # river's import (its drift package pulls in its datasets, and with them scipy
+        # and sklearn: seconds) paid now, not by the first batch that runs a detector,
+        # holding the event loop
+        importlib.import_module("app.detectors.streaming")
     app = faust.App(settings.worker.app_id, **faust_settings(settings, bootstrap,
                                                             embedded=embedded))
     topics = settings.topics
