@@ -34,9 +34,23 @@ def parse_duration(value: object) -> float:
     )
 
 
+#: The longest duration accepted: 1000 years. Windows, horizons and lateness become
+#: integer milliseconds added to event times, which must stay within 64 bits.
+MAX_SECONDS = 1000 * 365.25 * 86400
+
+
 def _finite(seconds: float, value: object) -> float:
+    """
+    >>> _finite(1e30, 1e30)
+    Traceback (most recent call last):
+    ...
+    ValueError: a duration must be at most 1000 years (31557600000 s), got 1e+30
+    """
     if not math.isfinite(seconds):  # NaN, infinity, or digits beyond the float range
         raise ValueError(f"a duration must be a finite number of seconds, got "
+                         f"{str(value)[:50]}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"a duration must be at most 1000 years ({MAX_SECONDS:.0f} s), got "
                          f"{str(value)[:50]}")
     return seconds
 

@@ -55,6 +55,9 @@ def test_env_overrides_the_metrics_bind_address(tmp_path):
     ("drift: {thresholds: {energy: [1, 2]}}", "models.churn.drift", "unknown statistic"),
     ("drift: {statistic: median}", "models.churn.drift.statistic", "wasserstein"),
     ("window: soon", "models.churn.window", "duration"),
+    # a bug once: accepted, then every batch failed with OverflowError (window ends are
+    # integer milliseconds)
+    ("window: 1.0e+30", "models.churn.window", "at most 1000 years"),
     ("reference: {}", "models.churn.reference", "exactly one of 'file' or 'warmup'"),
     ("task: ranking", "models.churn.task", "binary_classification"),
     ("colour: blue", "models.churn.colour", "Extra inputs are not permitted"),
