@@ -109,7 +109,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from app.reference import load_reference_json
 
+    from app.runtime import tune_gc
+
     installed = [load_reference_json(Path(p)) for p in args.reference or []]
+    tune_gc()
     summary = run_replay(settings, predictions, out, progress=not args.no_progress,
                          installed=installed,
                          **{k: Path(v) for k, v in extra.items() if v is not None})

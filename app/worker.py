@@ -19,6 +19,7 @@ from app.kafka import ensure_topics
 from app.observability import Metrics
 from app.reference import Reference, load_references
 from app.references_topic import ReferenceFollower
+from app.runtime import tune_gc
 from app.settings import MonitorSettings
 
 log = logging.getLogger("driftwarden")
@@ -85,6 +86,7 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
                         settings.topics.name("references"))
         worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True,
                               redirect_stdouts=False)
+        tune_gc()
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
