@@ -804,7 +804,7 @@ def _confidences(drift_confidence: float, warning_confidence: float) -> dict[str
     }
 
 
-class _CopiedMean(stats.Mean):  # type: ignore[misc]
+class _CopiedMean(stats.Mean):
     """river's ``stats.Mean`` whose clone with its attributes is a plain copy.
 
     river's ``clone`` reads the class signature with ``inspect`` at every call (about
@@ -819,12 +819,13 @@ class _CopiedMean(stats.Mean):  # type: ignore[misc]
         return super().clone(new_params, include_attributes)
 
 
-class _HDDM_A(binary.HDDM_A):  # type: ignore[misc]
+class _HDDM_A(binary.HDDM_A):
     """river's HDDM_A on :class:`_CopiedMean` (same figures, same state fields)."""
 
     def _reset(self) -> None:
-        super()._reset()
-        self._x_min, self._x_max, self._z = _CopiedMean(), _CopiedMean(), _CopiedMean()
+        super()._reset()  # type: ignore[no-untyped-call]
+        self._x_min, self._x_max, self._z = (
+            _CopiedMean(), _CopiedMean(), _CopiedMean())  # type: ignore[no-untyped-call]
 
 
 class HDDMADetector(_ErrorStreamDetector):
