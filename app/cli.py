@@ -108,7 +108,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise DriftwardenError(f"{path}: no such file")
     out = Path(args.out)
     from app.reference import load_reference_json
-
     from app.runtime import tune_gc
 
     installed = [load_reference_json(Path(p)) for p in args.reference or []]

@@ -142,6 +142,16 @@ class LabelJoin:
         horizon at the watermark (late data) counts as expired, even if its outcome waits.
         """
         out = JoinResult()
+        if not rows:
+            return out
+        ids = {r[0]: r[1:] for r in rows}
+        oldest = min(r[1] for r in rows)
+        if (len(ids) == len(rows) and self.pending.unknown(ids) and self.orphans.unknown(ids)
+                and (self._watermark is None or oldest + self.horizon_ms >= self._watermark)):
+            # the usual batch: new ids, none redelivered, late or awaited by an outcome
+            self.pending.add(ids.items())
+            self._budget_pending(out)
+            return out
         fresh: dict[str, Entry] = {}
         for pid, event_ms, version, predicted, score in rows:
             if (pid in self.pending or pid in fresh or self.pending.removed(pid) is not None
@@ -166,10 +176,13 @@ class LabelJoin:
                 out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
                                              label, label_ms, seen_ms))
         self.pending.add(fresh.items())
+        self._budget_pending(out)
+        return out
+
+    def _budget_pending(self, out: JoinResult) -> None:
         while len(self.pending) > self.max_pending:  # over budget: the oldest go unlabelled
             self.pending.pop_oldest(EXPIRED)
             out.expired += 1
-        return out
 
     def add_outcomes(self, rows: Sequence[tuple[str, Any, int, int]]) -> JoinResult:
         """Add ``(prediction_id, label, label_ms, seen_ms)`` rows.

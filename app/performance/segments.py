@@ -27,6 +27,8 @@ entries; rare: a segment usually dies before the removals that emptied it expire
 from __future__ import annotations
 
 import heapq
+import itertools
+import operator
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -68,15 +70,20 @@ class _Segment:
         self.seq = seq
         self.ids = ids
         self.cols = cols
-        self.alive = alive if alive is not None else bytearray(b"\x01" * len(ids))
-        self.live = sum(self.alive)
-        self.head = 0  # no present entry before this index (for pop_oldest)
         times = cols[0]
-        # a lower bound of the present entries' times; exact again after each scan
-        self.min_t: int = min((times[i] for i, a in enumerate(self.alive) if a), default=0)
+        self.head = 0  # no present entry before this index (for pop_oldest)
+        # min_t: a lower bound of the present entries' times; exact again after each scan
+        if alive is None:  # a new segment: every entry present
+            self.alive = bytearray(b"\x01" * len(ids))
+            self.live = len(ids)
+            self.min_t: int = min(times, default=0)
+        else:
+            self.alive = alive
+            self.live = sum(alive)
+            self.min_t = min((times[i] for i, a in enumerate(alive) if a), default=0)
 
     def entry(self, i: int) -> Entry:
-        return tuple(c[i] for c in self.cols)
+        return tuple([c[i] for c in self.cols])
 
     def value(self) -> dict[str, Any]:
         return {"i": self.ids, "c": self.cols}
@@ -172,6 +179,12 @@ class SegmentedMap:
                 if seg.alive[i]:
                     yield key, seg.entry(i)
 
+    def unknown(self, keys: Iterable[str]) -> bool:
+        """Whether no id of ``keys`` is present or remembered as removed (one C-level
+        pass each: the usual batch of new ids skips the per-id checks)."""
+        keys = keys if isinstance(keys, set | frozenset | dict) else set(keys)
+        return self._at.keys().isdisjoint(keys) and self._gone.keys().isdisjoint(keys)
+
     def removed(self, key: str) -> str | None:
         """The reason of the latest remembered removal of ``key``, else ``None``."""
         gone = self._gone.get(key)
@@ -187,6 +200,31 @@ class SegmentedMap:
     def add(self, items: Iterable[tuple[str, Entry]]) -> None:
         """Add absent ids, as new segment records (in the given order)."""
         batch = list(items)
+        if not batch:
+            return
+        keys = [k for k, _ in batch]
+        entries = [e for _, e in batch]
+        # checked with C-level passes over the batch; the per-item loop below runs only
+        # to name what is wrong
+        width = self.width if self.width is not None else \
+            len(entries[0]) if type(entries[0]) is tuple else None
+        if not (set(map(type, keys)) == {str} and len(set(keys)) == len(keys)
+                and self._at.keys().isdisjoint(keys) and set(map(type, entries)) == {tuple}
+                and set(map(len, entries)) == {width} and width
+                and set(map(type, map(operator.itemgetter(0), entries))) == {int}):
+            self._check_batch(batch)
+        for start in range(0, len(batch), self.segment_size):
+            chunk = batch[start:start + self.segment_size]
+            seq = self._take_seq()
+            seg = _Segment(seq, [k for k, _ in chunk],
+                           [list(col) for col in zip(*(e for _, e in chunk), strict=True)])
+            self._install(seg)
+            key = self._key("s", seq)
+            self._dirty[key] = seg.value()
+            self._unsent.add(key)
+
+    def _check_batch(self, batch: list[tuple[str, Entry]]) -> None:
+        """Name the first id or entry of ``batch`` that :meth:`add` must refuse."""
         seen: set[str] = set()
         width = self.width
         for key, entry in batch:
@@ -202,15 +240,6 @@ class SegmentedMap:
                 width = len(entry)
             elif len(entry) != width:
                 raise ValueError(f"entry of {key!r} has {len(entry)} fields, expected {width}")
-        for start in range(0, len(batch), self.segment_size):
-            chunk = batch[start:start + self.segment_size]
-            seq = self._take_seq()
-            seg = _Segment(seq, [k for k, _ in chunk],
-                           [list(col) for col in zip(*(e for _, e in chunk), strict=True)])
-            self._install(seg)
-            key = self._key("s", seq)
-            self._dirty[key] = seg.value()
-            self._unsent.add(key)
 
     def pop(self, key: str, reason: str, t_ms: int | None = None) -> Entry | None:
         """Remove a present id (recording ``reason``) and return its entry, else ``None``.
@@ -243,8 +272,7 @@ class SegmentedMap:
                 seg.min_t = rest
                 heapq.heappush(heap, (rest, seq))
         found.sort()  # insertion order, however stale the bounds were
-        keys = [self._segs[seq].ids[i] for seq, i in found]
-        return [(key, self._remove(key, reason)) for key in keys]
+        return self._remove_found(found, reason)
 
     def pop_oldest(self, reason: str) -> tuple[str, Entry] | None:
         """Remove and return the oldest inserted entry (for a size budget)."""
@@ -400,6 +428,35 @@ class SegmentedMap:
             self._delete_key(self._key("s", seq))
         return entry
 
+    def _remove_found(self, found: list[tuple[int, int]], reason: str
+                      ) -> list[tuple[str, Entry]]:
+        """:meth:`_remove` of the present ``(segment, index)`` pairs, sorted: one pass per
+        segment."""
+        out: list[tuple[str, Entry]] = []
+        gone, at, pair = self._gone, self._at, (reason, _BUFFERED)
+        alone = (pair,)
+        for seq, group in itertools.groupby(found, key=operator.itemgetter(0)):
+            seg = self._segs[seq]
+            idx = [i for _, i in group]
+            ids, alive, cols = seg.ids, seg.alive, seg.cols
+            keys = [ids[i] for i in idx]
+            for i in idx:
+                alive[i] = 0
+            seg.live -= len(idx)
+            for key in keys:
+                del at[key]
+                before = gone.get(key)
+                gone[key] = alone if before is None else (*before, pair)
+            self._buf.setdefault((seq, reason), []).extend(keys)
+            t = max([cols[0][i] for i in idx])
+            self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
+            out += zip(keys, zip(*[[c[i] for i in idx] for c in cols], strict=True),
+                       strict=True)
+            if not seg.live:
+                del self._segs[seq]
+                self._delete_key(self._key("s", seq))
+        return out
+
     def _flush(self) -> None:
         """Close the batch: write its removal record; keep the counter record current."""
         if self._buf:
@@ -413,11 +470,17 @@ class SegmentedMap:
                 rseq = self._take_seq()
                 count = 0
                 shared = _Shared()
+                named: dict[Gone, Gone] = {}  # with _BUFFERED -> with rseq (most ids share one)
+                gone = self._gone
                 for _, _, keys in groups:
                     count += len(keys)
                     for k in keys:
-                        self._gone[k] = shared.of(tuple(
-                            (r, rseq if s == _BUFFERED else s) for r, s in self._gone[k]))
+                        before = gone[k]
+                        after = named.get(before)
+                        if after is None:
+                            after = named[before] = shared.of(tuple(
+                                (r, rseq if s == _BUFFERED else s) for r, s in before))
+                        gone[k] = after
                 value = {"t": max_t, "g": groups}
                 self._rems[rseq] = (value, count)
                 self._known += count
@@ -446,11 +509,14 @@ class SegmentedMap:
     def _unshadow(self, rseq: int, groups: list[list[Any]]) -> None:
         """Forget the ids of a deleted removal; compact the live segments still listing
         them, which would otherwise bring them back on restore."""
+        left_of: dict[Gone, Gone] = {}  # (most ids share their removals' tuple)
         for seg_seq, _, keys in groups:
             for k in keys:
                 gone = self._gone.get(k)
                 if gone is not None:
-                    left = tuple(g for g in gone if g[1] != rseq)
+                    left = left_of.get(gone)
+                    if left is None:
+                        left = left_of[gone] = tuple(g for g in gone if g[1] != rseq)
                     if left:
                         self._gone[k] = left
                     else:

@@ -34,7 +34,7 @@ open window, plus the join's segments), written only when they change
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,9 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
     if perf.coverage_after is not None:
         delays.append(round(perf.coverage_after * 1000))
     return sorted(set(delays))
+
+
+_NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
 
 def _number(v: Any) -> float | None:
@@ -279,26 +282,31 @@ class PerformanceTracker:
 
     def add_predictions(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
                         update: PerformanceUpdate) -> None:
-        """Predictions accepted into their windows (not late), in arrival order."""
-        score_key = self.perf.score_key or self.perf.positive_class
-        rows = []
-        for e, t in zip(events, times_ms, strict=True):
-            version = e["model_version"]
+        """Predictions accepted into their windows (not late), in arrival order.
+
+        Counted per (window, version) group, not per event; versions are noted in order
+        of first appearance, as event by event.
+        """
+        if not events:
+            return
+        times = list(map(int, times_ms))
+        versions = [e["model_version"] for e in events]
+        window_ms = self.window_ms
+        groups = Counter(zip([t // window_ms * window_ms for t in times], versions, strict=True))
+        for (start, version), n in groups.items():
             if version not in self.version_metrics and version not in self.versions:
                 self.versions.append(version)
-            start = t // self.window_ms * self.window_ms
-            self._slice(start, version).predictions += 1
+            self._slice(start, version).predictions += n
             self.dirty.add(start)
-            score = None
-            if self.task == "binary_classification":
-                score = _number((e.get("scores") or {}).get(score_key))
-            rows.append((e["prediction_id"], int(t), version, self._kept(e["prediction"]),
-                         score))
-        if times_ms:
-            top = int(max(times_ms))
-            self.prediction_wm = top if self.prediction_wm is None else \
-                max(self.prediction_wm, top)
-        result = self.join.add_predictions(rows)
+        scores: list[float | None] = [None] * len(events)
+        if self.task == "binary_classification":
+            score_key = self.perf.score_key or self.perf.positive_class
+            scores = [_number((e.get("scores") or {}).get(score_key)) for e in events]
+        kept = self._kept_all([e["prediction"] for e in events])
+        top = max(times)
+        self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
+        result = self.join.add_predictions(list(zip(
+            [e["prediction_id"] for e in events], times, versions, kept, scores, strict=True)))
         update.count(result)
         self._place(result.labelled, update)
 
@@ -308,6 +316,13 @@ class PerformanceTracker:
         writes, whatever the event held (an integer beyond 64 bits is not)."""
         return _number(value) if self.task == "regression" else as_class(value)
 
+    def _kept_all(self, values: list[Any]) -> list[Any]:
+        """:meth:`_kept` of each value (strings and booleans, the usual classes, inline)."""
+        if self.task == "regression":
+            return list(map(_number, values))
+        return [v if type(v) is str else ("1" if v else "0") if type(v) is bool
+                else as_class(v) for v in values]
+
     def note_version(self, version: str) -> None:
         if version not in self.versions:
             self.versions.append(version)
@@ -316,13 +331,22 @@ class PerformanceTracker:
     def add_outcomes(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
                      update: PerformanceUpdate) -> None:
         """Outcomes in arrival order; each remembers the watermark it arrived at."""
-        rows = []
-        for e, t in zip(events, times_ms, strict=True):
-            wm = self.watermark()
-            rows.append((e["prediction_id"], self._kept(e["label"]), int(t),
-                         np.iinfo(np.int64).min if wm is None else wm))
-            self.outcome_wm = int(t) if self.outcome_wm is None else max(self.outcome_wm, int(t))
-        result = self.join.add_outcomes(rows)
+        if not events:
+            return
+        times = list(map(int, times_ms))
+        # the watermark each outcome arrives at: the lagging prediction watermark (fixed
+        # during the batch) and the outcomes before it
+        lagging = None if self.prediction_wm is None else self.prediction_wm - self.max_lag_ms
+        at = []
+        wm = self.outcome_wm
+        for t in times:
+            seen = lagging if wm is None else wm if lagging is None else max(wm, lagging)
+            at.append(_NO_WATERMARK if seen is None else seen)
+            wm = t if wm is None or t > wm else wm
+        self.outcome_wm = wm
+        result = self.join.add_outcomes(list(zip(
+            [e["prediction_id"] for e in events], self._kept_all([e["label"] for e in events]),
+            times, at, strict=True)))
         update.count(result)
         self._place(result.labelled, update)
 
