@@ -17,7 +17,7 @@ from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
 from app.core.serving import ServingStats
-from app.core.signals import reference_row, segment_label
+from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
@@ -231,13 +231,15 @@ class ModelMonitor:
                 if window is None:
                     window = self.windows[ws] = Window(ws, ws + self.window_ms)
                 rows = [events[i] for i in idx.tolist()]
+                columns = Columns(rows)  # read once for the sketches and the quality counts
                 added = window.update(rows, times[idx], self.reference_for,
-                                      self._segment_labels if self.settings.segments else None)
+                                      self._segment_labels if self.settings.segments else None,
+                                      columns)
                 if not window.slices:
                     del self.windows[ws]
                     continue
                 if self.settings.quality.enabled:
-                    self._count_quality(window, rows)
+                    self._count_quality(window, rows, columns)
                 _count_serving(window, rows)
                 if back == 0:
                     result.accepted += added
@@ -355,7 +357,8 @@ class ModelMonitor:
                 self.settings, self.reference_by_key(reference_key))
         return rules
 
-    def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]],
+                       columns: Columns) -> None:
         by_version: dict[str, list[Mapping[str, Any]]] = {}
         for e in rows:
             by_version.setdefault(e["model_version"], []).append(e["features"])
@@ -367,7 +370,11 @@ class ModelMonitor:
             counts = window.quality.get(version)
             if counts is None:
                 counts = window.quality[version] = rules.new_counts()
-            counts.update(features, rules.ranges, rules.allowed)
+            if len(features) == len(rows):  # the usual batch: one version, columns read
+                counts.update(features, rules.ranges, rules.allowed,
+                              columns=columns.features(counts.names), floats=columns.floats)
+            else:
+                counts.update(features, rules.ranges, rules.allowed)
 
     def count_non_finite(self, items: Sequence[tuple[str, int, list[str]]]) -> int:
         """Dead-lettered events whose features held NaN or infinity: (version, event time,

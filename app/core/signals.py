@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -62,31 +61,94 @@ _NUMERIC_TYPES = (int, float, bool)
 _FAST_TYPES = frozenset({float, int, bool, type(None)})  # numpy converts these as we do
 
 
-def numeric_columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]
-                    ) -> dict[str, np.ndarray[Any, Any]]:
-    """:func:`numeric_column` for several names at once, vectorised when it can be.
+class Columns:
+    """The signals of one list of prediction events, read as columns once and shared by
+    whatever counts them (the window's sketches, its quality counts).
 
-    When every value is a float, an int, a bool or null (the usual batch), one list and
-    one ``np.array`` call convert them all (null becomes NaN, bools 1/0, exactly as
-    :func:`numeric_column`); otherwise (strings, containers, integers beyond the float
-    range) the per-value rule runs.
+    ``signal(name)`` is a signal's raw values (``None`` where absent), ``floats(name)``
+    the same as floats by :func:`numeric_column`'s rule, ``features(names)`` the raw
+    values of input features when every event carries each of them (else ``None``:
+    absent values need their own marker, the caller reads the maps itself). Feature
+    columns are read for many names at once: one ``itemgetter`` call per event.
+
+    >>> events = [{"features": {"a": 1, "b": "x"}, "prediction": True, "scores": {"1": 0.9}},
+    ...           {"features": {"a": 2.5}, "prediction": False}]
+    >>> c = Columns(events)
+    >>> c.signal("a"), c.signal("b"), c.signal("@scores.1")
+    ((1, 2.5), ['x', None], [0.9, None])
+    >>> c.floats("@prediction").tolist(), c.features(["a"]), c.features(["a", "b"])
+    ([1.0, 0.0], [(1, 2.5)], None)
     """
-    if not names or not rows:
-        return {n: numeric_column(rows, n) for n in names}
-    try:  # the usual batch: every row carries every name (one C call per row)
-        getter = operator.itemgetter(*names)
-        table = list(map(getter, rows)) if len(names) > 1 else \
-            [(v,) for v in map(getter, rows)]
-    except KeyError:
-        table = [tuple(row.get(n) for n in names) for row in rows]
-    if set(map(type, itertools.chain.from_iterable(table))) <= _FAST_TYPES:
+
+    __slots__ = ("_complete", "_floats", "_raw", "events", "maps")
+
+    def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self.events = events
+        self.maps: list[Mapping[str, Any]] = [e["features"] for e in events]
+        self._raw: dict[str, Sequence[Any]] = {}
+        self._complete: set[str] = set()  # feature columns with a value in every event
+        self._floats: dict[str, np.ndarray[Any, Any]] = {}
+
+    def read(self, names: Sequence[str]) -> None:
+        """Read the columns of ``names`` not read yet (features in one pass)."""
+        todo = [n for n in names if n not in self._raw]
+        features = [n for n in todo if not is_output_signal(n)]
+        if features and self.maps:
+            getter = operator.itemgetter(*features)
+            try:  # the usual batch: every event carries every name (one C call per event)
+                table = list(map(getter, self.maps))
+            except KeyError:
+                for n in features:
+                    values = [m.get(n, _ABSENT) for m in self.maps]
+                    if _ABSENT in values:
+                        values = [None if v is _ABSENT else v for v in values]
+                    else:
+                        self._complete.add(n)
+                    self._raw[n] = values
+            else:
+                self._raw.update(zip(features, zip(*table, strict=True) if len(features) > 1
+                                     else [tuple(table)], strict=True))
+                self._complete.update(features)
+        elif features:
+            self._raw.update((n, ()) for n in features)
+            self._complete.update(features)
+        for n in todo:
+            if n == PREDICTION:
+                self._raw[n] = [e.get("prediction") for e in self.events]
+            elif n.startswith(SCORES):
+                cls = n[len(SCORES):]
+                self._raw[n] = [(e.get("scores") or {}).get(cls) for e in self.events]
+
+    def signal(self, name: str) -> Sequence[Any]:
+        if name not in self._raw:
+            self.read([name])
+        return self._raw[name]
+
+    def floats(self, name: str) -> np.ndarray[Any, Any]:
+        out = self._floats.get(name)
+        if out is None:
+            out = self._floats[name] = float_column(self.signal(name))
+        return out
+
+    def features(self, names: Sequence[str]) -> list[Sequence[Any]] | None:
+        self.read(names)
+        if not self._complete.issuperset(names):
+            return None
+        return [self._raw[n] for n in names]
+
+
+_ABSENT = object()
+
+
+def float_column(values: Sequence[Any]) -> np.ndarray[Any, Any]:
+    """Raw values as floats by :func:`numeric_column`'s rule (one ``np.array`` call when
+    every value is a float, an int, a bool or null: the usual column)."""
+    if set(map(type, values)) <= _FAST_TYPES:
         try:
-            matrix = np.array(table, dtype=np.float64).reshape(len(rows), len(names))
+            return np.array(values, dtype=np.float64)
         except OverflowError:
             pass
-        else:
-            return {n: matrix[:, j] for j, n in enumerate(names)}
-    return {n: numeric_column(rows, n) for n in names}
+    return numeric_column([{"v": v} for v in values], "v")
 
 
 def numeric_column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray[Any, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.core.serving import ServingStats
-from app.core.signals import OTHER_SEGMENT, numeric_columns, segment_label, signal_rows
+from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
 from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
@@ -42,20 +42,22 @@ class Slice:
                     for name, ref in reference.features.items()
                     if isinstance(ref, NumericReference)}, 0, segment)
 
-    def update(self, events: Sequence[Mapping[str, Any]]) -> None:
-        rows = signal_rows(events, list(self.sketches))
-        self.n += len(rows)
-        columns = numeric_columns(rows, [name for name, sketch in self.sketches.items()
-                                         if isinstance(sketch, BinnedHistogram)])
+    def update(self, events: Sequence[Mapping[str, Any]], columns: Columns | None = None
+               ) -> None:
+        """Add events; ``columns``: theirs, when already read (shared with the quality
+        counts)."""
+        cols = Columns(events) if columns is None else columns
+        cols.read(list(self.sketches))
+        self.n += len(events)
         for name, sketch in self.sketches.items():
             if isinstance(sketch, BinnedHistogram):
-                column = columns[name]
+                column = cols.floats(name)
                 sketch.update(column)
                 quantiles = self.quantiles.get(name)
                 if quantiles is not None:
                     quantiles.update(column)
             else:
-                sketch.update([row.get(name) for row in rows])
+                sketch.update(cols.signal(name))
 
     def to_state(self) -> dict[str, Any]:
         return {"reference": self.reference, "n": self.n, "segment": self.segment,
@@ -108,8 +110,10 @@ class Window:
         return {v: s.n for v, s in self.slices.items() if s.segment is None}
 
     def update(self, events: Sequence[Mapping[str, Any]], times_ms: np.ndarray[Any, Any],
-               reference_for: ReferenceLookup, segments: SegmentLabels | None = None) -> int:
+               reference_for: ReferenceLookup, segments: SegmentLabels | None = None,
+               columns: Columns | None = None) -> int:
         """Add a batch of events; returns how many had a reference to be compared with.
+        ``columns``: the events' columns, when already read.
 
         Each event goes to its version's slice and, per configured segment key it is
         tagged with, to that segment's slice: the reference's part for that value, or its
@@ -152,7 +156,10 @@ class Window:
                     sl = self.slices[key] = Slice.open(ref_key, segment_ref, label)
                 else:
                     sl = self.slices[key] = Slice.open(ref_key, ref)
-            sl.update([events[i] for i in idx] if len(idx) < len(events) else events)
+            if len(idx) < len(events):
+                sl.update([events[i] for i in idx])
+            else:
+                sl.update(events, columns)
             if label:
                 continue
             added += len(idx)

@@ -16,7 +16,7 @@ import math
 import numbers
 import operator
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,10 +177,21 @@ class QualityCounts:
 
     # -- counting ------------------------------------------------------------------------
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured features counted, in counter order."""
+        return self._names
+
     def update(self, feature_maps: Sequence[Mapping[str, Any]],
                ranges: Mapping[str, tuple[float, float]],
-               allowed: Mapping[str, frozenset[str]]) -> None:
+               allowed: Mapping[str, frozenset[str]], *,
+               columns: Sequence[Sequence[Any]] | None = None,
+               floats: Callable[[str], FloatArray] | None = None) -> None:
         """Count a batch of feature maps (one per event).
+
+        ``columns``: the values of :attr:`names` in every map, when the caller has read
+        them already (every map carries every name); ``floats``: a numeric feature's
+        column as floats (nulls NaN), likewise.
 
         One pass reads every configured feature of every event into a flat list. Per
         feature, a column of only the usual types (numbers and nulls for a numeric
@@ -195,22 +206,27 @@ class QualityCounts:
         names = self._names
         k = len(names)
         flat: list[Any] | None = None
-        columns: Sequence[Sequence[Any]]
-        if k:
+        cols: Sequence[Sequence[Any]] = []
+        if columns is not None:
+            if len(columns) != k:
+                raise ValueError(f"{len(columns)} columns for {k} features")
+            cols = columns
+        elif k:
+            floats = None  # (only for columns read by the caller)
             try:  # the usual batch: every event carries every configured feature
                 getter = operator.itemgetter(*names)
                 rows = list(map(getter, feature_maps)) if k > 1 else \
                     [(v,) for v in map(getter, feature_maps)]
-                columns = list(zip(*rows, strict=True))
+                cols = list(zip(*rows, strict=True))
             except KeyError:
                 flat = [f.get(name, _ABSENT) for f in feature_maps for name in names]
-                columns = [flat[j::k] for j in range(k)]
+                cols = [flat[j::k] for j in range(k)]
         delta = np.zeros_like(self._counts)
         for j, name in enumerate(names):
             numeric = self._numeric[j]
-            delta[j] = _column(name, columns[j], numeric,
+            delta[j] = _column(name, cols[j], numeric,
                                ranges.get(name) if numeric else None,
-                               None if numeric else allowed.get(name))
+                               None if numeric else allowed.get(name), floats)
 
         lengths = np.fromiter(map(len, feature_maps), dtype=np.int64, count=n)
         configured: Any = k  # configured features each event carries
@@ -309,8 +325,10 @@ _CATEGORY_FAST = frozenset({str, type(None), _Absent})
 
 
 def _column(name: str, column: Sequence[Any], numeric: bool, bounds: tuple[float, float] | None,
-            allowed: frozenset[str] | None) -> list[int]:
-    """The counters (in ``COUNTERS`` order) of one feature's column of values."""
+            allowed: frozenset[str] | None,
+            floats: Callable[[str], FloatArray] | None = None) -> list[int]:
+    """The counters (in ``COUNTERS`` order) of one feature's column of values
+    (``floats``: the column as floats, when the caller has it)."""
     n = len(column)
     if bounds is not None:
         bounds = _bounds(name, bounds)
@@ -322,7 +340,8 @@ def _column(name: str, column: Sequence[Any], numeric: bool, bounds: tuple[float
         blank = absent + null
         type_error = out_of_range = unseen = 0
         if bounds is not None and n > blank:
-            out_of_range = _outside(_floats(column), bounds) - blank
+            x = _floats(column) if floats is None else floats(name)
+            out_of_range = _outside(x, bounds) - blank
         if allowed is not None and n > blank:
             unseen = n - blank - sum(map(allowed.__contains__, column))
         return [n - absent, null, type_error, out_of_range, unseen, absent]
