@@ -95,6 +95,9 @@ class WorkerSettings(_Frozen):
     # How long a batch waits to fill (faust's take_events): sketches update per batch
     # with numpy, whose per-call cost a batch of a few events would pay per event.
     batch_within: Duration = 0.05
+    # ...or once its messages' values reach this size (array messages: a batch of a few
+    # thousand events is complete at once, without waiting for batch_within).
+    batch_max_bytes: int = Field(1024 * 1024, ge=1)
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Rejected values up to this size are dead-lettered whole; larger ones are cut to it
     # and carry their original size and SHA-256 in headers.
