@@ -261,19 +261,21 @@ class Engine:
 
     def apply(self, batch: Batch, now: float | None) -> dict[str, IngestResult]:
         """Update each model's state with its events of the batch, run by run in arrival
-        order (numpy over each run); then evaluate the performance checkpoints that
-        became due."""
+        order, the window sketches once for all its prediction runs (numpy over the
+        batch, see ``ModelMonitor.ingest``); then evaluate the performance checkpoints
+        that became due."""
         results: dict[str, IngestResult] = {}
         for model in batch.models:
             m = self.monitors[model]
             result = results[model] = IngestResult()
             for kind, events, times in batch.runs.get(model, []):
                 if kind == "prediction":
-                    _add(result, m.ingest(events, times, now))
+                    _add(result, m.ingest(events, times, now, defer=True))
                 elif kind == "outcome":
                     _add(result, m.ingest_outcomes(events, times, now))
                 else:
                     _add(result, m.ingest_model_events(events, times, now))
+            _add(result, m.window_deferred())
             if model in batch.non_finite:
                 m.count_non_finite(batch.non_finite[model])
             self._queue_operational(model, result)

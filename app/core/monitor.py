@@ -85,6 +85,9 @@ class ModelMonitor:
         self.last_arrival: float | None = None
         self.closed_through_ms: int | None = None
         self.late_events = 0
+        # prediction runs of the current batch whose windowing waits (see ingest's defer)
+        self._deferred: list[tuple[Sequence[Mapping[str, Any]], np.ndarray[Any, Any],
+                                   np.ndarray[Any, Any]]] = []
         self.partition: int | None = None
         self.warmup_target = self.settings.reference.warmup
         # Highest source position (e.g. "topic:partition" -> offset) already applied to
@@ -162,10 +165,18 @@ class ModelMonitor:
 
     # -- ingest ---------------------------------------------------------------------
     def ingest(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
-               now: float | None) -> IngestResult:
+               now: float | None, *, defer: bool = False) -> IngestResult:
         """Add a batch of validated prediction events with their event times (epoch ms).
 
         ``now`` is the wall-clock arrival time (``None`` offline: no idle close).
+
+        ``defer``: the window sketches and counts wait for :meth:`window_deferred`, which
+        updates them for every deferred run at once. A batch whose predictions and
+        outcomes interleave (the usual live batch) comes as many short runs, and a
+        window's update costs a few numpy calls per signal whatever its size. Everything
+        order-dependent (watermark, lateness, the label join, detectors) happens here,
+        in arrival order. Not with a warm-up configured: a warm-up completing mid-batch
+        changes the reference that later events are compared with.
         """
         result = IngestResult()
         if not events:
@@ -193,7 +204,10 @@ class ModelMonitor:
         if self.performance is not None:
             self._performance_predictions(events, times, before, result)
         if not self.warmup_target:
-            self._window(events, times, before, result)
+            if defer:
+                self._deferred.append((events, times, before))
+            else:
+                self._window(events, times, before, result)
         else:
             # Split at each warm-up that completes: events before it are compared with
             # what existed then, however the stream was cut into batches.
@@ -206,6 +220,23 @@ class ModelMonitor:
                 if complete is not None:
                     self._build_reference(complete, result)
                 pos = stop
+        self.late_events += result.late
+        return result
+
+    def window_deferred(self) -> IngestResult:
+        """Window the prediction runs :meth:`ingest` deferred, together, as one run
+        (each event keeps the watermark it arrived at, so lateness is unchanged)."""
+        result = IngestResult()
+        if not self._deferred:
+            return result
+        runs, self._deferred = self._deferred, []
+        if len(runs) == 1:
+            events, times, before = runs[0]
+        else:
+            events = [e for run in runs for e in run[0]]
+            times = np.concatenate([run[1] for run in runs])
+            before = np.concatenate([run[2] for run in runs])
+        self._window(events, times, before, result)
         self.late_events += result.late
         return result
 
