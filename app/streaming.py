@@ -367,11 +367,16 @@ class Pipeline:
         for name, n in messages.items():
             self.metrics.messages.labels(name).inc(n)
         topic_of = {"prediction": topic, **{kind: name for name, kind in self.kinds.items()}}
-        for model, runs in batch.runs.items():
+        for model, runs in batch.runs.items():  # once per model and kind, not per run
+            valid: dict[str, int] = defaultdict(int)
             for kind, accepted, _ in runs:
-                self.metrics.events.labels(topic_of[kind], model, "valid").inc(len(accepted))
-                if kind == "prediction":
-                    self.metrics.observe_predictions(model, accepted)
+                valid[kind] += len(accepted)
+            for kind, n in valid.items():
+                self.metrics.events.labels(topic_of[kind], model, "valid").inc(n)
+            predicted = [accepted for kind, accepted, _ in runs if kind == "prediction"]
+            if predicted:
+                self.metrics.observe_predictions(model, predicted[0] if len(predicted) == 1
+                                                 else [e for run in predicted for e in run])
         for (kind, model), n in batch.duplicated.items():
             self.metrics.events.labels(topic_of[kind], model, "duplicate").inc(n)
         # Dead letters first: they are owed nowhere in the state, so they are on the
