@@ -220,8 +220,10 @@ Query = tuple[str, dict[str, str]]  # a sample name and the labels it must have
 
 def scrape_many(port: int, queries: list[Query]) -> list[float]:
     """Sums of the samples matching each query, from one scrape of a worker's /metrics
-    (0 when it does not answer). Only the queried metrics are rendered (``name[]``): a
-    whole scrape renders every series, on the cores the worker runs on."""
+    (0 when it does not answer). The driftwarden metrics are rendered alone (``name[]``):
+    a whole scrape renders every series, on the cores the worker runs on. (Collectors
+    that do not describe their metrics, such as the process collector, are not found
+    by name: those are scraped whole.)"""
     import urllib.parse
     import urllib.request
 
@@ -229,9 +231,10 @@ def scrape_many(port: int, queries: list[Query]) -> list[float]:
 
     out = [0.0] * len(queries)
     names = {name for name, _ in queries}
-    query = urllib.parse.urlencode([("name[]", n) for n in sorted(names)])
+    query = "" if any(not n.startswith("driftwarden_") for n in names) else \
+        "?" + urllib.parse.urlencode([("name[]", n) for n in sorted(names)])
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?{query}",
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}",
                                       timeout=2).read()
     except OSError:
         return out
