@@ -9,10 +9,13 @@ afterwards: the embedded broker keeps every record in RAM):
 2. **faust bare**: a faust agent (the worker's faust settings) that only iterates them;
 3. **driftwarden**: a real worker process with a realistic configuration: 5 models x 20
    features (17 numeric, 3 categorical), drift (features and outputs), data quality and
-   performance (a third of the predictions get a label) on, one-minute windows. Once it
-   has counted a warm-up event (joined its group, consuming), the messages are produced
-   as fast as the producer goes; throughput is measured to its last prediction counted
-   (its own ``/metrics``), then on to its last window evaluated;
+   performance (a third of the predictions get a label) on, one-minute windows.
+
+Like the ceiling, faust bare and the workers read a backlog: once a consumer has counted
+a warm-up event (joined its group, consuming), it is paused (SIGSTOP), the messages (and
+the labels) are produced, and it is resumed; throughput is measured from the resumption
+to its last prediction counted (its own ``/metrics``), then on to its last window
+evaluated. The producer neither competes for the two cores nor sets the pace.
 4. with ``--two-workers``: two worker processes sharing the partitions (array messages).
 
 ``--soak SECONDS`` instead runs one worker under a steady load at ``--rate`` events/s with
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -181,7 +185,9 @@ def write_config(tmp: Path, models: int, prefix: str, port: int, *,
     feats = {f"f{j}": {"type": "numeric"} for j in range(NUMERIC)}
     feats.update({f"c{j}": {"type": "categorical"} for j in range(CATEGORICAL)})
     cfg = {
-        "kafka": {"partitions": 4, "rebalance_timeout": "3s", "session_timeout": "6s"},
+        # a long session: the throughput phases pause the consumers (SIGSTOP) while the
+        # backlog is produced, and a paused member must not be evicted from its group
+        "kafka": {"partitions": 4, "rebalance_timeout": "3s", "session_timeout": "60s"},
         "topics": {"prefix": prefix},
         "metrics": {"host": "127.0.0.1", "port": port},
         "worker": {"app_id": f"bench-{prefix.strip('.')}", "data_dir": str(tmp / "data")},
@@ -301,6 +307,14 @@ class Workers:
     def peak_rss(self) -> int:
         return max(proc_stats(p.pid)[1] for p in self.procs)
 
+    def pause(self) -> None:
+        for p in self.procs:
+            os.kill(p.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for p in self.procs:
+            os.kill(p.pid, signal.SIGCONT)
+
     def alive(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
@@ -353,8 +367,12 @@ def faust_bare(bootstrap: str, tmp: Path, msgs: list[tuple[bytes, bytes]], total
         warm_up(bootstrap, topic, msgs[:1] if per_message == 1 else
                 [(msgs[0][0], orjson.dumps(orjson.loads(msgs[0][1])[:1]))], counted)
         base = counted()
-        began = time.perf_counter()
-        asyncio.run(produce(bootstrap, topic, msgs))
+        os.kill(proc.pid, signal.SIGSTOP)  # joined and idle: the backlog is produced first
+        try:
+            asyncio.run(produce(bootstrap, topic, msgs))
+        finally:
+            began = time.perf_counter()
+            os.kill(proc.pid, signal.SIGCONT)
         deadline = time.monotonic() + 600
         while counted() - base < total:
             if time.monotonic() > deadline or proc.poll() is not None:
@@ -390,9 +408,15 @@ def run_workers(bootstrap: str, tmp: Path, events: list[dict[str, Any]], array: 
                 workers.alive()
                 time.sleep(0.2)
         total += 1
-        began, cpu0 = time.perf_counter(), workers.cpu()
-        asyncio.run(produce(bootstrap, topic, msgs))  # the load, as fast as it goes
-        asyncio.run(produce(bootstrap, settings.topics.name("outcomes"), labels))
+        # The backlog is produced while the joined workers are paused, then read, as the
+        # ceiling reads it: the producer neither competes for the cores nor sets the pace.
+        workers.pause()
+        try:
+            asyncio.run(produce(bootstrap, topic, msgs))
+            asyncio.run(produce(bootstrap, settings.topics.name("outcomes"), labels))
+        finally:
+            began, cpu0 = time.perf_counter(), workers.cpu()
+            workers.resume()
         all_in = cpu_in = None
         deadline = time.monotonic() + 900
         windows = 0.0
