@@ -118,6 +118,8 @@ class Columns:
             elif n.startswith(SCORES):
                 cls = n[len(SCORES):]
                 self._raw[n] = [(e.get("scores") or {}).get(cls) for e in self.events]
+            elif is_output_signal(n):  # no such output: absent everywhere
+                self._raw[n] = [None] * len(self.events)
 
     def signal(self, name: str) -> Sequence[Any]:
         if name not in self._raw:
