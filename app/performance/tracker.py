@@ -310,14 +310,11 @@ class PerformanceTracker:
         update.count(result)
         self._place(result.labelled, update)
 
-    def _kept(self, value: Any) -> Any:
-        """What the join keeps of a prediction or a label: what the metrics read of it,
-        its class (classification) or its number (regression). Always JSON the changelog
-        writes, whatever the event held (an integer beyond 64 bits is not)."""
-        return _number(value) if self.task == "regression" else as_class(value)
-
     def _kept_all(self, values: list[Any]) -> list[Any]:
-        """:meth:`_kept` of each value (strings and booleans, the usual classes, inline)."""
+        """What the join keeps of predictions or labels: what the metrics read of each,
+        its class (classification; strings and booleans, the usual ones, inline) or its
+        number (regression). Always JSON the changelog writes, whatever the event held
+        (an integer beyond 64 bits is not)."""
         if self.task == "regression":
             return list(map(_number, values))
         return [v if type(v) is str else ("1" if v else "0") if type(v) is bool
