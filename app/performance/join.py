@@ -145,15 +145,24 @@ class LabelJoin:
         if not rows:
             return out
         ids = {r[0]: r[1:] for r in rows}
-        oldest = min(r[1] for r in rows)
-        if (len(ids) == len(rows) and self.pending.unknown(ids) and self.orphans.unknown(ids)
-                and (self._watermark is None or oldest + self.horizon_ms >= self._watermark)):
+        known = self._known(set(ids))
+        wm, horizon = self._watermark, self.horizon_ms
+        if (not known and len(ids) == len(rows)
+                and (wm is None or min(r[1] for r in rows) + horizon >= wm)):
             # the usual batch: new ids, none redelivered, late or awaited by an outcome
             self.pending.add(ids.items())
             self._budget_pending(out)
             return out
         fresh: dict[str, Entry] = {}
         for pid, event_ms, version, predicted, score in rows:
+            if pid not in known:  # in neither map (nor remembered): the checks below, inline
+                if pid in fresh:
+                    continue  # redelivered within the batch
+                if wm is not None and event_ms + horizon < wm:
+                    out.expired += 1
+                else:
+                    fresh[pid] = (event_ms, version, predicted, score)
+                continue
             if (pid in self.pending or pid in fresh or self.pending.removed(pid) is not None
                     or self.orphans.removed(pid) in (JOINED, LATE)):
                 continue  # redelivered
@@ -179,6 +188,11 @@ class LabelJoin:
         self._budget_pending(out)
         return out
 
+    def _known(self, ids: set[str]) -> set[str]:
+        """The ids of a batch that either map holds or remembers: only these need the
+        per-id checks."""
+        return self.pending.known(ids) | self.orphans.known(ids)
+
     def _budget_pending(self, out: JoinResult) -> None:
         while len(self.pending) > self.max_pending:  # over budget: the oldest go unlabelled
             self.pending.pop_oldest(EXPIRED)
@@ -194,7 +208,17 @@ class LabelJoin:
         """
         out = JoinResult()
         fresh: dict[str, Entry] = {}
+        known = self._known({r[0] for r in rows})
+        wm = self._watermark
         for pid, label, label_ms, seen_ms in rows:
+            if pid not in known:  # in neither map (nor remembered): the checks below, inline
+                if pid in fresh:
+                    out.duplicates += 1
+                elif wm is not None and label_ms + self.orphan_horizon_ms < wm:
+                    out.orphans += 1
+                else:
+                    fresh[pid] = (label_ms, label, seen_ms)
+                continue
             hit = self.pending.get(pid)
             if hit is not None:
                 event_ms, version, predicted, score = hit

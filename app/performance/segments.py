@@ -179,11 +179,10 @@ class SegmentedMap:
                 if seg.alive[i]:
                     yield key, seg.entry(i)
 
-    def unknown(self, keys: Iterable[str]) -> bool:
-        """Whether no id of ``keys`` is present or remembered as removed (one C-level
-        pass each: the usual batch of new ids skips the per-id checks)."""
-        keys = keys if isinstance(keys, set | frozenset | dict) else set(keys)
-        return self._at.keys().isdisjoint(keys) and self._gone.keys().isdisjoint(keys)
+    def known(self, keys: set[str]) -> set[str]:
+        """The ids of ``keys`` present or remembered as removed (set operations in C: a
+        batch of ids is checked at once, and only these need the per-id checks)."""
+        return (self._at.keys() & keys) | (self._gone.keys() & keys)
 
     def removed(self, key: str) -> str | None:
         """The reason of the latest remembered removal of ``key``, else ``None``."""
