@@ -101,10 +101,9 @@ async def take_batches(stream: Any, max_messages: int, max_bytes: int, within: f
     ``take_events`` yields when ``max_messages`` are buffered or ``within`` seconds have
     passed since it began waiting. A batch of array messages (hundreds of events each)
     never reaches a message count that suits single-event messages, so every batch
-    waited the whole ``within`` while the worker sat idle (a quarter of the time in the
-    load test). Here a batch is also complete once its message values reach
-    ``max_bytes``: a backlog of array messages is read in full batches without a wait,
-    single-event messages still gather up to ``max_messages``.
+    waited out the whole ``within``. Here a batch is also complete once its message
+    values reach ``max_bytes``: a backlog of array messages is read in full batches
+    without a wait, single-event messages still gather up to ``max_messages``.
 
     As in ``take_events``, the events are acknowledged after the body, whatever became
     of it (see :func:`withhold`), and the stream is consumed passively meanwhile.
