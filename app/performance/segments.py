@@ -413,18 +413,10 @@ class SegmentedMap:
             self._dirty[key] = None
 
     def _remove(self, key: str, reason: str, t_ms: int | None = None) -> Entry:
-        seq, i = self._at.pop(key)
+        seq, i = self._at[key]
         seg = self._segs[seq]
         entry = seg.entry(i)
-        seg.alive[i] = 0
-        seg.live -= 1
-        self._buf.setdefault((seq, reason), []).append(key)
-        t = entry[0] if t_ms is None else t_ms
-        self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
-        self._gone[key] = (*self._gone.get(key, ()), (reason, _BUFFERED))
-        if not seg.live:
-            del self._segs[seq]
-            self._delete_key(self._key("s", seq))
+        self._leave(seg, [i], [key], reason, entry[0] if t_ms is None else t_ms)
         return entry
 
     def _remove_found(self, found: list[tuple[int, int]], reason: str
@@ -432,29 +424,34 @@ class SegmentedMap:
         """:meth:`_remove` of the present ``(segment, index)`` pairs, sorted: one pass per
         segment."""
         out: list[tuple[str, Entry]] = []
-        gone, at, pair = self._gone, self._at, (reason, _BUFFERED)
-        alone = (pair,)
         for seq, group in itertools.groupby(found, key=operator.itemgetter(0)):
             seg = self._segs[seq]
             idx = [i for _, i in group]
-            ids, alive, cols = seg.ids, seg.alive, seg.cols
-            keys = [ids[i] for i in idx]
-            for i in idx:
-                alive[i] = 0
-            seg.live -= len(idx)
-            for key in keys:
-                del at[key]
-                before = gone.get(key)
-                gone[key] = alone if before is None else (*before, pair)
-            self._buf.setdefault((seq, reason), []).extend(keys)
-            t = max([cols[0][i] for i in idx])
-            self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
-            out += zip(keys, zip(*[[c[i] for i in idx] for c in cols], strict=True),
+            keys = [seg.ids[i] for i in idx]
+            out += zip(keys, zip(*[[c[i] for i in idx] for c in seg.cols], strict=True),
                        strict=True)
-            if not seg.live:
-                del self._segs[seq]
-                self._delete_key(self._key("s", seq))
+            self._leave(seg, idx, keys, reason, max([seg.cols[0][i] for i in idx]))
         return out
+
+    def _leave(self, seg: _Segment, idx: list[int], keys: list[str], reason: str,
+               t: int) -> None:
+        """Entries ``idx`` (ids ``keys``) of ``seg`` leave for ``reason``: recorded in
+        this batch's removal, remembered until then by ``t``; an emptied segment's
+        record is deleted."""
+        alive, at, gone, pair = seg.alive, self._at, self._gone, (reason, _BUFFERED)
+        alone = (pair,)
+        for i in idx:
+            alive[i] = 0
+        seg.live -= len(idx)
+        for key in keys:
+            del at[key]
+            before = gone.get(key)
+            gone[key] = alone if before is None else (*before, pair)
+        self._buf.setdefault((seg.seq, reason), []).extend(keys)
+        self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
+        if not seg.live:
+            del self._segs[seg.seq]
+            self._delete_key(self._key("s", seg.seq))
 
     def _flush(self) -> None:
         """Close the batch: write its removal record; keep the counter record current."""
