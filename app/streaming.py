@@ -1,14 +1,16 @@
-"""The faust app: topics, the state table, and thin agents around the pure core.
+"""The faust app: topics, the state table, and thin adapters around the pure core.
 
-Hot path (DESIGN §6, §9): the predictions agent takes events in batches
-(:func:`take_batches`: a message count, a byte size or a wait), decodes and validates
-each message (msgspec in C, the precise checks when it refuses), routes each message's
-events to their model at once, updates each model's window sketches with numpy over the
-batch, and writes each touched model's state to the table **once per batch**; the batch
-is acknowledged only once the broker has those records and the outputs. Windows close by
-watermark plus lateness, or by wall clock when a stream is idle: a timer checks every
-``worker.tick_interval``; faust's ``on_window_close`` is not used (it does not fire for
-windows restored from the changelog).
+Hot path (DESIGN §6, §9): the input topics reach :meth:`Pipeline.process_batch` in
+batches straight from the consumer's fetches (:mod:`app.batch_consumer`: a message
+count, a byte size or a wait; no faust stream, event or channel per record). A batch's
+messages are decoded and validated (msgspec in C, the precise checks when it refuses),
+each message's events routed to their model at once, each model's window sketches
+updated with numpy over the batch, and each touched model's state written to the table
+**once per batch**; the batch is acknowledged only once the broker has those records
+and the outputs. Windows close by watermark plus lateness, or by wall clock when a
+stream is idle: a timer checks every ``worker.tick_interval``; faust's
+``on_window_close`` is not used (it does not fire for windows restored from the
+changelog).
 
 Table writes name their partition explicitly (the partition the model's events come
 from), so a batch mixing partitions, and the timer, write each key where it belongs.
@@ -23,16 +25,16 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
 from aiokafka.errors import KafkaError
-from faust.types import EventT, Message
-from mode.utils.aiter import aiter as mode_aiter
+from faust.types import Message
 
+from app.batch_consumer import BatchApp, BatchLimits
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
@@ -93,92 +95,6 @@ async def rewind_states(pipeline: Any, topic: str, name_of: Any, configured: Any
     await pipeline.flush_state()
 
 
-async def take_batches(stream: Any, max_messages: int, max_bytes: int, within: float
-                       ) -> AsyncIterator[list[EventT[Any]]]:
-    """Batches of a faust stream's events: faust's ``take_events`` (faust-streaming
-    0.15.3) with a bound on the batch's bytes as well as on its messages.
-
-    ``take_events`` yields when ``max_messages`` are buffered or ``within`` seconds have
-    passed since it began waiting. A batch of array messages (hundreds of events each)
-    never reaches a message count that suits single-event messages, so every batch
-    waited out the whole ``within``. Here a batch is also complete once its message
-    values reach ``max_bytes``: a backlog of array messages is read in full batches
-    without a wait, single-event messages still gather up to ``max_messages``.
-
-    As in ``take_events``, the events are acknowledged after the body, whatever became
-    of it (see :func:`withhold`), and the stream is consumed passively meanwhile.
-    """
-    buffer: list[EventT[Any]] = []
-    size = 0
-    full = asyncio.Event()
-    consumed = asyncio.Event()
-    consuming: asyncio.Future[None] | None = None
-    enable_acks = stream.enable_acks
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming, size
-        try:
-            if consuming is not None:  # the body is running: wait until it is done
-                try:
-                    await consuming
-                finally:
-                    consuming = None
-            event = stream.current_event
-            if event is None:
-                raise RuntimeError("take_batches found current_event is None")
-            buffer.append(event)
-            size += len(event.message.value or b"")
-            if len(buffer) >= max_messages or size >= max_bytes:
-                full.set()
-                consumed.clear()  # no more than one full batch at a time
-                await stream.wait(consumed)
-        except asyncio.CancelledError:  # pragma: no cover
-            raise
-        except Exception as exc:  # as faust does: the stream crashes, loudly
-            log.exception("error adding to the batch: %r", exc)
-            await stream.crash(exc)
-        return value
-
-    stream.enable_acks = False  # acknowledged here, after the body
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(mode_aiter(stream.channel))
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(full, timeout=within)
-            if not buffer:
-                continue
-            consuming = asyncio.get_running_loop().create_future()
-            try:
-                yield list(buffer)
-            finally:
-                batch = list(buffer)
-                buffer.clear()
-                size = 0
-                for event in batch:
-                    await stream.ack(event)
-                if consuming is not None and not consuming.done():
-                    consuming.set_result(None)
-                full.clear()
-                consumed.set()
-    finally:
-        stream.enable_acks = enable_acks
-        stream._processors.remove(add_to_buffer)
-
-
-def withhold(events: list[EventT[Any]]) -> None:
-    """Keep a failed or interrupted batch's offsets from ever being committed.
-
-    :func:`take_batches`, like faust's ``take_events``, acknowledges a batch in a
-    ``finally`` clause: also when the body raised or was cancelled (a stop, a
-    rebalance). A message already marked acknowledged is skipped by that clause, so its
-    offset, and every later one of its partition, stays uncommitted here: the batch is
-    read again after a restart or a rebalance, where the state's applied positions skip
-    what had reached the changelog.
-    """
-    for event in events:
-        event.message.acked = True
-
-
 class ConsumerLag:
     """Offsets processed per input partition, and the lag they leave behind the
     partitions' high watermarks (``driftwarden_consumer_lag_messages``)."""
@@ -189,11 +105,10 @@ class ConsumerLag:
         self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self.exported: set[tuple[str, int]] = set()
 
-    def processed(self, events: list[EventT[Any]]) -> None:
+    def processed(self, messages: list[Message]) -> None:
         """A processed batch (in offset order per partition: the last one wins)."""
         done = self.done
-        for event in events:
-            msg = event.message
+        for msg in messages:
             done[(msg.topic, msg.partition)] = msg.offset + 1
 
     async def update(self, consumer: Any) -> None:
@@ -334,16 +249,15 @@ class Pipeline:
                            if m.partition in partitions)
 
     # -- the batch path ----------------------------------------------------------------
-    async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
+    async def process_batch(self, messages: list[Message], now: float | None = None) -> None:
         started = time.perf_counter()
         now = time.time() if now is None else now
         wset = self.settings.worker
         topic = self.settings.topics.name("predictions")
         batch = self.engine.batch()
         dead: list[tuple[Message, Rejection]] = []
-        messages: dict[str, int] = defaultdict(int)  # topic -> messages read
-        for event in events:
-            msg = event.message
+        read: dict[str, int] = defaultdict(int)  # topic -> messages read
+        for msg in messages:
             value: bytes = msg.value or b""
             position = f"{msg.topic}:{msg.partition}"
             kind = self.kinds.get(msg.topic, "prediction")
@@ -355,7 +269,7 @@ class Pipeline:
                 for r in decoded.rejections:
                     if r.reason == "non_finite_number":  # dead-lettered, and counted
                         batch.add_non_finite(r.raw, default_ms)
-            messages[msg.topic] += 1
+            read[msg.topic] += 1
             for i in batch.add_many(decoded.events, default_ms, position=(position, msg.offset),
                                     partition=msg.partition, kind=kind):
                 obj = decoded.events[i]
@@ -363,7 +277,7 @@ class Pipeline:
                 dead.append((msg, Rejection(
                     "unknown_model", f"model {obj['model']!r} is not configured",
                     element_bytes(value, obj, decoded), index)))
-        for name, n in messages.items():
+        for name, n in read.items():
             self.metrics.messages.labels(name).inc(n)
         topic_of = {"prediction": topic, **{kind: name for name, kind in self.kinds.items()}}
         for model, runs in batch.runs.items():  # once per model and kind, not per run
@@ -582,8 +496,10 @@ def _credentials(settings: MonitorSettings) -> Any:
     return faust.SSLCredentials(kw["ssl_context"])
 
 
-async def guarded(app: faust.App, name: str, process: Any, events: list[EventT[Any]]) -> None:
-    """Run one batch; on any failure its offsets are withheld (never committed).
+async def guarded(app: faust.App, name: str, process: Any, messages: list[Message]) -> None:
+    """Run one batch. The consumer acknowledges it only once this returned
+    (:mod:`app.batch_consumer`): a batch that raised or was cancelled (a stop, a
+    rebalance) is never committed, nor is any later offset of its partitions.
 
     A failure other than a stop or a rebalance (an output the broker never took within
     the producer's request timeout, a bug) stops the worker with an error: its state may
@@ -591,15 +507,11 @@ async def guarded(app: faust.App, name: str, process: Any, events: list[EventT[A
     the one consistent way on. The orchestrator restarts it.
     """
     try:
-        await process(events)
-    except asyncio.CancelledError:
-        withhold(events)
-        raise
+        await process(messages)
     except Exception as exc:
-        withhold(events)
-        log.critical("%s batch of %d events failed (%s: %s); its offsets stay uncommitted "
-                     "and the worker stops, to start again from the last commit",
-                     name, len(events), type(exc).__name__, exc)
+        log.critical("%s batch of %d messages failed (%s: %s); its offsets stay "
+                     "uncommitted and the worker stops, to start again from the last commit",
+                     name, len(messages), type(exc).__name__, exc)
         await app.crash(exc)
         raise
 
@@ -611,15 +523,18 @@ def _ready(app: faust.App) -> bool:
 
 
 def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str, Reference | None],
-              metrics: Metrics, *, embedded: bool = False) -> tuple[faust.App, Pipeline]:
+              metrics: Metrics, *, embedded: bool = False) -> tuple[BatchApp, Pipeline]:
     """The faust app of one worker and the pipeline its agents drive."""
     if any(m.performance is not None or m.change_detectors for m in settings.models.values()):
         # river's import (its drift package pulls in its datasets, and with them scipy
         # and sklearn: seconds) paid now, not by the first batch that runs a detector,
         # holding the event loop
         importlib.import_module("app.detectors.streaming")
-    app = faust.App(settings.worker.app_id, **faust_settings(settings, bootstrap,
-                                                            embedded=embedded))
+    app = BatchApp(settings.worker.app_id, **faust_settings(settings, bootstrap,
+                                                           embedded=embedded))
+    app.batch_limits = BatchLimits(settings.worker.batch_size,
+                                   settings.worker.batch_max_bytes,
+                                   settings.worker.batch_within)
     topics = settings.topics
     parts = settings.kafka.partitions
 
@@ -649,20 +564,16 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     predictions_name = topics.name("predictions")
     pipeline.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
                                  if tp.topic == predictions_name}
-    batch, within = settings.worker.batch_size, settings.worker.batch_within
-    max_bytes = settings.worker.batch_max_bytes
-
     lag = ConsumerLag(metrics, {topics.name(t) for t in
                                 ("predictions", "outcomes", "model_events", "inputs")})
 
-    async def predictions_agent(stream: Any) -> None:
-        # take_events acknowledges a batch after this body: after process_batch has
+    async def predictions(messages: list[Message]) -> None:
+        # The consumer acknowledges a batch after this: after process_batch has
         # published its outputs and the broker has its state (flush_state).
-        async for taken in take_batches(stream, batch, max_bytes, within):
-            await guarded(app, "predictions", pipeline.process_batch, taken)
-            lag.processed(taken)
+        await guarded(app, "predictions", pipeline.process_batch, messages)
+        lag.processed(messages)
 
-    app.agent(streams, name="driftwarden.predictions")(predictions_agent)
+    app.route_batches(streams, predictions)
 
     async def tick() -> None:
         if _ready(app):
@@ -738,7 +649,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     return app, pipeline
 
 
-def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, raw_topic: Any,
+def _add_sources(app: BatchApp, settings: MonitorSettings, metrics: Metrics, raw_topic: Any,
                  pipeline: Pipeline, lag: ConsumerLag) -> Any:
     """The inputs agent and its state table (sources are keyed by source, not model)."""
     from app.sources.engine import SourcesEngine
@@ -758,15 +669,11 @@ def _add_sources(app: faust.App, settings: MonitorSettings, metrics: Metrics, ra
     engine.on_state_error = sources.on_state_error
     sources.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
                                 if tp.topic == inputs_name}
-    batch, within = settings.worker.batch_size, settings.worker.batch_within
-    max_bytes = settings.worker.batch_max_bytes
+    async def inputs(messages: list[Message]) -> None:
+        await guarded(app, "inputs", sources.process_batch, messages)
+        lag.processed(messages)
 
-    async def inputs_agent(stream: Any) -> None:
-        async for taken in take_batches(stream, batch, max_bytes, within):
-            await guarded(app, "inputs", sources.process_batch, taken)
-            lag.processed(taken)
-
-    app.agent(raw_topic(inputs_name), name="driftwarden.inputs")(inputs_agent)
+    app.route_batches(raw_topic(inputs_name), inputs)
 
     async def tick() -> None:
         if _ready(app):

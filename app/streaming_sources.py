@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import murmur2
-from faust.types import EventT
+from faust.types import Message
 
 from app.errors import StateError
 from app.events.checks import INPUT
@@ -80,14 +80,13 @@ class SourcePipeline:
         pending, self.unflushed = self.unflushed, []
         await wait_all(pending)
 
-    async def process_batch(self, events: list[EventT[Any]], now: float | None = None) -> None:
+    async def process_batch(self, messages: list[Message], now: float | None = None) -> None:
         now = time.time() if now is None else now
         wset = self.settings.worker
         topic = self.settings.topics.name("inputs")
         batch = self.engine.batch()
         dead: list[tuple[Any, Rejection]] = []
-        for event in events:
-            msg = event.message
+        for msg in messages:
             value: bytes = msg.value or b""
             decoded = decode_message(value, INPUT, max_bytes=wset.max_message_bytes,
                                      max_elements=wset.max_array_elements)
@@ -102,7 +101,7 @@ class SourcePipeline:
                     dead.append((msg, Rejection(
                         reason, f"source {obj['source']!r} is not configured",
                         element_bytes(value, obj, decoded), index)))
-        self.metrics.messages.labels(topic).inc(len(events))
+        self.metrics.messages.labels(topic).inc(len(messages))
         self.metrics.events.labels(topic, "", "valid").inc(batch.accepted)  # no model: sources
         if batch.duplicates:
             self.metrics.events.labels(topic, "", "duplicate").inc(batch.duplicates)

@@ -1,0 +1,192 @@
+"""The input topics delivered in batches straight from the consumer's fetches.
+
+faust hands every record to its streams one at a time: per record its fetch loop runs
+``Service.wait_first`` (four asyncio tasks created and three cancelled), the conductor
+builds an ``Event`` and queues it on the agent's channel, the stream takes it out, runs
+its processors and acknowledges it. That is about 100 µs of a 2-core machine's CPU per
+record, more than the whole monitoring work of a single-event message, and nothing of it
+is needed by a worker that processes records in batches anyway.
+
+So the worker's input topics (predictions, outcomes, model events; inputs when sources
+are configured) are read by :class:`BatchConsumer`, faust's own aiokafka consumer with
+``getmany`` replaced: the records of those topics, as the consumer thread fetched them,
+are grouped per handler and passed on in batches (``worker.batch_size`` messages,
+``worker.batch_max_bytes`` bytes; a small fetch waits up to ``worker.batch_within`` for
+more, as faust's ``take_events`` waited); every other topic (the tables' changelogs
+during recovery) still takes faust's path record by record. Everything else stays
+faust's: the consumer group and its rebalances, the partition assignment shared with the
+state tables, table recovery, flow control, and the offsets committed by its commit
+timer, which a handled batch's acknowledgements feed (``Consumer.ack``, per message, as
+a stream would).
+
+A handler acknowledges nothing itself: :class:`BatchConsumer` acknowledges a batch after
+its handler returned. A batch whose handler raised or was cancelled stays
+unacknowledged, so its offsets and every later one of its partitions are never
+committed: it is read again after a restart or a rebalance, where the state's applied
+positions skip what had reached the changelog. Records fetched before a rebalance
+(another consumer generation) or while the flow is stopped are dropped unhandled, as
+faust drops them: the rebalance seeks every partition back to its committed offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP, Message
+
+log = logging.getLogger("driftwarden")
+
+Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """When a batch is complete: ``messages`` or ``size`` bytes of message values,
+    whichever first; a fetch smaller than that waits up to ``within`` seconds for more."""
+
+    messages: int = 1000
+    size: int = 1024 * 1024
+    within: float = 0.05
+
+
+def chunks(messages: list[Message], limits: BatchLimits) -> Iterable[list[Message]]:
+    """``messages`` cut into batches within the limits (a message larger than ``size``
+    is a batch of its own), in their order.
+
+    >>> ms = [Message("t", 0, i, 0.0, 0, None, None, b"x" * 40, None) for i in range(7)]
+    >>> [[m.offset for m in c] for c in chunks(ms, BatchLimits(messages=3, size=100))]
+    [[0, 1], [2, 3], [4, 5], [6]]
+    """
+    out: list[Message] = []
+    size = 0
+    for m in messages:
+        n = len(m.value or b"")
+        if out and (len(out) >= limits.messages or size + n > limits.size):
+            yield out
+            out, size = [], 0
+        out.append(m)
+        size += n
+    if out:
+        yield out
+
+
+class BatchApp(faust.App):
+    """A faust app whose consumer delivers the topics in ``batch_routes`` in batches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_routes: dict[str, Handler] = {}  # topic name -> its batch handler
+        self.batch_limits = BatchLimits()
+
+    def route_batches(self, topic: Any, handler: Handler) -> None:
+        """Deliver the records of ``topic`` (a faust topic, possibly of several names) to
+        ``handler`` in batches. The topic is subscribed like an agent's, with acks."""
+        self.topics.add(topic)
+        for name in topic.topics:
+            self.batch_routes[name] = handler
+
+    def _new_consumer(self) -> Any:
+        return BatchConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+
+
+class BatchConsumer(AIOKafkaConsumer):
+    """faust's aiokafka consumer, delivering the app's batch routes in batches (see the
+    module's docstring). Its fetch loop (``Consumer._drain_messages``) is faust's: only
+    the records it is handed one by one are those of the other topics."""
+
+    app: BatchApp
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        app = self.app
+        routes = app.batch_routes
+        limits = app.batch_limits
+        generation = app.consumer_generation_id
+        pending: dict[Handler, list[Message]] = {}
+        counts = [0, 0]  # messages and bytes pending
+        others: dict[TP, list[Any]] = {}
+        deadline: float | None = None
+        wait = timeout
+        while True:
+            records, active = await self._wait_next_records(wait)
+            if records is None or self.should_stop:
+                return
+            if app.consumer_generation_id != generation:
+                return  # rebalanced meanwhile: the rebalance seeks back to the commits
+            if not self.flow_active:
+                try:  # as faust does: the flow stopped after the fetch
+                    await self.perform_seek()
+                except Exception as exc:  # pragma: no cover
+                    log.warning("seeking back with the flow stopped failed: %r", exc)
+                return
+            for tp, batch in records.items():
+                if not (active is None or tp in active or tp in self._buffered_partitions):
+                    continue
+                handler = routes.get(tp.topic)
+                if handler is None:
+                    others[tp] = batch
+                else:
+                    await self._accept(tp, batch, pending.setdefault(handler, []), counts)
+            if others or not pending:
+                break
+            if counts[0] >= limits.messages or counts[1] >= limits.size:
+                break
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + limits.within
+            if now >= deadline:
+                break
+            wait = deadline - now
+        for handler, messages in pending.items():
+            for batch in chunks(messages, limits):
+                if app.consumer_generation_id != generation or not self.flow_active:
+                    return  # a rebalance began: the rest is read again after it
+                await handler(batch)
+                ack = self.ack
+                for message in batch:
+                    ack(message)
+        if others:
+            to_message = self._to_message
+            for tp, record in self.scheduler.iterate(others):
+                if not self.flow_active or app.consumer_generation_id != generation:
+                    break
+                yield tp, to_message(tp, record)
+
+    async def _accept(self, tp: TP, records: list[Any], out: list[Message],
+                      counts: list[int]) -> None:
+        """A partition's fetched records as faust messages, with faust's bookkeeping of
+        read offsets: records below the read offset (read already) are skipped, and a
+        jump in offsets (transaction markers, compaction) is a gap the commits step
+        over."""
+        read = self._read_offset.get(tp)
+        to_message = self._to_message
+        acking = self.app.topics.acks_enabled_for
+        size = 0
+        n = 0
+        for record in records:
+            offset = record.offset
+            if read is not None and offset < read:
+                continue
+            if read and offset - read > 1 and acking(tp.topic):
+                await self._add_gap(tp, read + 1, offset)
+            read = offset
+            message = to_message(tp, record)
+            out.append(message)
+            size += len(message.value or b"")
+            n += 1
+        if n:
+            self._read_offset[tp] = read
+        counts[0] += n
+        counts[1] += size

@@ -1,0 +1,213 @@
+"""The batch path of the input topics (``app.batch_consumer``): what a fetch becomes.
+
+faust's own consumer runs here unstarted, with its fetch (``_wait_next_records``)
+replaced by scripted rounds of records: the batches handed to the handlers, their
+acknowledgements (what the commit timer may commit), faust's read offsets and gaps, and
+the records of other topics that still take faust's per-record path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP, Message
+
+from app.batch_consumer import BatchApp, BatchConsumer, BatchLimits
+
+ROUTED = ("t.predictions", "t.outcomes")
+OTHER = "t.model-state-changelog"
+
+
+def record(topic: str, offset: int, size: int = 10, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(topic, partition, offset, 1_700_000_000_000, 0, b"k", b"v" * size,
+                          None, 1, size, [])
+
+
+class Script:
+    """Rounds of fetched records, then nothing; the timeouts each fetch was given."""
+
+    def __init__(self, *rounds: dict[TP, list[ConsumerRecord]]) -> None:
+        self.rounds = list(rounds)
+        self.waits: list[float] = []
+
+    async def __call__(self, timeout: float) -> tuple[dict[TP, list[Any]], None]:
+        self.waits.append(timeout)
+        return (self.rounds.pop(0) if self.rounds else {}), None
+
+
+class Harness:
+    def __init__(self, limits: BatchLimits | None = None) -> None:
+        self.app = BatchApp("batch-consumer-test", broker="kafka://127.0.0.1:1")
+        self.app.batch_limits = limits or BatchLimits()
+        self.handled: list[list[tuple[str, int]]] = []
+        self.fail_on: int | None = None  # the handler raises on this call (0-based)
+        self.on_call: Any = None
+        topic = self.app.topic(*ROUTED, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
+        self.app.route_batches(topic, self.handle)
+        self.app.topic(OTHER, key_type=bytes, value_type=bytes)  # not routed
+        self.consumer: BatchConsumer = self.app.consumer
+
+    async def handle(self, messages: list[Message]) -> None:
+        call = len(self.handled)
+        self.handled.append([(m.topic, m.offset) for m in messages])
+        assert not any(m.acked for m in messages), "acknowledged before it was handled"
+        if self.on_call is not None:
+            self.on_call(call)
+        if call == self.fail_on:
+            raise RuntimeError("the broker never took the outputs")
+
+    async def fetch(self, script: Script) -> list[tuple[str, int]]:
+        await self.app.topics._update_indices()  # subscribed: acks enabled for the topics
+        self.consumer._wait_next_records = script  # type: ignore[method-assign]
+        return [(m.topic, m.offset) async for _, m in self.consumer.getmany(1.0)]
+
+    def acked(self, topic: str = ROUTED[0], partition: int = 0) -> list[int]:
+        return sorted(self.consumer._acked[TP(topic, partition)])
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+P0, P1, O0 = TP(ROUTED[0], 0), TP(ROUTED[0], 1), TP(ROUTED[1], 0)
+
+
+def offsets(topic: str, first: int, last: int) -> Iterator[tuple[str, int]]:
+    return ((topic, o) for o in range(first, last + 1))
+
+
+def test_a_fetch_is_one_batch_in_offset_order_acknowledged_after_its_handler():
+    h = Harness()
+    yielded = run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(5)],
+                                  O0: [record(ROUTED[1], o) for o in range(3)]})))
+    assert yielded == []  # nothing of the routed topics takes faust's per-record path
+    assert h.handled == [[*offsets(ROUTED[0], 0, 4), *offsets(ROUTED[1], 0, 2)]]
+    assert h.acked() == [0, 1, 2, 3, 4] and h.acked(ROUTED[1]) == [0, 1, 2]
+    assert h.consumer._read_offset[P0] == 4 and h.consumer._read_offset[O0] == 2
+
+
+def test_batches_keep_to_the_message_and_byte_limits():
+    h = Harness(BatchLimits(messages=4, size=1000, within=0.0))
+    run(h.fetch(Script({P0: [record(ROUTED[0], o, size=300) for o in range(7)]})))
+    # three 300-byte messages fit in 1000 bytes, the fourth would not
+    assert [len(b) for b in h.handled] == [3, 3, 1]
+    h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(10)]})))
+    assert [len(b) for b in h.handled] == [4, 4, 2]
+    assert h.acked() == list(range(10))
+
+
+def test_a_small_fetch_waits_within_the_limit_for_more():
+    h = Harness(BatchLimits(messages=100, size=10**6, within=0.2))
+    script = Script({P0: [record(ROUTED[0], 0)]}, {P1: [record(ROUTED[0], 0, partition=1)]},
+                    {P0: [record(ROUTED[0], 1)]})
+    run(h.fetch(script))
+    assert h.handled == [[(ROUTED[0], 0), (ROUTED[0], 0), (ROUTED[0], 1)]]  # one batch
+    # the first fetch waits as long as faust's loop asks, the later ones no longer than
+    # what is left of the batch's wait
+    assert script.waits[0] == 1.0 and all(0 < w <= 0.2 + 1e-6 for w in script.waits[1:])
+
+
+def test_a_full_fetch_does_not_wait():
+    h = Harness(BatchLimits(messages=3, size=10**6, within=60.0))
+    script = Script({P0: [record(ROUTED[0], o) for o in range(3)]})
+    run(h.fetch(script))
+    assert len(script.waits) == 1 and h.handled == [list(offsets(ROUTED[0], 0, 2))]
+
+
+def test_other_topics_take_fausts_per_record_path():
+    h = Harness()
+    other = TP(OTHER, 0)
+    yielded = run(h.fetch(Script({other: [record(OTHER, 0), record(OTHER, 1)],
+                                  P0: [record(ROUTED[0], 0)]})))
+    assert yielded == [(OTHER, 0), (OTHER, 1)]
+    assert h.handled == [[(ROUTED[0], 0)]]
+
+
+def test_a_failed_batch_stays_unacknowledged_and_stops_the_delivery():
+    h = Harness(BatchLimits(messages=2, size=10**6, within=0.0))
+    h.fail_on = 1
+    with pytest.raises(RuntimeError, match="never took"):
+        run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(6)]})))
+    assert len(h.handled) == 2  # the third batch was never handed over
+    assert h.acked() == [0, 1]  # the failed batch (2, 3) and what follows: never committed
+
+
+def test_a_cancelled_batch_stays_unacknowledged():
+    h = Harness()
+
+    async def go() -> None:
+        await h.app.topics._update_indices()
+        started = asyncio.Event()
+
+        async def slow(messages: list[Message]) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        h.app.batch_routes = dict.fromkeys(ROUTED, slow)
+        h.consumer._wait_next_records = Script(  # type: ignore[method-assign]
+            {P0: [record(ROUTED[0], 0)]})
+        task = asyncio.ensure_future(anext(h.consumer.getmany(1.0), None))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(go())
+    assert h.acked() == []
+
+
+def test_a_rebalance_drops_what_was_not_handled_yet():
+    h = Harness(BatchLimits(messages=2, size=10**6, within=0.0))
+
+    def rebalance(call: int) -> None:
+        h.app.consumer_generation_id += 1  # a rebalance began during the first batch
+
+    h.on_call = rebalance
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(6)]})))
+    assert h.handled == [[(ROUTED[0], 0), (ROUTED[0], 1)]]
+    assert h.acked() == [0, 1]  # the rest is read again from the committed offset
+
+
+def test_a_fetch_made_before_a_rebalance_is_dropped():
+    h = Harness()
+
+    async def fetch(timeout: float) -> tuple[dict[TP, list[Any]], None]:
+        h.app.consumer_generation_id += 1
+        return {P0: [record(ROUTED[0], 0)]}, None
+
+    h.consumer._wait_next_records = fetch  # type: ignore[method-assign]
+
+    async def go() -> list[Any]:
+        await h.app.topics._update_indices()
+        return [x async for x in h.consumer.getmany(1.0)]
+
+    assert run(go()) == [] and h.handled == [] and h.acked() == []
+
+
+def test_a_stopped_flow_seeks_back_instead_of_delivering():
+    h = Harness()
+    seeks = []
+
+    async def perform_seek() -> None:
+        seeks.append(True)
+
+    h.consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+    h.consumer.flow_active = False
+    run(h.fetch(Script({P0: [record(ROUTED[0], 0)]})))
+    assert h.handled == [] and seeks == [True]
+
+
+def test_read_offsets_skip_what_was_read_and_gaps_are_stepped_over():
+    h = Harness()
+    h.consumer._read_offset[P0] = 3
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in (2, 3, 4, 8, 9)]})))
+    assert h.handled == [[(ROUTED[0], o) for o in (3, 4, 8, 9)]]
+    # offsets 5..7 (transaction markers, say) are a gap the commit steps over
+    assert [(i.begin, i.end) for i in h.consumer._gap[P0]] == [(5, 9)]
+    assert h.consumer._new_offset(P0) > 8  # not 5: the commit moves past the gap
