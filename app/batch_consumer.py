@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
@@ -83,6 +84,7 @@ class BatchApp(faust.App):
         super().__init__(*args, **kwargs)
         self.batch_routes: dict[str, Handler] = {}  # topic name -> its batch handler
         self.batch_limits = BatchLimits()
+        self.fetch_max_wait = 1.5  # seconds; faust's fixed value (see FetchThread)
 
     def route_batches(self, topic: Any, handler: Handler) -> None:
         """Deliver the records of ``topic`` (a faust topic, possibly of several names) to
@@ -102,12 +104,37 @@ class BatchApp(faust.App):
         )
 
 
+class FetchThread(AIOKafkaConsumerThread):
+    """faust's consumer thread, its aiokafka consumer long-polling ``app.fetch_max_wait``
+    (faust fixes ``fetch_max_wait_ms`` at 1 500 ms).
+
+    aiokafka keeps one fetch in flight per broker, for the partitions with nothing
+    buffered. When a fetch for partitions that are caught up is in flight, the broker
+    holds it for the whole wait, and the partitions just drained, whose backlog waits on
+    the broker, are not fetched before it returns. Records are drained from the buffer
+    only once a batch is handled, so that happens at every turn: at 1.5 s, a worker
+    reading a backlog of 100 000 events in arrays waited 2.2 s of its 3.9 s for fetches;
+    at 0.1 s, 0.09 s. A shorter wait costs an idle consumer a few small requests a
+    second.
+    """
+
+    app: BatchApp
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = max(1, round(self.app.fetch_max_wait * 1000))
+        return consumer
+
+
 class BatchConsumer(AIOKafkaConsumer):
     """faust's aiokafka consumer, delivering the app's batch routes in batches (see the
     module's docstring). Its fetch loop (``Consumer._drain_messages``) is faust's: only
     the records it is handed one by one are those of the other topics."""
 
     app: BatchApp
+
+    def _new_consumer_thread(self) -> FetchThread:
+        return FetchThread(self, loop=self.loop, beacon=self.beacon)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         app = self.app

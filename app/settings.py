@@ -59,6 +59,9 @@ class KafkaSettings(_Frozen):
     )
     rebalance_timeout: Duration = 60.0
     session_timeout: Duration = 30.0
+    # How long the broker may hold a fetch that finds no new records (see
+    # app.batch_consumer.FetchThread: a longer wait stalls the partitions with a backlog).
+    fetch_max_wait: Duration = Field(0.1, gt=0, le=30)
 
 
 class TopicSettings(_Frozen):

@@ -535,6 +535,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     app.batch_limits = BatchLimits(settings.worker.batch_size,
                                    settings.worker.batch_max_bytes,
                                    settings.worker.batch_within)
+    app.fetch_max_wait = settings.kafka.fetch_max_wait
     topics = settings.topics
     parts = settings.kafka.partitions
 

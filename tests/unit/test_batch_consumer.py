@@ -9,10 +9,12 @@ the records of other topics that still take faust's per-record path.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP, Message
 
@@ -211,3 +213,21 @@ def test_read_offsets_skip_what_was_read_and_gaps_are_stepped_over():
     # offsets 5..7 (transaction markers, say) are a gap the commit steps over
     assert [(i.begin, i.end) for i in h.consumer._gap[P0]] == [(5, 9)]
     assert h.consumer._new_offset(P0) > 8  # not 5: the commit moves past the gap
+
+
+def test_the_fetch_long_poll_is_the_apps_not_fausts():
+    """faust fixes the aiokafka consumer's ``fetch_max_wait_ms`` at 1 500 ms; the worker's
+    consumer takes ``kafka.fetch_max_wait`` (see ``FetchThread``)."""
+    async def go() -> int:
+        h = Harness()
+        h.app.fetch_max_wait = 0.25
+        consumer = h.consumer._new_consumer_thread()._create_worker_consumer(h.app.transport)
+        try:
+            return int(consumer._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    assert run(go()) == 250
+    # ... which aiokafka hands its fetcher when the consumer starts
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
+        AIOKafkaConsumer.start)
