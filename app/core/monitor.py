@@ -403,7 +403,8 @@ class ModelMonitor:
                 counts = window.quality[version] = rules.new_counts()
             if len(features) == len(rows):  # the usual batch: one version, columns read
                 counts.update(features, rules.ranges, rules.allowed,
-                              columns=columns.features(counts.names), floats=columns.floats)
+                              columns=columns.features(counts.names), floats=columns.floats,
+                              types=columns.types)
             else:
                 counts.update(features, rules.ranges, rules.allowed)
 

@@ -49,14 +49,20 @@ class Slice:
         cols = Columns(events) if columns is None else columns
         cols.read(list(self.sketches))
         self.n += len(events)
-        for name, sketch in self.sketches.items():
-            if isinstance(sketch, BinnedHistogram):
-                column = cols.floats(name)
-                sketch.update(column)
-                quantiles = self.quantiles.get(name)
-                if quantiles is not None:
-                    quantiles.update(column)
+        numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
+        if numeric:  # as one array: the quantile sketches are updated all at once
+            x = cols.float_rows(numeric)
+            for name, row in zip(numeric, x, strict=True):
+                self.sketches[name].update(row)
+            if all(name in self.quantiles for name in numeric):
+                QuantileSketch.update_rows([self.quantiles[name] for name in numeric], x)
             else:
+                for name, row in zip(numeric, x, strict=True):
+                    quantiles = self.quantiles.get(name)
+                    if quantiles is not None:
+                        quantiles.update(row)
+        for name, sketch in self.sketches.items():
+            if not isinstance(sketch, BinnedHistogram):
                 sketch.update(cols.signal(name))
 
     def to_state(self) -> dict[str, Any]:

@@ -209,8 +209,29 @@ def reference_spread(reference: QuantileSketch) -> float:
     """Robust spread of a sketch: ``IQR / 1.349`` (the sd for normal data).
 
     Falls back to the sd of the bucket representatives when the IQR is 0 (a feature
-    with one dominant value); 0 for a constant or empty sketch.
+    with one dominant value); 0 for a constant or empty sketch. Remembered per sketch
+    while its counts stay the same: a reference's spread is asked at every window close.
     """
+    key = (reference.n, reference.zero, reference.positive.offset,
+           reference.positive.counts.size, reference.negative.offset,
+           reference.negative.counts.size)
+    hit = _SPREADS.get(id(reference))
+    if hit is not None and hit[0] is reference and hit[1] == key:
+        return hit[2]
+    spread = _spread(reference)
+    if len(_SPREADS) >= _SPREADS_MAX:
+        _SPREADS.clear()
+    _SPREADS[id(reference)] = (reference, key, spread)
+    return spread
+
+
+# id(sketch) -> (the sketch, what its counts looked like, its spread); the sketch is kept,
+# so that its id is not reused by another while the entry lives
+_SPREADS: dict[int, tuple[QuantileSketch, tuple[int, ...], float]] = {}
+_SPREADS_MAX = 4096
+
+
+def _spread(reference: QuantileSketch) -> float:
     if reference.n == 0:
         return 0.0
     q25, q75 = reference.quantile(np.array([0.25, 0.75]))

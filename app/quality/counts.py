@@ -186,12 +186,14 @@ class QualityCounts:
                ranges: Mapping[str, tuple[float, float]],
                allowed: Mapping[str, frozenset[str]], *,
                columns: Sequence[Sequence[Any]] | None = None,
-               floats: Callable[[str], FloatArray] | None = None) -> None:
+               floats: Callable[[str], FloatArray] | None = None,
+               types: Callable[[str], set[type]] | None = None) -> None:
         """Count a batch of feature maps (one per event).
 
         ``columns``: the values of :attr:`names` in every map, when the caller has read
         them already (every map carries every name); ``floats``: a numeric feature's
-        column as floats (nulls NaN), likewise.
+        column as floats (nulls NaN), likewise; ``types``: the types of a column's values
+        (read with ``columns`` only).
 
         One pass reads every configured feature of every event into a flat list. Per
         feature, a column of only the usual types (numbers and nulls for a numeric
@@ -226,7 +228,8 @@ class QualityCounts:
             numeric = self._numeric[j]
             delta[j] = _column(name, cols[j], numeric,
                                ranges.get(name) if numeric else None,
-                               None if numeric else allowed.get(name), floats)
+                               None if numeric else allowed.get(name), floats,
+                               None if types is None or columns is None else types(name))
 
         lengths = np.fromiter(map(len, feature_maps), dtype=np.int64, count=n)
         configured: Any = k  # configured features each event carries
@@ -326,13 +329,16 @@ _CATEGORY_FAST = frozenset({str, type(None), _Absent})
 
 def _column(name: str, column: Sequence[Any], numeric: bool, bounds: tuple[float, float] | None,
             allowed: frozenset[str] | None,
-            floats: Callable[[str], FloatArray] | None = None) -> list[int]:
+            floats: Callable[[str], FloatArray] | None = None,
+            types: set[type] | None = None) -> list[int]:
     """The counters (in ``COUNTERS`` order) of one feature's column of values
-    (``floats``: the column as floats, when the caller has it)."""
+    (``floats``: the column as floats, ``types``: its values' types, when the caller
+    has them)."""
     n = len(column)
     if bounds is not None:
         bounds = _bounds(name, bounds)
-    types = set(map(type, column))
+    if types is None:
+        types = set(map(type, column))
     if types <= (_NUMERIC_FAST if numeric else _CATEGORY_FAST):
         # list.count compares by identity first: these types never equal None or _ABSENT
         absent = column.count(_ABSENT) if _Absent in types else 0

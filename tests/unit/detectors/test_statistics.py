@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from app.detectors import STATISTICS, StatisticSpec, choose_statistic
+from app.detectors import STATISTICS, StatisticSpec, choose_statistic, statistics
 from app.detectors.statistics import (
     IQR_NORMAL,
     chi2,
@@ -235,3 +235,13 @@ def test_choose_statistic():
             assert ftype in STATISTICS[choose_statistic(ftype, n)].feature_types
     with pytest.raises(ValueError, match="feature_type must be"):
         choose_statistic("text", 10)
+
+
+def test_a_reference_spread_is_remembered_until_its_counts_change():
+    rng = np.random.default_rng(5)
+    ref = QuantileSketch()
+    ref.update(rng.normal(0, 2, 5_000))
+    first = reference_spread(ref)
+    assert statistics._SPREADS[id(ref)][2] == first == statistics._spread(ref)
+    ref.update(rng.normal(0, 20, 5_000))  # wider: the remembered spread no longer holds
+    assert reference_spread(ref) == statistics._spread(ref) > first

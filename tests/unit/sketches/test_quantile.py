@@ -18,6 +18,7 @@ from app.sketches import QuantileSketch
 from app.sketches.quantile import aligned
 
 ALPHA = 0.01
+ORIGINAL_UPDATE = QuantileSketch.update
 QS = np.linspace(0, 1, 201)
 
 anything = st.floats(allow_nan=True, allow_infinity=True, width=64)
@@ -244,3 +245,39 @@ def test_bucket_counts_match_a_direct_computation(xs, batch):
         ks, counts = store.occupied()
         got.update({(negative, int(k)): int(c) for k, c in zip(ks, counts, strict=True)})
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 5), width=st.integers(0, 40), data=st.data(),
+       limit=st.sampled_from([2048, 64, 3, 1]),
+       before=st.lists(st.one_of(st.floats(-1e6, 1e6), st.floats(1e-9, 1e300)), max_size=30))
+def test_update_rows_counts_what_row_by_row_updates_count(rows, width, data, limit, before):
+    """The batch path (every row at once) and the plain one (row by row) give equal
+    sketches, whatever the values (NaN, infinities, zeros, tiny ones, magnitudes far
+    apart) and whatever the sketches held before (in-place counts, merges, folds)."""
+    values = st.one_of(anything, st.floats(-50, 50), st.just(0.0), st.just(1e-12),
+                       st.floats(1e-9, 1e300), st.floats(-3, 3).map(lambda v: round(v, 1)))
+    x = np.array(data.draw(st.lists(st.lists(values, min_size=width, max_size=width),
+                                    min_size=rows, max_size=rows)), dtype=float)
+    x = x.reshape(rows, width)
+    together = [sketch(before, max_buckets=limit) for _ in range(rows)]
+    apart = [sketch(before, max_buckets=limit) for _ in range(rows)]
+    QuantileSketch.update_rows(together, x)
+    for q, row in zip(apart, x, strict=True):
+        q.update(row)
+    assert together == apart
+
+
+def test_update_rows_on_values_too_far_apart_for_one_count_array(monkeypatch):
+    # 16 rows x 2 signs x 36 000 buckets (1e-9 to 1e300) pass the limit of one array
+    x = np.array([[1e-9, 1e300, -1e-9, 0.0], [5.0, -1e299, np.nan, np.inf]] * 8)
+    calls = []
+    monkeypatch.setattr(QuantileSketch, "update",
+                        lambda self, row: calls.append(1) or ORIGINAL_UPDATE(self, row))
+    together = [QuantileSketch() for _ in range(16)]
+    QuantileSketch.update_rows(together, x)
+    assert len(calls) == 16  # row by row
+    monkeypatch.undo()
+    assert together == [sketch(row) for row in x]
+    with pytest.raises(ValueError, match="16 rows for 3 sketches"):
+        QuantileSketch.update_rows([QuantileSketch()] * 3, x)
