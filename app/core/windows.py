@@ -52,8 +52,9 @@ class Slice:
         numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
         if numeric:  # as one array: the quantile sketches are updated all at once
             x = cols.float_rows(numeric)
-            for name, row in zip(numeric, x, strict=True):
-                self.sketches[name].update(row)
+            BinnedHistogram.update_rows(
+                [self.sketches[name] for name in numeric],  # type: ignore[misc]
+                x)
             if all(name in self.quantiles for name in numeric):
                 QuantileSketch.update_rows([self.quantiles[name] for name in numeric], x)
             else:

@@ -23,6 +23,7 @@ are still recognised after a restore) and ``j/m``, the format version and waterm
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 from app.errors import StateError
 from app.performance.segments import Entry, SegmentedMap
 from app.sketches._state import check_state
+
+_FIRST = operator.itemgetter(0)
 
 STATE_KIND = "label-join"
 STATE_VERSION = 2  # 1 was a single blob (to_state/load)
@@ -141,20 +144,26 @@ class LabelJoin:
         remembered as labelled, too late or expired) is ignored; one already past the
         horizon at the watermark (late data) counts as expired, even if its outcome waits.
         """
+        return self.add_prediction_columns([r[0] for r in rows], [r[1:] for r in rows])
+
+    def add_prediction_columns(self, pids: Sequence[str], entries: Sequence[Entry]
+                               ) -> JoinResult:
+        """:meth:`add_predictions` of the ids and their ``(event_ms, version, predicted,
+        score)`` entries, as two lists: no row tuple per prediction."""
         out = JoinResult()
-        if not rows:
+        if not pids:
             return out
-        ids = {r[0]: r[1:] for r in rows}
+        ids = dict(zip(pids, entries, strict=True))
         known = self._known(set(ids))
         wm, horizon = self._watermark, self.horizon_ms
-        if (not known and len(ids) == len(rows)
-                and (wm is None or min(r[1] for r in rows) + horizon >= wm)):
+        if (not known and len(ids) == len(pids)
+                and (wm is None or min(map(_FIRST, entries)) + horizon >= wm)):
             # the usual batch: new ids, none redelivered, late or awaited by an outcome
             self.pending.add(ids.items())
             self._budget_pending(out)
             return out
         fresh: dict[str, Entry] = {}
-        for pid, event_ms, version, predicted, score in rows:
+        for pid, (event_ms, version, predicted, score) in zip(pids, entries, strict=True):
             if pid not in known:  # in neither map (nor remembered): the checks below, inline
                 if pid in fresh:
                     continue  # redelivered within the batch

@@ -305,8 +305,9 @@ class PerformanceTracker:
         kept = self._kept_all([e["prediction"] for e in events])
         top = max(times)
         self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
-        result = self.join.add_predictions(list(zip(
-            [e["prediction_id"] for e in events], times, versions, kept, scores, strict=True)))
+        result = self.join.add_prediction_columns(
+            [e["prediction_id"] for e in events],
+            list(zip(times, versions, kept, scores, strict=True)))
         update.count(result)
         self._place(result.labelled, update)
 

@@ -62,7 +62,7 @@ class BinnedHistogram:
             idx = np.searchsorted(self.edges, values, side="left")
             self.counts += np.bincount(idx, minlength=self.counts.size)
             self.total += float(values.sum())
-            self.total_sq += float(np.dot(values, values))
+            self.total_sq += float(np.einsum("i,i->", values, values))
             return
         with np.errstate(over="ignore", invalid="ignore"):
             total = float(values.sum())
@@ -81,7 +81,36 @@ class BinnedHistogram:
         self.counts += np.bincount(idx, minlength=self.counts.size)
         with np.errstate(over="ignore"):  # astronomically large values: the sums saturate
             self.total += total
-            self.total_sq += float(np.dot(kept, kept))
+            self.total_sq += float(np.einsum("i,i->", kept, kept))
+
+    @staticmethod
+    def update_rows(histograms: list[BinnedHistogram], x: FloatArray) -> None:
+        """Add row ``i`` of the 2-D ``x`` to ``histograms[i]``: the same as
+        ``histograms[i].update(x[i])`` row by row, with the range check and the sums made
+        once for all the rows.
+
+        >>> a, b = BinnedHistogram([0.0]), BinnedHistogram([1.0, 2.0])
+        >>> BinnedHistogram.update_rows([a, b], np.array([[-1.0, 1.0], [1.5, 3.0]]))
+        >>> a.counts.tolist(), b.counts.tolist(), b.total
+        ([1, 1], [0, 1, 1], 4.5)
+        """
+        rows = x.shape[0] if x.ndim == 2 else 0
+        if rows != len(histograms):
+            raise ValueError(f"{rows} rows for {len(histograms)} histograms")
+        if not rows or not x.shape[1]:
+            return
+        lo, hi = float(x.min()), float(x.max())  # NaN propagates in both
+        if not (lo > -_SAFE and hi < _SAFE):  # NaN, infinities or huge values: row by row
+            for h, row in zip(histograms, x, strict=True):
+                h.update(row)
+            return
+        totals = x.sum(axis=1).tolist()
+        squares = np.einsum("ij,ij->i", x, x).tolist()
+        for h, row, total, square in zip(histograms, x, totals, squares, strict=True):
+            idx = np.searchsorted(h.edges, row, side="left")
+            h.counts += np.bincount(idx, minlength=h.counts.size)
+            h.total += total
+            h.total_sq += square
 
     @property
     def mean(self) -> float | None:

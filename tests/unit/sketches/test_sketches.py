@@ -109,3 +109,24 @@ def test_memory_is_bounded_by_vocabulary():
     c = CategoryCounts(CATS)
     c.update([f"user-{i}" for i in range(10_000)])
     assert c.counts.size == len(CATS) + 1 and c.other == 10_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 5), width=st.integers(0, 60), data=st.data())
+def test_histogram_update_rows_equals_row_by_row_updates(rows, width, data):
+    """All rows at once (one range check, the sums for every row) counts what row-by-row
+    updates count, the running sums included, bit for bit."""
+    cell = st.one_of(floats, st.floats(-5, 5), st.floats(-1e200, 1e200))
+    x = np.array(data.draw(st.lists(st.lists(cell, min_size=width, max_size=width),
+                                    min_size=rows, max_size=rows)), dtype=float)
+    x = x.reshape(rows, width)
+    edges = [sorted(set(data.draw(st.lists(st.floats(-3, 3), min_size=1, max_size=6))))
+             for _ in range(rows)]
+    together, apart = ([BinnedHistogram(e) for e in edges] for _ in range(2))
+    BinnedHistogram.update_rows(together, x)
+    for h, row in zip(apart, x, strict=True):
+        h.update(row)
+    for a, b in zip(together, apart, strict=True):
+        assert a.counts.tolist() == b.counts.tolist()
+        assert (a.missing, a.nonfinite, a.total, a.total_sq) == (
+            b.missing, b.nonfinite, b.total, b.total_sq)
