@@ -13,6 +13,8 @@ the readers go (orjson 1 024 levels, the standard library its recursion limit) i
 from __future__ import annotations
 
 import json
+import operator
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +23,13 @@ import orjson
 from app.events.checks import (
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
+    NAME_PATTERN,
     NonFinite,
     Spec,
     check_event,
     timestamp_ms,
 )
-from app.events.fast import fast_decoder
+from app.events.fast import NAME_KEYS, fast_decoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +127,12 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
         except Exception:  # refused (or anything else): the precise path below says
             pass           # what is wrong, element by element
         else:  # (msgspec does not check UTF-8 in the fields it skips: checked here)
+            key = NAME_KEYS[id(spec)]
             if isinstance(doc, list):
-                if 0 < len(doc) <= max_elements and _calendar_ok(doc) and _utf8(value):
+                if (0 < len(doc) <= max_elements and _names_ok(doc, key)
+                        and _calendar_ok(doc) and _utf8(value)):
                     return Decoded(doc, [], list(range(len(doc))))
-            elif _calendar_ok((doc,)) and _utf8(value):
+            elif _names_ok((doc,), key) and _calendar_ok((doc,)) and _utf8(value):
                 return Decoded([doc], [], None)
     try:
         doc = orjson.loads(value)
@@ -189,11 +194,33 @@ def _utf8(value: bytes) -> bool:
     return True
 
 
+_NAME = re.compile(NAME_PATTERN)
+_NAMES_OK: set[str] = set()  # names that matched (bounded: a cache, not a registry)
+_NAMES_OK_MAX = 10_000
+_TIMESTAMP = operator.methodcaller("get", "timestamp")
+
+
+def _names_ok(events: Any, key: str) -> bool:
+    """Every ``key`` (a model's or a source's name) matches ``NAME_PATTERN``: checked once
+    per distinct name of a message, and remembered."""
+    names = set(map(operator.itemgetter(key), events))
+    if names <= _NAMES_OK:
+        return True
+    for name in names - _NAMES_OK:
+        if not _NAME.search(name):
+            return False
+        if len(_NAMES_OK) < _NAMES_OK_MAX:
+            _NAMES_OK.add(name)
+    return True
+
+
 def _calendar_ok(events: Any) -> bool:
     """String timestamps name real instants from 0001-01-01 to 9999-12-31 UTC (what the
     pattern cannot say); epoch milliseconds were bounded by the decoder."""
-    for e in events:
-        t = e.get("timestamp")
+    stamps = list(map(_TIMESTAMP, events))
+    if str not in set(map(type, stamps)):  # epoch milliseconds or none: the usual case
+        return True
+    for t in stamps:
         if type(t) is str:
             try:
                 if not MIN_EPOCH_MS <= timestamp_ms(t) <= MAX_EPOCH_MS:

@@ -775,3 +775,17 @@ def test_fast_path_refuses_what_only_the_precise_path_can_explain():
           b'"prediction":1}]'
     d = decode_message(raw, SPECS["prediction"], max_bytes=1000, max_elements=10)
     assert [r.reason for r in d.rejections] == ["non_finite_number"]
+
+
+@pytest.mark.parametrize("name", ["bad name", "", "x" * 65, "m\n", "é"])
+def test_a_bad_name_among_good_ones_is_refused_alone_on_the_fast_path(name):
+    """Names are matched against their pattern after msgspec decodes (once per distinct
+    name of a message, good ones remembered): a bad one sends the message to the precise
+    path, which refuses that element alone."""
+    good = {**GOOD, "prediction_id": "p1"}
+    bad = {**GOOD, "prediction_id": "p2", "model": name}
+    raw = json.dumps([good, bad, {**good, "prediction_id": "p3"}]).encode()
+    for _ in range(2):  # the second time the good name is remembered
+        d = decode_message(raw, SPECS["outcome"], max_bytes=1 << 20, max_elements=100)
+        assert [e["prediction_id"] for e in d.events] == ["p1", "p3"]
+        assert [(r.reason, r.index) for r in d.rejections] == [("schema_violation", 1)]
