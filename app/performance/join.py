@@ -23,7 +23,6 @@ are still recognised after a restore) and ``j/m``, the format version and waterm
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +30,6 @@ from typing import Any
 from app.errors import StateError
 from app.performance.segments import Entry, SegmentedMap
 from app.sketches._state import check_state
-
-_FIRST = operator.itemgetter(0)
 
 STATE_KIND = "label-join"
 STATE_VERSION = 2  # 1 was a single blob (to_state/load)
@@ -144,24 +141,27 @@ class LabelJoin:
         remembered as labelled, too late or expired) is ignored; one already past the
         horizon at the watermark (late data) counts as expired, even if its outcome waits.
         """
-        return self.add_prediction_columns([r[0] for r in rows], [r[1:] for r in rows])
+        cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
+        return self.add_prediction_columns(cols[0], cols[1:])
 
-    def add_prediction_columns(self, pids: Sequence[str], entries: Sequence[Entry]
+    def add_prediction_columns(self, pids: list[str], cols: Sequence[list[Any]]
                                ) -> JoinResult:
-        """:meth:`add_predictions` of the ids and their ``(event_ms, version, predicted,
-        score)`` entries, as two lists: no row tuple per prediction."""
+        """:meth:`add_predictions` of the ids and their entries as columns
+        (``event_ms``, ``version``, ``predicted``, ``score``): no row tuple per
+        prediction, and in the usual batch none at all."""
         out = JoinResult()
         if not pids:
             return out
-        ids = dict(zip(pids, entries, strict=True))
-        known = self._known(set(ids))
+        unique = set(pids)
+        known = self._known(unique)
         wm, horizon = self._watermark, self.horizon_ms
-        if (not known and len(ids) == len(pids)
-                and (wm is None or min(map(_FIRST, entries)) + horizon >= wm)):
+        if (not known and len(unique) == len(pids)
+                and (wm is None or min(cols[0]) + horizon >= wm)):
             # the usual batch: new ids, none redelivered, late or awaited by an outcome
-            self.pending.add(ids.items())
+            self.pending.add_columns(pids, cols)
             self._budget_pending(out)
             return out
+        entries = list(zip(*cols, strict=True))
         fresh: dict[str, Entry] = {}
         for pid, (event_ms, version, predicted, score) in zip(pids, entries, strict=True):
             if pid not in known:  # in neither map (nor remembered): the checks below, inline

@@ -31,7 +31,7 @@ import itertools
 import operator
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from app.errors import StateError
@@ -222,6 +222,28 @@ class SegmentedMap:
             self._dirty[key] = seg.value()
             self._unsent.add(key)
 
+    def add_columns(self, keys: list[str], cols: Sequence[list[Any]]) -> None:
+        """:meth:`add` of ``keys`` and their entries given as columns (``cols[j][i]`` is
+        field ``j`` of key ``i``'s entry): the segments' own layout, no entry tuples."""
+        n = len(keys)
+        if not n:
+            return
+        width = self.width if self.width is not None else len(cols)
+        if not (width and len(cols) == width and all(len(c) == n for c in cols)
+                and set(map(type, keys)) == {str} and len(set(keys)) == n
+                and self._at.keys().isdisjoint(keys) and set(map(type, cols[0])) == {int}):
+            self.add(zip(keys, zip(*cols, strict=True), strict=True))  # says what is wrong
+            return
+        size = self.segment_size
+        for start in range(0, n, size):
+            seq = self._take_seq()
+            seg = _Segment(seq, keys[start:start + size],
+                           [list(c[start:start + size]) for c in cols])
+            self._install(seg)
+            key = self._key("s", seq)
+            self._dirty[key] = seg.value()
+            self._unsent.add(key)
+
     def _check_batch(self, batch: list[tuple[str, Entry]]) -> None:
         """Name the first id or entry of ``batch`` that :meth:`add` must refuse."""
         seen: set[str] = set()
@@ -396,8 +418,8 @@ class SegmentedMap:
 
     def _install(self, seg: _Segment) -> None:
         self._segs[seg.seq] = seg
-        for i, key in enumerate(seg.ids):
-            self._at[key] = (seg.seq, i)
+        self._at.update(zip(seg.ids, zip(itertools.repeat(seg.seq), range(len(seg.ids))),
+                            strict=True))
         heapq.heappush(self._seg_heap, (seg.min_t, seg.seq))
         if len(self._seg_heap) > 2 * len(self._segs) + _HEAP_SLACK:
             # stale entries of segments emptied before their time came (labelled, say):

@@ -92,6 +92,9 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
 
+_NO_SCORES: Mapping[str, Any] = {}
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
@@ -301,13 +304,14 @@ class PerformanceTracker:
         scores: list[float | None] = [None] * len(events)
         if self.task == "binary_classification":
             score_key = self.perf.score_key or self.perf.positive_class
-            scores = [_number((e.get("scores") or {}).get(score_key)) for e in events]
+            raw = [(e.get("scores") or _NO_SCORES).get(score_key) for e in events]
+            # a finite float, the usual score, as it is (v - v is 0.0 for those only)
+            scores = [v if type(v) is float and v - v == 0.0 else _number(v) for v in raw]
         kept = self._kept_all([e["prediction"] for e in events])
         top = max(times)
         self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
         result = self.join.add_prediction_columns(
-            [e["prediction_id"] for e in events],
-            list(zip(times, versions, kept, scores, strict=True)))
+            [e["prediction_id"] for e in events], [times, versions, kept, scores])
         update.count(result)
         self._place(result.labelled, update)
 

@@ -242,3 +242,24 @@ def test_the_ids_of_one_removal_share_their_reason():
     back = SegmentedMap.restore(m.records(), prefix="j/p/")
     assert len({id(back._gone[f"k{i}"]) for i in range(100)}) == 2
     assert [back.removed(f"k{i}") for i in range(3)] == ["x", "j", "x"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 12), size=st.integers(1, 5))
+def test_add_columns_writes_what_add_writes(n, size):
+    rows = [(f"p{i}", (i * 7, "v1", i % 2, None)) for i in range(n)]
+    by_rows, by_cols = SegmentedMap("x/", segment_size=size), SegmentedMap("x/", segment_size=size)
+    by_rows.add(rows)
+    by_cols.add_columns([k for k, _ in rows],
+                        [list(c) for c in zip(*(e for _, e in rows), strict=True)] or [[]] * 4)
+    assert by_cols.drain_records() == by_rows.drain_records()
+    assert [by_cols.get(k) for k, _ in rows] == [e for _, e in rows]
+
+
+def test_add_columns_refuses_what_add_refuses():
+    m = SegmentedMap("x/")
+    m.add_columns(["a"], [[1], ["v"]])
+    with pytest.raises(ValueError, match="already in the map"):
+        m.add_columns(["a"], [[2], ["v"]])
+    with pytest.raises(ValueError, match="must be a tuple starting with an int"):
+        m.add_columns(["b"], [["late"], ["v"]])
