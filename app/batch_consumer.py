@@ -137,6 +137,10 @@ class BatchConsumer(AIOKafkaConsumer):
         return FetchThread(self, loop=self.loop, beacon=self.beacon)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """One turn of faust's fetch loop: the routed records of this fetch (and of the
+        next ones, within ``batch_limits.within``, while they are few) handled in batches
+        and acknowledged; the other records yielded one by one, as faust's ``getmany``
+        yields them."""
         app = self.app
         routes = app.batch_routes
         limits = app.batch_limits
