@@ -8,6 +8,7 @@ what the cap drops is counted.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,9 @@ log = logging.getLogger("driftwarden")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
+_VERSION = operator.itemgetter("model_version")
+_LATENCY = operator.methodcaller("get", "latency_ms")
+_COST = operator.methodcaller("get", "cost")
 
 
 class BatchHistogram:
@@ -209,16 +213,22 @@ class Metrics:
 
     def observe_predictions(self, model: str, events: Sequence[Mapping[str, Any]]) -> None:
         """A batch's predictions of one model: counts, latency and cost per version."""
-        by_version: dict[str, list[Mapping[str, Any]]] = {}
-        for e in events:
-            by_version.setdefault(e["model_version"], []).append(e)
+        versions = list(map(_VERSION, events))
+        by_version: dict[str, Sequence[Mapping[str, Any]]]
+        if len(set(versions)) == 1:  # the usual batch: one version, no grouping
+            by_version = {versions[0]: events}
+        else:
+            grouped: dict[str, list[Mapping[str, Any]]] = {}
+            for version, e in zip(versions, events, strict=True):
+                grouped.setdefault(version, []).append(e)
+            by_version = dict(grouped)
         for version, group in by_version.items():
             self.predictions.labels(model, version).inc(len(group))
-            latency = [e["latency_ms"] for e in group if e.get("latency_ms") is not None]
+            latency = [v for v in map(_LATENCY, group) if v is not None]
             if latency:
                 self.latency.observe_many((model, version),
                                           np.asarray(latency, dtype=np.float64) / 1000)
-            cost = sum(float(e["cost"]) for e in group if e.get("cost") is not None)
+            cost = sum(float(v) for v in map(_COST, group) if v is not None)
             if cost:
                 self.cost.labels(model, version).inc(cost)
 

@@ -179,3 +179,20 @@ def test_latency_histogram_matches_a_plain_prometheus_histogram():
     assert ours[("_sum", None)] == pytest.approx(theirs[("_sum", None)])
     assert metrics.predictions.labels("m", "v1")._value.get() == 5000
     assert metrics.cost.labels("m", "v1")._value.get() == pytest.approx(5.0)
+
+
+def test_a_batch_of_several_versions_is_counted_per_version():
+    metrics = Metrics(CollectorRegistry())
+    metrics.observe_predictions("m", [
+        {"model_version": "v1", "latency_ms": 20, "cost": 0.5},
+        {"model_version": "v2", "latency_ms": 40},
+        {"model_version": "v1", "cost": 0.25},
+        {"model_version": "v2", "latency_ms": None, "cost": None}])
+    assert metrics.predictions.labels("m", "v1")._value.get() == 2
+    assert metrics.predictions.labels("m", "v2")._value.get() == 2
+    assert metrics.cost.labels("m", "v1")._value.get() == pytest.approx(0.75)
+    assert metrics.cost.labels("m", "v2")._value.get() == 0
+    counts = {s.labels["version"]: s.value
+              for f in metrics.latency.collect() for s in f.samples
+              if s.name.endswith("_count")}
+    assert counts == {"v1": 1, "v2": 1}
