@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -80,7 +81,7 @@ class Columns:
     ([1.0, 0.0], [(1, 2.5)], None)
     """
 
-    __slots__ = ("_complete", "_floats", "_raw", "_types", "events", "maps")
+    __slots__ = ("_complete", "_floats", "_numbers", "_raw", "_types", "events", "maps")
 
     def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
         self.events = events
@@ -89,9 +90,10 @@ class Columns:
         self._complete: set[str] = set()  # feature columns with a value in every event
         self._floats: dict[str, np.ndarray[Any, Any]] = {}
         self._types: dict[str, set[type]] = {}
+        self._numbers: set[str] = set()  # features read as floats only: numbers everywhere
 
     def read(self, names: Sequence[str]) -> None:
-        """Read the columns of ``names`` not read yet (features in one pass)."""
+        """Read the raw columns of ``names`` not read yet (features in one pass)."""
         todo = [n for n in names if n not in self._raw]
         features = [n for n in todo if not is_output_signal(n)]
         if features and self.maps:
@@ -142,31 +144,54 @@ class Columns:
         return out
 
     def float_rows(self, names: Sequence[str]) -> np.ndarray[Any, Any]:
-        """The float columns of ``names`` as the rows of one array (``floats`` of each);
-        columns of only the usual types are converted in one numpy call.
+        """The float columns of ``names`` as the rows of one array (``floats`` of each).
+
+        Input features that every event carries as a number (an int, a float or a bool,
+        as JSON decodes them) are read straight into floats, all at once; the others are
+        read column by column.
 
         >>> Columns([{"features": {"a": 1, "b": None}}, {"features": {"a": 2.5, "b": True}}]
         ...         ).float_rows(["a", "b"]).tolist()
         [[1.0, 2.5], [nan, 1.0]]
         """
-        todo = [n for n in names if n not in self._floats]
-        if len(todo) > 1 and all(self.types(n) <= _FAST_TYPES for n in todo):
-            try:
-                rows = np.array([self.signal(n) for n in todo], dtype=np.float64)
-            except OverflowError:  # an integer beyond the float range: per column
-                pass
-            else:
-                self._floats.update(zip(todo, rows, strict=True))
-                if len(todo) == len(names):
-                    return rows
+        todo = [n for n in names if n not in self._floats and n not in self._raw
+                and not is_output_signal(n)]
+        if todo and self.maps and not self._read_numbers(todo):
+            self.read(todo)  # in one pass, for the column-by-column rules
         return np.array([self.floats(n) for n in names], dtype=np.float64).reshape(
             len(names), len(self.events))
 
-    def features(self, names: Sequence[str]) -> list[Sequence[Any]] | None:
-        self.read(names)
-        if not self._complete.issuperset(names):
+    def _read_numbers(self, names: Sequence[str]) -> bool:
+        """Read ``names`` as floats if every event carries a number in each of them."""
+        getter = operator.itemgetter(*names)
+        try:
+            rows = list(map(getter, self.maps))
+            if len(names) == 1:
+                rows = [(v,) for v in rows]
+            # ``sum`` refuses anything but numbers (TypeError) in one C loop: a string or a
+            # null sends the batch column by column, where each gets its own rule
+            sum(itertools.chain.from_iterable(rows))
+            flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                               count=len(rows) * len(names))
+        except (KeyError, TypeError, OverflowError):  # absent, not a number, beyond floats
+            return False
+        self._floats.update(zip(names, flat.reshape(len(rows), len(names)).T, strict=True))
+        self._numbers.update(names)
+        return True
+
+    def numbers(self, name: str) -> bool:
+        """Whether every event carries a number (int, float or bool) in feature ``name``,
+        as :meth:`float_rows` found it (``False``: not known)."""
+        return name in self._numbers
+
+    def features(self, names: Sequence[str]) -> list[Sequence[Any] | None] | None:
+        """The raw columns of ``names`` when every event carries each of them (else
+        ``None``); a column known as numbers only (:meth:`numbers`) is ``None`` in the
+        list: its floats say all there is to count."""
+        self.read([n for n in names if n not in self._numbers])
+        if not all(n in self._complete or n in self._numbers for n in names):
             return None
-        return [self._raw[n] for n in names]
+        return [None if n in self._numbers else self._raw[n] for n in names]
 
 
 _ABSENT = object()

@@ -47,9 +47,9 @@ class Slice:
         """Add events; ``columns``: theirs, when already read (shared with the quality
         counts)."""
         cols = Columns(events) if columns is None else columns
-        cols.read(list(self.sketches))
-        self.n += len(events)
         numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
+        cols.read([name for name in self.sketches if name not in numeric])
+        self.n += len(events)
         if numeric:  # as one array: the quantile sketches are updated all at once
             x = cols.float_rows(numeric)
             BinnedHistogram.update_rows(

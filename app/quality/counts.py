@@ -185,15 +185,17 @@ class QualityCounts:
     def update(self, feature_maps: Sequence[Mapping[str, Any]],
                ranges: Mapping[str, tuple[float, float]],
                allowed: Mapping[str, frozenset[str]], *,
-               columns: Sequence[Sequence[Any]] | None = None,
+               columns: Sequence[Sequence[Any] | None] | None = None,
                floats: Callable[[str], FloatArray] | None = None,
                types: Callable[[str], set[type]] | None = None) -> None:
         """Count a batch of feature maps (one per event).
 
         ``columns``: the values of :attr:`names` in every map, when the caller has read
-        them already (every map carries every name); ``floats``: a numeric feature's
-        column as floats (nulls NaN), likewise; ``types``: the types of a column's values
-        (read with ``columns`` only).
+        them already (every map carries every name); ``None`` for a numeric feature that
+        every map carries as a number (an int, a float or a bool), whose ``floats`` are
+        all there is to count; ``floats``: a numeric feature's column as floats (nulls
+        NaN), likewise; ``types``: the types of a column's values (read with ``columns``
+        only).
 
         One pass reads every configured feature of every event into a flat list. Per
         feature, a column of only the usual types (numbers and nulls for a numeric
@@ -208,10 +210,12 @@ class QualityCounts:
         names = self._names
         k = len(names)
         flat: list[Any] | None = None
-        cols: Sequence[Sequence[Any]] = []
+        cols: Sequence[Sequence[Any] | None] = []
         if columns is not None:
             if len(columns) != k:
                 raise ValueError(f"{len(columns)} columns for {k} features")
+            if floats is None and None in columns:
+                raise ValueError("a column of numbers only needs its floats")
             cols = columns
         elif k:
             floats = None  # (only for columns read by the caller)
@@ -226,7 +230,16 @@ class QualityCounts:
         delta = np.zeros_like(self._counts)
         for j, name in enumerate(names):
             numeric = self._numeric[j]
-            delta[j] = _column(name, cols[j], numeric,
+            column = cols[j]
+            if column is None:  # numbers in every map: present, of the right type
+                if not numeric:
+                    raise ValueError(f"feature {name!r} is categorical: its values are needed")
+                bounds = ranges.get(name)
+                assert floats is not None
+                delta[j] = [n, 0, 0, 0 if bounds is None else
+                            _outside(floats(name), _bounds(name, bounds)), 0, 0]
+                continue
+            delta[j] = _column(name, column, numeric,
                                ranges.get(name) if numeric else None,
                                None if numeric else allowed.get(name), floats,
                                None if types is None or columns is None else types(name))
