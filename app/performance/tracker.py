@@ -587,12 +587,11 @@ class PerformanceTracker:
         for cfg, identity, run in zip(self.detector_settings, self.identities,
                                       self._runs(version), strict=True):
             col = 1 if cfg.signal == "error" else 2
-            for row in rows:
-                hit = run.step(row[col])
-                if hit is not None:
-                    update.detections.append(ConceptDetection(
-                        version, cfg.detector, cfg.signal, identity, run.detector.n, row[0],
-                        hit[0], hit[1], cfg.severity))
+            n0 = run.detector.n
+            for i, before, recent in run.step_many([row[col] for row in rows]):
+                update.detections.append(ConceptDetection(
+                    version, cfg.detector, cfg.signal, identity, n0 + i + 1, rows[i][0],
+                    before, recent, cfg.severity))
 
     # -- state ------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:

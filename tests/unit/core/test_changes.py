@@ -124,3 +124,32 @@ def test_reordered_detectors_keep_their_own_state():
     assert swapped.changes[1].detector.to_state() == m.changes[0].detector.to_state()
     # same detector type and signal, other params: distinct identities, distinct alert ids
     assert m.changes[0].identity != m.changes[1].identity
+
+
+@pytest.mark.parametrize("name,params", [("hddm_a", {}), ("adwin", {}),
+                                         ("page_hinkley", {"delta": 0.05})])
+def test_step_many_equals_step_value_by_value(name, params):
+    """A batch gives the same detections, evidence (mean before, recent mean) and state
+    as the values one by one, whatever the cuts between batches."""
+    from app.core.changes import DetectorRun
+
+    rng = np.random.default_rng(11)
+    if name == "hddm_a":
+        values = (rng.random(3000) < np.repeat([0.1, 0.6, 0.1, 0.7], 750)).astype(float)
+    else:
+        values = np.concatenate([rng.normal(m, 1, 750) for m in (0, 3, -0.0, 4)])
+    values = values.tolist()
+    batched = DetectorRun(make_detector(name, **params))
+    single = DetectorRun(make_detector(name, **params))
+    hits, expected, start = [], [], 0
+    for size in [1, 0, 7, 500, 333, 1200, 10_000]:
+        part = values[start:start + size]
+        hits += [(start + i, before, recent) for i, before, recent in batched.step_many(part)]
+        start += len(part)
+    for i, x in enumerate(values):
+        found = single.step(x)
+        if found is not None:
+            expected.append((i, *found))
+    assert len(expected) >= 2
+    assert hits == expected
+    assert orjson.dumps(batched.to_state()) == orjson.dumps(single.to_state())

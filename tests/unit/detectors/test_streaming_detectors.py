@@ -393,3 +393,35 @@ def test_a_changed_adwin_cython_layout_fails_at_construction(monkeypatch) -> Non
     monkeypatch.setattr(streaming, "_ADWIN_FIELDS", renamed)
     with pytest.raises(StateError, match=r"AdaptiveWindowing .* fields are no longer"):
         make_detector("adwin")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_hddm_a_batches_equal_value_by_value(data: st.DataObject) -> None:
+    """HDDM_A's batch path writes river's arithmetic out: the same detections, warnings
+    and state bytes as river's ``update`` value by value, both sides of the test, any
+    confidences, any cuts between batches."""
+    params = {"drift_confidence": data.draw(st.sampled_from([0.001, 0.01, 0.05])),
+              "warning_confidence": 0.05, "two_sided_test": data.draw(st.booleans())}
+    batched, single = make_detector("hddm_a", **params), make_detector("hddm_a", **params)
+    for _ in range(data.draw(st.integers(1, 4))):
+        rate = data.draw(st.floats(0, 1))
+        size = data.draw(st.integers(0, 400))
+        seed = data.draw(st.integers(0, 2**32 - 1))
+        values = (np.random.default_rng(seed).random(size) < rate).astype(float).tolist()
+        assert batched.update_many(values) == [i for i, v in enumerate(values)
+                                               if single.update(v)]
+        assert orjson.dumps(batched.to_state()) == orjson.dumps(single.to_state())
+        assert batched.warning == single.warning  # type: ignore[attr-defined]
+        assert (batched.n, batched.n_detections) == (single.n, single.n_detections)
+
+
+def test_hddm_a_batch_detects_where_river_does() -> None:
+    values = [0.0] * 300 + [1.0] * 60 + [0.0] * 500 + [1.0] * 200
+    river, hits = binary.HDDM_A(), []
+    for i, v in enumerate(values):
+        river.update(v)
+        if river.drift_detected:
+            hits.append(i)
+    assert len(hits) >= 2
+    assert make_detector("hddm_a").update_many(values) == hits
