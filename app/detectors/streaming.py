@@ -912,7 +912,7 @@ class HDDMADetector(_ErrorStreamDetector):
         self._n += len(values)
         self._n_detections += len(hits)
         if hits:
-            det = self._river = self._RIVER_CLS(**self._params)
+            det = self._river = self._RIVER_CLS(**self._params)  # type: ignore[no-untyped-call]
         if zn:  # (a fresh detector keeps its integer zeros)
             det._z.n, det._z._mean = zn, zm
             det._x_min.n, det._x_min._mean = an, am
