@@ -117,10 +117,12 @@ class Columns:
             self._complete.update(features)
         for n in todo:
             if n == PREDICTION:
-                self._raw[n] = [e.get("prediction") for e in self.events]
+                self._raw[n] = list(map(_GET_PREDICTION, self.events))
             elif n.startswith(SCORES):
-                cls = n[len(SCORES):]
-                self._raw[n] = [(e.get("scores") or {}).get(cls) for e in self.events]
+                scores = list(map(_GET_SCORES, self.events))
+                if None in scores:
+                    scores = [m or _NO_SCORES for m in scores]
+                self._raw[n] = list(map(operator.methodcaller("get", n[len(SCORES):]), scores))
             elif is_output_signal(n):  # no such output: absent everywhere
                 self._raw[n] = [None] * len(self.events)
 
@@ -195,6 +197,9 @@ class Columns:
 
 
 _ABSENT = object()
+_GET_PREDICTION = operator.methodcaller("get", "prediction")
+_GET_SCORES = operator.methodcaller("get", "scores")
+_NO_SCORES: Mapping[str, Any] = {}
 
 
 def float_column(values: Sequence[Any], types: set[type] | None = None

@@ -34,6 +34,7 @@ open window, plus the join's segments), written only when they change
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,25 @@ _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any w
 
 
 _NO_SCORES: Mapping[str, Any] = {}
+
+
+_VERSION = operator.itemgetter("model_version")
+_PREDICTION = operator.itemgetter("prediction")
+_PREDICTION_ID = operator.itemgetter("prediction_id")
+_GET_SCORES = operator.methodcaller("get", "scores")
+_BOOL_CLASS = {True: "1", False: "0"}  # (read with booleans only: 1 == True)
+
+
+def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
+    """The score of class ``key`` in each event: a finite number as a float, else None."""
+    maps = list(map(_GET_SCORES, events))
+    if None in maps:
+        maps = [m or _NO_SCORES for m in maps]
+    raw = list(map(operator.methodcaller("get", key), maps))
+    if set(map(type, raw)) == {float} and math.isfinite(sum(raw)):
+        return raw  # finite floats, the usual scores: as they are
+    # (v - v is 0.0 for finite floats only)
+    return [v if type(v) is float and v - v == 0.0 else _number(v) for v in raw]
 
 
 def _number(v: Any) -> float | None:
@@ -293,9 +313,16 @@ class PerformanceTracker:
         if not events:
             return
         times = list(map(int, times_ms))
-        versions = [e["model_version"] for e in events]
+        versions = list(map(_VERSION, events))
         window_ms = self.window_ms
-        groups = Counter(zip([t // window_ms * window_ms for t in times], versions, strict=True))
+        first, top = min(times) // window_ms * window_ms, max(times)
+        groups: Mapping[tuple[int, str], int]
+        if first == top // window_ms * window_ms and versions.count(versions[0]) == len(
+                versions):  # the usual batch: one window, one version
+            groups = {(first, versions[0]): len(versions)}
+        else:
+            groups = Counter(zip([t // window_ms * window_ms for t in times], versions,
+                                 strict=True))
         for (start, version), n in groups.items():
             if version not in self.version_metrics and version not in self.versions:
                 self.versions.append(version)
@@ -303,15 +330,11 @@ class PerformanceTracker:
             self.dirty.add(start)
         scores: list[float | None] = [None] * len(events)
         if self.task == "binary_classification":
-            score_key = self.perf.score_key or self.perf.positive_class
-            raw = [(e.get("scores") or _NO_SCORES).get(score_key) for e in events]
-            # a finite float, the usual score, as it is (v - v is 0.0 for those only)
-            scores = [v if type(v) is float and v - v == 0.0 else _number(v) for v in raw]
-        kept = self._kept_all([e["prediction"] for e in events])
-        top = max(times)
+            scores = _scores(events, self.perf.score_key or self.perf.positive_class)
+        kept = self._kept_all(list(map(_PREDICTION, events)))
         self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
         result = self.join.add_prediction_columns(
-            [e["prediction_id"] for e in events], [times, versions, kept, scores])
+            list(map(_PREDICTION_ID, events)), [times, versions, kept, scores])
         update.count(result)
         self._place(result.labelled, update)
 
@@ -322,6 +345,11 @@ class PerformanceTracker:
         (an integer beyond 64 bits is not)."""
         if self.task == "regression":
             return list(map(_number, values))
+        types = set(map(type, values))
+        if types == {bool}:  # the usual binary classifier's values, in one C pass
+            return list(map(_BOOL_CLASS.__getitem__, values))
+        if types == {str}:
+            return values
         return [v if type(v) is str else ("1" if v else "0") if type(v) is bool
                 else as_class(v) for v in values]
 
