@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from app.sketches.quantile import QuantileSketch, aligned
+from app.sketches.quantile import Cells, QuantileSketch, aligned
 
 Counts = npt.NDArray[np.int64] | npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.float64]
@@ -170,6 +170,28 @@ def unseen_rate(expected: Counts, actual: Counts) -> float:
     return float(max(0.0, q[-1] - p[-1]))
 
 
+_CDFS: list[Any] = []  # the last pair's: [its aligned cells, the result]
+
+
+def _cdfs(reference: QuantileSketch, window: QuantileSketch
+          ) -> tuple[Cells, FloatArray, FloatArray, FloatArray, FloatArray] | None:
+    """Both sketches' CDFs on their :func:`aligned` cells: ``(cells, reference's and
+    window's CDF at each cell's upper edge, then at its lower edge)``; ``None`` when a
+    side is empty. KS, its p-value and W1 all read them at a window close: the last
+    pair's are reused while :func:`aligned` returns the same cells."""
+    cells, wc = aligned(reference, window)
+    if _CDFS and _CDFS[0] is cells:
+        return _CDFS[1]  # type: ignore[no-any-return]
+    rc = cells.counts
+    r_n, w_n = rc.sum(), wc.sum()
+    out = None
+    if r_n and w_n:
+        ra, wa = np.cumsum(rc) / r_n, np.cumsum(wc) / w_n
+        out = (cells, ra, wa, ra - rc / r_n, wa - wc / w_n)
+    _CDFS[:] = [cells, out]
+    return out
+
+
 def ks_with_bound(reference: QuantileSketch, window: QuantileSketch) -> tuple[float, float]:
     """Bounds ``(low, high)`` on the two-sample Kolmogorov-Smirnov D of the raw data.
 
@@ -179,12 +201,10 @@ def ks_with_bound(reference: QuantileSketch, window: QuantileSketch) -> tuple[fl
     ``scipy.stats.ks_2samp`` computes on the raw values) lies in ``[low, high]``;
     ``high - low`` is at most the largest share either sample has in one bucket.
     """
-    cells, wc = aligned(reference, window)
-    rc = cells.counts
-    if rc.sum() == 0 or wc.sum() == 0:
+    cdfs = _cdfs(reference, window)
+    if cdfs is None:
         return 0.0, 0.0
-    ra, wa = np.cumsum(rc) / rc.sum(), np.cumsum(wc) / wc.sum()
-    rb, wb = ra - rc / rc.sum(), wa - wc / wc.sum()
+    _, ra, wa, rb, wb = cdfs
     low = float(np.max(np.abs(ra - wa)))
     high = float(max(low, np.max(ra - wb), np.max(wa - rb)))
     return low, high
@@ -246,12 +266,10 @@ def _spread(reference: QuantileSketch) -> float:
 def _w1_cells(reference: QuantileSketch,
               window: QuantileSketch) -> tuple[float, float, float] | None:
     """Unnormalised W1 as ``(estimate, low, high)``; ``None`` when a side is empty."""
-    cells, wc = aligned(reference, window)
-    rc = cells.counts
-    if rc.sum() == 0 or wc.sum() == 0:
+    cdfs = _cdfs(reference, window)
+    if cdfs is None:
         return None
-    ra, wa = np.cumsum(rc) / rc.sum(), np.cumsum(wc) / wc.sum()
-    rb, wb = ra - rc / rc.sum(), wa - wc / wc.sum()
+    cells, ra, wa, rb, wb = cdfs
     gap = np.abs(ra - wa)
     estimate = float(np.dot(gap[:-1], np.diff(cells.value)))
     between = float(np.dot(gap[:-1], cells.lower[1:] - cells.upper[:-1]))

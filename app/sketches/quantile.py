@@ -525,6 +525,15 @@ class _Store:
     @staticmethod
     def union(a: _Store, b: _Store) -> tuple[IntArray, IntArray, IntArray]:
         """Indices non-empty in either store, with each store's counts on them."""
+        if a.counts.size and b.counts.size:
+            lo, hi = min(a.offset, b.offset), max(a.top, b.top)
+            if hi - lo < 4 * (a.counts.size + b.counts.size):  # overlapping or near: dense
+                da = np.zeros(hi - lo + 1, dtype=np.int64)
+                db = np.zeros(hi - lo + 1, dtype=np.int64)
+                da[a.offset - lo:a.top - lo + 1] = a.counts
+                db[b.offset - lo:b.top - lo + 1] = b.counts
+                nz = np.flatnonzero(da | db)  # (counts are never negative)
+                return nz + lo, da[nz], db[nz]
         (ia, ca), (ib, cb) = a.occupied(), b.occupied()
         both = np.sort(np.concatenate([ia, ib]))
         idx = both[np.concatenate([[True], both[1:] != both[:-1]])] if both.size else both

@@ -281,3 +281,29 @@ def test_update_rows_on_values_too_far_apart_for_one_count_array(monkeypatch):
     assert together == [sketch(row) for row in x]
     with pytest.raises(ValueError, match="16 rows for 3 sketches"):
         QuantileSketch.update_rows([QuantileSketch()] * 3, x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.lists(st.integers(0, 5), max_size=12), b=st.lists(st.integers(0, 5), max_size=12),
+       oa=st.integers(-60, 60), ob=st.integers(-60, 60))
+def test_store_union_holds_each_occupied_bucket_once_with_both_counts(a, b, oa, ob):
+    """Near or far apart (dense or sorted path), the union is every bucket either store
+    occupies, in increasing order, with each store's count on it."""
+    from app.sketches.quantile import _Store
+
+    def store(counts, offset):
+        counts = np.array(counts, dtype=np.int64)
+        nz = np.flatnonzero(counts)
+        if not nz.size:
+            return _Store()
+        return _Store(counts[nz[0]:nz[-1] + 1], offset + int(nz[0]))
+
+    sa, sb = store(a, oa), store(b, ob)
+    expected = {}
+    for s, side in ((sa, 0), (sb, 1)):
+        for k, c in zip(*s.occupied(), strict=True):
+            expected.setdefault(int(k), [0, 0])[side] = int(c)
+    idx, ca, cb = _Store.union(sa, sb)
+    assert idx.tolist() == sorted(expected)
+    assert [[x, y] for x, y in zip(ca.tolist(), cb.tolist(), strict=True)] == \
+        [expected[k] for k in sorted(expected)]
