@@ -13,6 +13,7 @@ from app.performance.metrics import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
     REGRESSION_METRICS,
+    as_class,
     mean_interval,
     wilson_interval,
 )
@@ -362,3 +363,28 @@ def test_bad_states_fail_clearly():
         ClassificationMetrics.from_state({**c.to_state(), "positive": 1})
     with pytest.raises(StateError, match="corrupt regression metrics"):
         RegressionMetrics.from_state({**r.to_state(), "sums": [1.0, 1.0, 1.0, 1]})
+
+
+@pytest.mark.parametrize("values", [
+    [True, False, True], ["yes", "no"], [True, 1, "1", 0.0, 2.5, None], [1, 0], [],
+])
+def test_kept_classes_of_a_batch_equal_the_per_value_rule(values):
+    """The whole-batch shortcuts (all booleans, all strings) keep what ``as_class`` does."""
+    from app.performance.tracker import PerformanceTracker
+
+    tracker = PerformanceTracker.__new__(PerformanceTracker)
+    tracker.task = "binary_classification"
+    assert tracker._kept_all(list(values)) == [as_class(v) for v in values]
+
+
+@pytest.mark.parametrize("scores", [
+    [{"1": 0.25}, {"1": 0.75}], [{"1": 0.5}, None, {}, {"0": 0.3}], [{"1": 1}, {"1": 0}],
+    [{"1": float("inf")}, {"1": 0.5}], [{"1": 1e308}, {"1": 1e308}], [{"1": "x"}, {"1": True}],
+])
+def test_scores_of_a_batch_are_finite_floats_or_none(scores):
+    from app.performance.tracker import _number, _scores
+
+    events = [{"scores": s} if s is not None else {} for s in scores]
+    expected = [_number((s or {}).get("1")) for s in scores]
+    assert _scores(events, "1") == expected
+    assert all(v is None or type(v) is float for v in _scores(events, "1"))
