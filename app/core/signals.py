@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from app.events.fields import field_values
+
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
 #: (the predicted class or value) and ``@scores.<class>`` (a class probability).
 PREDICTION = "@prediction"
@@ -117,12 +119,10 @@ class Columns:
             self._complete.update(features)
         for n in todo:
             if n == PREDICTION:
-                self._raw[n] = list(map(_GET_PREDICTION, self.events))
+                self._raw[n] = field_values(self.events, "prediction")
             elif n.startswith(SCORES):
-                scores = list(map(_GET_SCORES, self.events))
-                if None in scores:
-                    scores = [m or _NO_SCORES for m in scores]
-                self._raw[n] = list(map(operator.methodcaller("get", n[len(SCORES):]), scores))
+                scores = field_values(self.events, "scores")
+                self._raw[n] = field_values(scores, n[len(SCORES):])
             elif is_output_signal(n):  # no such output: absent everywhere
                 self._raw[n] = [None] * len(self.events)
 
@@ -197,9 +197,6 @@ class Columns:
 
 
 _ABSENT = object()
-_GET_PREDICTION = operator.methodcaller("get", "prediction")
-_GET_SCORES = operator.methodcaller("get", "scores")
-_NO_SCORES: Mapping[str, Any] = {}
 
 
 def float_column(values: Sequence[Any], types: set[type] | None = None

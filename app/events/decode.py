@@ -30,6 +30,7 @@ from app.events.checks import (
     timestamp_ms,
 )
 from app.events.fast import NAME_KEYS, fast_decoder
+from app.events.fields import field_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,6 @@ def _utf8(value: bytes) -> bool:
 _NAME = re.compile(NAME_PATTERN)
 _NAMES_OK: set[str] = set()  # names that matched (bounded: a cache, not a registry)
 _NAMES_OK_MAX = 10_000
-_TIMESTAMP = operator.methodcaller("get", "timestamp")
 
 
 def _names_ok(events: Any, key: str) -> bool:
@@ -217,7 +217,7 @@ def _names_ok(events: Any, key: str) -> bool:
 def _calendar_ok(events: Any) -> bool:
     """String timestamps name real instants from 0001-01-01 to 9999-12-31 UTC (what the
     pattern cannot say); epoch milliseconds were bounded by the decoder."""
-    stamps = list(map(_TIMESTAMP, events))
+    stamps = field_values(events, "timestamp")
     if str not in set(map(type, stamps)):  # epoch milliseconds or none: the usual case
         return True
     for t in stamps:

@@ -17,13 +17,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
 
+from app.events.fields import field_values
+
 log = logging.getLogger("driftwarden")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
 _VERSION = operator.itemgetter("model_version")
-_LATENCY = operator.methodcaller("get", "latency_ms")
-_COST = operator.methodcaller("get", "cost")
 
 
 class BatchHistogram:
@@ -224,11 +224,15 @@ class Metrics:
             by_version = dict(grouped)
         for version, group in by_version.items():
             self.predictions.labels(model, version).inc(len(group))
-            latency = [v for v in map(_LATENCY, group) if v is not None]
+            latency = field_values(group, "latency_ms")
+            if None in latency:
+                latency = [v for v in latency if v is not None]
             if latency:
                 self.latency.observe_many((model, version),
                                           np.asarray(latency, dtype=np.float64) / 1000)
-            cost = sum(float(v) for v in map(_COST, group) if v is not None)
+            costs = field_values(group, "cost")
+            cost = 0.0 if costs.count(None) == len(costs) else \
+                sum(float(v) for v in costs if v is not None)
             if cost:
                 self.cost.labels(model, version).inc(cost)
 

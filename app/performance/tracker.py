@@ -44,6 +44,7 @@ import numpy as np
 
 from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
+from app.events.fields import field_values
 from app.performance.join import JoinResult, LabelJoin, Labelled
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_class
 from app.policy.performance import (
@@ -93,22 +94,17 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
 
-_NO_SCORES: Mapping[str, Any] = {}
 
 
 _VERSION = operator.itemgetter("model_version")
 _PREDICTION = operator.itemgetter("prediction")
 _PREDICTION_ID = operator.itemgetter("prediction_id")
-_GET_SCORES = operator.methodcaller("get", "scores")
 _BOOL_CLASS = {True: "1", False: "0"}  # (read with booleans only: 1 == True)
 
 
 def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
     """The score of class ``key`` in each event: a finite number as a float, else None."""
-    maps = list(map(_GET_SCORES, events))
-    if None in maps:
-        maps = [m or _NO_SCORES for m in maps]
-    raw = list(map(operator.methodcaller("get", key), maps))
+    raw = field_values(field_values(events, "scores"), key)
     if set(map(type, raw)) == {float} and math.isfinite(sum(raw)):
         return raw  # finite floats, the usual scores: as they are
     # (v - v is 0.0 for finite floats only)
