@@ -17,10 +17,11 @@ from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
 from app.core.serving import ServingStats
-from app.core.signals import Columns, reference_row, segment_label
+from app.core.signals import Columns, reference_row, segment_label, version_indices
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
+from app.events.fields import field_values
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.policy.alerts import AlertBook, is_alert_data
 from app.policy.retrain import RetrainPolicy
@@ -196,11 +197,9 @@ class ModelMonitor:
         before = np.maximum.accumulate(np.concatenate(([floor], times[:-1])))
         top = int(times.max())
         self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
-        seen = set(self.versions_seen)
-        for e in events:  # in order of first appearance: replay and workers agree
-            if e["model_version"] not in seen:
-                seen.add(e["model_version"])
-                self.versions_seen.append(e["model_version"])
+        for version in version_indices(events):  # in order of first appearance: replay
+            if version not in self.versions_seen:  # and workers agree
+                self.versions_seen.append(version)
         if self.performance is not None:
             self._performance_predictions(events, times, before, result)
         if not self.warmup_target:
@@ -261,7 +260,7 @@ class ModelMonitor:
                 window = self.windows.get(ws)
                 if window is None:
                     window = self.windows[ws] = Window(ws, ws + self.window_ms)
-                rows = [events[i] for i in idx.tolist()]
+                rows = events if idx.size == len(events) else [events[i] for i in idx.tolist()]
                 columns = Columns(rows)  # read once for the sketches and the quality counts
                 added = window.update(rows, times[idx], self.reference_for,
                                       self._segment_labels if self.settings.segments else None,
@@ -286,8 +285,11 @@ class ModelMonitor:
             keep &= starts + self.window_ms > self.closed_through_ms
         if self.closing:
             keep &= ~np.isin(starts, np.fromiter(self.closing, dtype=np.int64))
-        idx = np.flatnonzero(keep).tolist()
         update = result.performance = result.performance or PerformanceUpdate()
+        if keep.all():  # the usual batch: every prediction is in an open window
+            self.performance.add_predictions(events, times.tolist(), update)
+            return
+        idx = np.flatnonzero(keep).tolist()
         self.performance.add_predictions([events[i] for i in idx], times[idx].tolist(), update)
 
     def ingest_outcomes(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
@@ -390,10 +392,7 @@ class ModelMonitor:
 
     def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]],
                        columns: Columns) -> None:
-        by_version: dict[str, list[Mapping[str, Any]]] = {}
-        for e in rows:
-            by_version.setdefault(e["model_version"], []).append(e["features"])
-        for version, features in by_version.items():
+        for version, idx in version_indices(rows).items():
             sl = window.slices.get(version)
             if sl is None:
                 continue  # nothing to compare this version with yet (first warm-up)
@@ -401,12 +400,12 @@ class ModelMonitor:
             counts = window.quality.get(version)
             if counts is None:
                 counts = window.quality[version] = rules.new_counts()
-            if len(features) == len(rows):  # the usual batch: one version, columns read
-                counts.update(features, rules.ranges, rules.allowed,
+            if len(idx) == len(rows):  # the usual batch: one version, columns read
+                counts.update(columns.maps, rules.ranges, rules.allowed,
                               columns=columns.features(counts.names), floats=columns.floats,
                               types=columns.types)
             else:
-                counts.update(features, rules.ranges, rules.allowed)
+                counts.update([columns.maps[i] for i in idx], rules.ranges, rules.allowed)
 
     def count_non_finite(self, items: Sequence[tuple[str, int, list[str]]]) -> int:
         """Dead-lettered events whose features held NaN or infinity: (version, event time,
@@ -667,14 +666,15 @@ def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[s
 
 def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]]) -> None:
     """Latency and cost per version, for the events that carry them."""
-    carrying = [e for e in rows if "latency_ms" in e or "cost" in e]
-    if not carrying:
+    latency, cost = field_values(rows, "latency_ms"), field_values(rows, "cost")
+    n = len(rows)
+    if latency.count(None) == n and cost.count(None) == n:
         return
-    by_version: dict[str, list[Mapping[str, Any]]] = {}
-    for e in carrying:
-        by_version.setdefault(e["model_version"], []).append(e)
-    for version, events in by_version.items():
+    for version, idx in version_indices(rows).items():
         stats = window.serving.get(version)
         if stats is None:
             stats = window.serving[version] = ServingStats()
-        stats.update(events)
+        if len(idx) == n:
+            stats.add(latency, cost)
+        else:
+            stats.add([latency[i] for i in idx], [cost[i] for i in idx])

@@ -51,15 +51,29 @@ class ServingStats:
         self.n = 0  # predictions counted
 
     def update(self, events: Sequence[Mapping[str, Any]]) -> None:
-        latencies = [_float(e["latency_ms"]) for e in events if e.get("latency_ms") is not None]
-        if latencies:
-            self.latency.update(np.asarray(latencies, dtype=np.float64))
-        for e in events:
-            c = e.get("cost")
-            if c is not None:
-                self.cost.add(_float(c))
-                self.cost_n += 1
-        self.n += len(events)
+        """Count the predictions that carry a latency, a cost or both."""
+        self.add([e.get("latency_ms") for e in events], [e.get("cost") for e in events])
+
+    def add(self, latency: Sequence[Any], cost: Sequence[Any]) -> None:
+        """Count predictions by their ``latency_ms`` and ``cost`` (``None``: not carried),
+        one list each, aligned; a prediction that carries neither is not counted."""
+        n = len(latency)
+        no_latency, no_cost = latency.count(None), cost.count(None)
+        if no_latency < n:
+            if no_latency == 0 and set(map(type, latency)) == {float}:  # the usual batch
+                values: Sequence[Any] = latency
+            else:
+                values = [_float(v) for v in latency if v is not None]
+            self.latency.update(np.asarray(values, dtype=np.float64))
+        if no_cost < n:
+            for c in cost:
+                if c is not None:
+                    self.cost.add(_float(c))
+            self.cost_n += n - no_cost
+        if no_latency and no_cost:
+            n = sum(1 for a, b in zip(latency, cost, strict=True)
+                    if a is not None or b is not None)
+        self.n += n
 
     @property
     def empty(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.core.serving import ServingStats
-from app.core.signals import OTHER_SEGMENT, Columns, segment_label
+from app.core.signals import OTHER_SEGMENT, Columns, segment_label, version_indices
 from app.errors import MALFORMED_STATE, StateError
 from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
@@ -127,12 +127,14 @@ class Window:
         ``__other__`` part for values outside the reference's most frequent ones (when
         the reference has neither, the event is in the version's slice only).
         """
-        groups: dict[str, list[int]] = {}
+        if segments is None:  # per version, without a per-event loop in the usual batch
+            return self._add(version_indices(events), events, times_ms, reference_for, columns)
+        groups: dict[str, list[int]] = {}  # keys in order of first appearance
         refs: dict[str, tuple[str, Reference] | None] = {}
         for i, e in enumerate(events):
             version = e["model_version"]
             groups.setdefault(version, []).append(i)
-            labels = segments(e) if segments is not None else None
+            labels = segments(e)
             if not labels:
                 continue
             if version not in refs:
@@ -147,6 +149,12 @@ class Window:
                     if label not in parts:
                         continue
                 groups.setdefault(version + SEP + label, []).append(i)
+        return self._add(groups, events, times_ms, reference_for, columns)
+
+    def _add(self, groups: Mapping[str, Sequence[int]], events: Sequence[Mapping[str, Any]],
+             times_ms: np.ndarray[Any, Any], reference_for: ReferenceLookup,
+             columns: Columns | None) -> int:
+        """Add each group of events (its indices) to its slice."""
         added = 0
         for key, idx in groups.items():
             version, _, label = key.partition(SEP)
@@ -170,7 +178,8 @@ class Window:
             if label:
                 continue
             added += len(idx)
-            lo, hi = int(times_ms[idx].min()), int(times_ms[idx].max())
+            times = times_ms if len(idx) == len(events) else times_ms[idx]
+            lo, hi = int(times.min()), int(times.max())
             self.first_event_ms = lo if self.first_event_ms is None else \
                 min(self.first_event_ms, lo)
             self.last_event_ms = hi if self.last_event_ms is None else max(self.last_event_ms, hi)

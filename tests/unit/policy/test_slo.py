@@ -151,6 +151,30 @@ def test_serving_stats_do_not_depend_on_batching():
     assert again.figures() == whole.figures()
 
 
+def test_serving_stats_count_what_each_prediction_carries():
+    """Lists of latencies and costs (None: not carried), whole batches or mixed, give
+    what the predictions one by one give; one that carries neither is not counted."""
+    rng = np.random.default_rng(5)
+    events = []
+    for i in range(600):
+        e = {}
+        if i % 3:
+            e["latency_ms"] = float(rng.lognormal(4, 1)) if i % 7 else int(i)
+        if i % 5 == 0:
+            e["cost"] = float(rng.uniform(0, 0.01))
+        events.append(e)
+    one_by_one, batched, plain = ServingStats(), ServingStats(), ServingStats()
+    for e in events:
+        one_by_one.update([e])
+    batched.add([e.get("latency_ms") for e in events], [e.get("cost") for e in events])
+    assert batched.n == sum(1 for e in events if e) == one_by_one.n
+    assert batched.to_state() == one_by_one.to_state()
+    latencies = [float(v) for v in rng.lognormal(4, 1, 100)]  # floats only, no cost
+    plain.add(latencies, [None] * 100)
+    assert plain.n == 100 and plain.cost_n == 0
+    assert plain.latency_quantile(0.5) == pytest.approx(np.median(latencies), rel=0.02)
+
+
 def test_latency_histogram_matches_a_plain_prometheus_histogram():
     rng = np.random.default_rng(4)
     seconds = rng.lognormal(-3, 1.5, 5000)
