@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from app.core.monitor import IngestResult, ModelMonitor
 from app.core.signals import is_output_signal, public_name
 from app.errors import StateError
 from app.events.checks import timestamp_ms
+from app.events.fields import field_values
 from app.outputs.cloudevents import (
     _segment_dict,
     alert_event,
@@ -55,6 +57,8 @@ from app.policy.performance import performance_healthy
 from app.policy.slo import COST_SUBJECT, LATENCY_SUBJECT, judge_serving
 from app.reference import Reference
 from app.settings import MonitorSettings
+
+_MODEL = operator.itemgetter("model")
 
 StateLoader = Callable[[str], Any]  # model -> saved state (parsed JSON) or None
 RecordsLoader = Callable[[str], dict[str, Any]]  # model -> its side records (suffix -> value)
@@ -168,7 +172,8 @@ class Batch:
         if not events:
             return []
         model = events[0]["model"]
-        if any(e["model"] != model for e in events):  # mixed models: one by one
+        models = list(map(_MODEL, events))
+        if models.count(model) != len(models):  # mixed models: one by one
             return [i for i, e in enumerate(events)
                     if self.add(e, default_ms, position=position, partition=partition,
                                 kind=kind) is not None]
@@ -184,8 +189,11 @@ class Batch:
             runs.append((kind, [], []))
         run = runs[-1]
         run[1].extend(events)
-        run[2].extend([ts if type(ts) is int else default_ms if ts is None
-                       else timestamp_ms(ts) for ts in [e.get("timestamp") for e in events]])
+        stamps = field_values(events, "timestamp")
+        if set(map(type, stamps)) != {int}:  # (epoch milliseconds: the usual stamps)
+            stamps = [ts if type(ts) is int else default_ms if ts is None
+                      else timestamp_ms(ts) for ts in stamps]
+        run[2].extend(stamps)
         if position is not None:
             self.positions.setdefault(model, {})[position[0]] = position[1]
         self.accepted += len(events)

@@ -217,8 +217,13 @@ class LabelJoin:
         """
         out = JoinResult()
         fresh: dict[str, Entry] = {}
-        known = self._known({r[0] for r in rows})
+        ids = {r[0] for r in rows}
+        known = self._known(ids)
         wm = self._watermark
+        # distinct ids (the usual batch): the labelled predictions leave together below;
+        # otherwise each leaves at once, before a later row of the batch asks for it
+        removing: dict[str, list[str]] | None = {JOINED: [], LATE: []} \
+            if len(ids) == len(rows) else None
         for pid, label, label_ms, seen_ms in rows:
             if pid not in known:  # in neither map (nor remembered): the checks below, inline
                 if pid in fresh:
@@ -231,11 +236,14 @@ class LabelJoin:
             hit = self.pending.get(pid)
             if hit is not None:
                 event_ms, version, predicted, score = hit
-                if label_ms - event_ms > self.horizon_ms:
-                    self.pending.pop(pid, LATE)
+                reason = LATE if label_ms - event_ms > self.horizon_ms else JOINED
+                if removing is None:
+                    self.pending.pop(pid, reason)
+                else:
+                    removing[reason].append(pid)
+                if reason == LATE:
                     out.too_late += 1
                 else:
-                    self.pending.pop(pid, JOINED)
                     out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
                                                  label, label_ms, seen_ms))
             elif (self.pending.removed(pid) in (JOINED, LATE) or pid in self.orphans
@@ -246,6 +254,9 @@ class LabelJoin:
                 out.orphans += 1
             else:
                 fresh[pid] = (label_ms, label, seen_ms)
+        for reason, pids in (removing or {}).items():
+            if pids:
+                self.pending.pop_many(pids, reason)
         self.orphans.add(fresh.items())
         while len(self.orphans) > self.max_orphans:
             self.orphans.pop_oldest(ORPHANED)

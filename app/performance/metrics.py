@@ -124,8 +124,9 @@ class ClassificationMetrics:
 
     def update(self, rows: Iterable[tuple[Any, Any, float | None]]) -> None:
         """Add (label, predicted, positive-class score or None) triples."""
-        for label, predicted, score in rows:
-            key = (as_class(label), as_class(predicted))
+        for label, predicted, score in rows:  # (classes kept by the join are strings)
+            key = (label if type(label) is str else as_class(label),
+                   predicted if type(predicted) is str else as_class(predicted))
             self.confusion[key] = self.confusion.get(key, 0) + 1
             self.n += 1
             if score is not None and self.positive is not None and 0.0 <= score <= 1.0:

@@ -269,6 +269,12 @@ class SegmentedMap:
         """
         return self._remove(key, reason, t_ms) if key in self._at else None
 
+    def pop_many(self, keys: Sequence[str], reason: str) -> None:
+        """:meth:`pop` of each of ``keys`` (distinct, present), one pass per segment: the
+        same map and remembered removals as one by one (a removal record lists the ids
+        in their segment's order)."""
+        self._remove_found(sorted(map(self._at.__getitem__, keys)), reason)
+
     def pop_older_than(self, t_ms: int, reason: str) -> list[tuple[str, Entry]]:
         """Remove and return the entries with time ``< t_ms``, oldest inserted first.
 

@@ -422,10 +422,13 @@ class PerformanceTracker:
                 return None
             err = abs(predicted - label)
             return err, err
-        error = 0.0 if as_class(x.label) == as_class(x.predicted) else 1.0
+        # (the join keeps classes as strings: as_class for anything else)
+        cls = x.label if type(x.label) is str else as_class(x.label)
+        error = 0.0 if cls == (x.predicted if type(x.predicted) is str
+                                 else as_class(x.predicted)) else 1.0
         if x.score is None or not 0.0 <= x.score <= 1.0:
             return error, error
-        positive = 1.0 if as_class(x.label) == self.perf.positive_class else 0.0
+        positive = 1.0 if cls == self.perf.positive_class else 0.0
         return error, (x.score - positive) ** 2  # Brier: bounded, see ConceptDetectorSettings
 
     # -- model events -----------------------------------------------------------------

@@ -151,6 +151,7 @@ ops = st.one_of(
     st.tuples(st.just("add"), st.lists(st.tuples(st.sampled_from(IDS),
                                                  st.integers(0, 40)), max_size=6)),
     st.tuples(st.just("pop"), st.sampled_from(IDS), reasons),
+    st.tuples(st.just("many"), st.lists(st.sampled_from(IDS), unique=True, max_size=6), reasons),
     st.tuples(st.just("older"), st.integers(0, 45), reasons),
     st.tuples(st.just("oldest"), reasons),
     st.tuples(st.just("forget"), st.integers(0, 45)),
@@ -180,6 +181,11 @@ def run(batch_list, params, restore_at=None, source="records"):
             elif op[0] == "pop":
                 got = m.pop(op[1], op[2])
                 assert got == model.pop(op[1], None)
+            elif op[0] == "many":  # the present ones, together
+                present = [k for k in op[1] if k in model]
+                got = m.pop_many(present, op[2])
+                for k in present:
+                    del model[k]
             elif op[0] == "older":
                 got = m.pop_older_than(op[1], op[2])
                 want = [(k, e) for k, e in model.items() if e[0] < op[1]]
@@ -263,3 +269,21 @@ def test_add_columns_refuses_what_add_refuses():
         m.add_columns(["a"], [[2], ["v"]])
     with pytest.raises(ValueError, match="must be a tuple starting with an int"):
         m.add_columns(["b"], [["late"], ["v"]])
+
+
+def test_pop_many_leaves_what_pop_one_by_one_leaves():
+    one, many = SegmentedMap("x/", segment_size=3), SegmentedMap("x/", segment_size=3)
+    for m in (one, many):
+        m.add([(f"k{i}", (i, f"v{i}")) for i in range(8)])
+        m.drain_records()
+    for k in ["k5", "k1", "k2", "k7"]:
+        one.pop(k, "j")
+    many.pop_many(["k5", "k1", "k2", "k7"], "j")
+    assert list(one.items()) == list(many.items())
+    assert {k: one.removed(k) for k in IDS} == {k: many.removed(k) for k in IDS}
+    a, b = one.drain_records(), many.drain_records()
+    assert a.keys() == b.keys()
+    restored = [SegmentedMap.restore(json_round_trip(m.records()), prefix="x/", segment_size=3)
+                for m in (one, many)]
+    assert list(restored[0].items()) == list(restored[1].items())
+    assert {k: restored[0].removed(k) for k in IDS} == {k: restored[1].removed(k) for k in IDS}
