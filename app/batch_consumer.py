@@ -20,9 +20,14 @@ timer, which a handled batch's acknowledgements feed (``Consumer.ack``, per mess
 a stream would).
 
 A handler acknowledges nothing itself: :class:`BatchConsumer` acknowledges a batch after
-its handler returned. A batch whose handler raised or was cancelled stays
-unacknowledged, so its offsets and every later one of its partitions are never
-committed: it is read again after a restart or a rebalance, where the state's applied
+its handler returned, or, when the handler returns what the batch still waits for (its
+state records on their way to the broker: ``Settle``), once that is done too. The
+consumer then first hands the handler the fetch's next batch, whose work overlaps the
+broker's round trip (the handler waits for the previous batch's records before it
+sends its own), and settles the batch after it; the last batch of a fetch is settled
+before the next fetch. A batch whose handler, or what it waits for, raised or was
+cancelled stays unacknowledged, so its offsets and every later one of its partitions
+are never committed: it is read again after a restart or a rebalance, where the state's applied
 positions skip what had reached the changelog. Records fetched before a rebalance
 (another consumer generation) or while the flow is stopped are dropped unhandled, as
 faust drops them: the rebalance seeks every partition back to its committed offset.
@@ -30,6 +35,7 @@ faust drops them: the rebalance seeks every partition back to its committed offs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -43,7 +49,16 @@ from faust.types import TP, Message
 
 log = logging.getLogger("driftwarden")
 
-Handler = Callable[[list[Message]], Awaitable[None]]
+#: What a handled batch still waits for before it may be acknowledged (see the module).
+Settle = Callable[[], Awaitable[None]]
+Handler = Callable[[list[Message]], Awaitable["Settle | None"]]
+#: Event-loop turns given to the producer after a batch was handled, once faust's
+#: producer buffer has handed its records to aiokafka: they are sent (and earlier
+#: acknowledgements read) before the next batch's work, which holds the loop, begins.
+PRODUCER_TURNS = 8
+#: At most this many turns for faust's producer buffer (its task hands records over one
+#: by one): a bound, should the buffer not drain.
+BUFFER_TURNS = 1000
 
 
 @dataclass(frozen=True)
@@ -180,20 +195,49 @@ class BatchConsumer(AIOKafkaConsumer):
             if now >= deadline:
                 break
             wait = deadline - now
+        waiting: list[tuple[Settle | None, list[Message]]] = []  # handled, not acknowledged
         for handler, messages in pending.items():
             for batch in chunks(messages, limits):
                 if app.consumer_generation_id != generation or not self.flow_active:
+                    await self._settle(waiting)
                     return  # a rebalance began: the rest is read again after it
-                await handler(batch)
-                ack = self.ack
-                for message in batch:
-                    ack(message)
+                settle = await handler(batch)
+                await self._settle(waiting)  # the one before: its round trip had this work
+                waiting.append((settle, batch))
+                if settle is None:
+                    await self._settle(waiting)
+                else:
+                    await self._let_producer_send()
+        await self._settle(waiting)
         if others:
             to_message = self._to_message
             for tp, record in self.scheduler.iterate(others):
                 if not self.flow_active or app.consumer_generation_id != generation:
                     break
                 yield tp, to_message(tp, record)
+
+    async def _let_producer_send(self) -> None:
+        """Give the event loop to the producer until the records just saved are on their
+        way to the broker (see ``PRODUCER_TURNS``)."""
+        buffer = self.app.producer.buffer
+        for _ in range(BUFFER_TURNS):
+            if not buffer.size:
+                break
+            await asyncio.sleep(0)
+        for _ in range(PRODUCER_TURNS):
+            await asyncio.sleep(0)
+
+    async def _settle(self, waiting: list[tuple[Settle | None, list[Message]]]) -> None:
+        """Acknowledge handled batches, in order, once what each waits for is done; they
+        leave ``waiting`` (one that raised stays, unacknowledged)."""
+        while waiting:
+            settle, batch = waiting[0]
+            if settle is not None:
+                await settle()
+            del waiting[0]
+            ack = self.ack
+            for message in batch:
+                ack(message)
 
     async def _accept(self, tp: TP, records: list[Any], out: list[Message],
                       counts: list[int]) -> None:

@@ -34,7 +34,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from faust.types import Message
 
-from app.batch_consumer import BatchApp, BatchLimits
+from app.batch_consumer import BatchApp, BatchLimits, Settle
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
@@ -215,8 +215,9 @@ class Pipeline:
         """Wait until the broker has every state record saved so far: a batch is
         acknowledged (its offsets committable) only after its state is on the changelog,
         or a restart would restore an older state and skip the batch."""
-        pending, self.unflushed = self.unflushed, []
-        await wait_all(pending)
+        while self.unflushed:  # (what another task saves meanwhile is waited for too)
+            pending, self.unflushed = self.unflushed, []
+            await wait_all(pending)
 
     assigned: Any = None  # () -> set of predictions partitions this worker holds
     unflushed: list[Any] = field(default_factory=list)  # state records being sent
@@ -249,7 +250,19 @@ class Pipeline:
                            if m.partition in partitions)
 
     # -- the batch path ----------------------------------------------------------------
-    async def process_batch(self, messages: list[Message], now: float | None = None) -> None:
+    async def process_batch(self, messages: list[Message], now: float | None = None, *,
+                            wait: bool = True) -> list[Any]:
+        """Process one batch of input messages: decode, dead-letter, monitor, save the
+        states and publish what is due.
+
+        With ``wait`` it returns once the broker has the batch's state records
+        (:meth:`flush_state`). Without, it returns their sends, left in flight: the
+        caller waits for them (:func:`wait_all`) before it acknowledges the batch, and
+        the next batch (:meth:`flush_state`) before it sends anything of its own, once
+        its events are monitored. The broker's round trip then overlaps the next
+        batch's work, and the records still reach the broker in batch order, each
+        batch's after the previous one's are confirmed.
+        """
         started = time.perf_counter()
         now = time.time() if now is None else now
         wset = self.settings.worker
@@ -295,7 +308,9 @@ class Pipeline:
         # Dead letters first: they are owed nowhere in the state, so they are on the
         # broker before the state that skips their positions after a restart is saved.
         await self._dead_letter(dead)
-        for model, result in self.engine.apply(batch, now).items():
+        results = self.engine.apply(batch, now)
+        await self.flush_state()  # the previous batch's records, if still in flight
+        for model, result in results.items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()
                 log.error("model %r: warm-up reference not built: %s", model, problem)
@@ -312,8 +327,10 @@ class Pipeline:
         for model in batch.models:
             await self.publish_detections(model)
             await self.close_due(model, now)
-        await self.flush_state()
+        if wait:
+            await self.flush_state()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return list(self.unflushed)
 
     def _model_label(self, rej: Rejection) -> str:
         """The configured model a refused record names, or "" (unparseable, unnamed, or a
@@ -470,6 +487,10 @@ def faust_settings(settings: MonitorSettings, bootstrap: str, *, embedded: bool)
         "producer_max_request_size": max(worker.max_message_bytes,
                                          worker.deadletter_max_bytes) + 64 * 1024,
         "consumer_max_fetch_size": max(worker.max_message_bytes * 2, 4 * 1024 * 1024),
+        # A batch's state records (tens of KiB each, several per changelog partition)
+        # go out in one record batch per partition: aiokafka sends one per partition and
+        # request, so at 16 KiB (faust's default) each record took a round trip of its own.
+        "producer_max_batch_size": 1024 * 1024,
         "broker_rebalance_timeout": kafka.rebalance_timeout,
         "broker_session_timeout": kafka.session_timeout,
         "broker_heartbeat_interval": min(3.0, kafka.session_timeout / 3),
@@ -496,10 +517,11 @@ def _credentials(settings: MonitorSettings) -> Any:
     return faust.SSLCredentials(kw["ssl_context"])
 
 
-async def guarded(app: faust.App, name: str, process: Any, messages: list[Message]) -> None:
-    """Run one batch. The consumer acknowledges it only once this returned
-    (:mod:`app.batch_consumer`): a batch that raised or was cancelled (a stop, a
-    rebalance) is never committed, nor is any later offset of its partitions.
+async def guarded(app: faust.App, name: str, process: Any, messages: list[Message]) -> Any:
+    """Run one batch (or wait for what it sent); returns what ``process`` returns. The
+    consumer acknowledges a batch only once this returned (:mod:`app.batch_consumer`):
+    a batch that raised or was cancelled (a stop, a rebalance) is never committed, nor is
+    any later offset of its partitions.
 
     A failure other than a stop or a rebalance (an output the broker never took within
     the producer's request timeout, a bug) stops the worker with an error: its state may
@@ -507,7 +529,7 @@ async def guarded(app: faust.App, name: str, process: Any, messages: list[Messag
     the one consistent way on. The orchestrator restarts it.
     """
     try:
-        await process(messages)
+        return await process(messages)
     except Exception as exc:
         log.critical("%s batch of %d messages failed (%s: %s); its offsets stay "
                      "uncommitted and the worker stops, to start again from the last commit",
@@ -568,11 +590,19 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     lag = ConsumerLag(metrics, {topics.name(t) for t in
                                 ("predictions", "outcomes", "model_events", "inputs")})
 
-    async def predictions(messages: list[Message]) -> None:
-        # The consumer acknowledges a batch after this: after process_batch has
-        # published its outputs and the broker has its state (flush_state).
-        await guarded(app, "predictions", pipeline.process_batch, messages)
+    async def predictions(messages: list[Message]) -> Settle:
+        # The consumer acknowledges a batch once process_batch has published its outputs
+        # and the broker has its state records (settle: flush_state), which it waits for
+        # after handing over the next batch of the fetch, if any.
+        sends = await guarded(app, "predictions", process_in_flight, messages)
         lag.processed(messages)
+
+        async def settle() -> None:
+            await guarded(app, "predictions", lambda _: wait_all(sends), messages)
+        return settle
+
+    async def process_in_flight(messages: list[Message]) -> list[Any]:
+        return await pipeline.process_batch(messages, wait=False)
 
     app.route_batches(streams, predictions)
 

@@ -164,6 +164,48 @@ def test_a_cancelled_batch_stays_unacknowledged():
     assert h.acked() == []
 
 
+class Settling(Harness):
+    """A handler that returns what each batch still waits for (its state records in
+    flight), and a log of the order of handling, settling and acknowledging."""
+
+    def __init__(self, limits: BatchLimits, fail_settle: int | None = None) -> None:
+        super().__init__(limits)
+        self.log: list[str] = []
+        self.fail_settle = fail_settle
+
+    async def handle(self, messages: list[Message]) -> Any:
+        call = len(self.handled)
+        await super().handle(messages)
+        first = messages[0].offset
+        self.log.append(f"handle {first} (acked so far: {self.acked()})")
+
+        async def settle() -> None:
+            await asyncio.sleep(0)
+            self.log.append(f"settle {first} (acked so far: {self.acked()})")
+            if call == self.fail_settle:
+                raise RuntimeError("the broker never took the state")
+        return settle
+
+
+def test_a_batch_that_waits_for_its_records_is_acknowledged_after_the_next_is_handled():
+    """The next batch's work overlaps the round trip of the one before; each batch is
+    acknowledged only once what it waited for is done, and the last one of a fetch
+    before the fetch is over."""
+    h = Settling(BatchLimits(messages=2, size=10**6, within=0.0))
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(6)]})))
+    assert h.log == ["handle 0 (acked so far: [])", "handle 2 (acked so far: [])",
+                     "settle 0 (acked so far: [])", "handle 4 (acked so far: [0, 1])",
+                     "settle 2 (acked so far: [0, 1])", "settle 4 (acked so far: [0, 1, 2, 3])"]
+    assert h.acked() == list(range(6))
+
+
+def test_a_batch_whose_records_failed_stays_unacknowledged():
+    h = Settling(BatchLimits(messages=2, size=10**6, within=0.0), fail_settle=1)
+    with pytest.raises(RuntimeError, match="never took the state"):
+        run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(6)]})))
+    assert h.acked() == [0, 1]  # (2, 3) failed: neither it nor what follows is committed
+
+
 def test_a_rebalance_drops_what_was_not_handled_yet():
     h = Harness(BatchLimits(messages=2, size=10**6, within=0.0))
 

@@ -1,0 +1,86 @@
+"""A batch left with its state records in flight (``process_batch(wait=False)``): the
+next batch is monitored meanwhile, but sends nothing of its own before the broker has
+the previous batch's records, so they reach the changelog in batch order."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from app.core.engine import Engine
+from app.observability.metrics import Metrics
+from app.settings import settings_from_mapping
+from app.streaming import Pipeline
+
+T0 = 1_700_000_000_000 // 60_000 * 60_000
+
+
+class Table:
+    """A table whose changelog sends stay in flight until released."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.sent: list[tuple[bytes, asyncio.Future[None]]] = []
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> Any:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append((key, fut))
+        return fut
+
+
+class Topic:
+    async def send(self, **_: Any) -> Any:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def message(offset: int, events: list[dict[str, Any]]) -> Any:
+    return SimpleNamespace(topic="predictions", partition=0, offset=offset, key=b"m",
+                           value=orjson.dumps(events), timestamp=T0 / 1000)
+
+
+def events(first: int, n: int) -> list[dict[str, Any]]:
+    return [{"prediction_id": f"p{i}", "model": "m", "model_version": "v1",
+             "features": {"x": float(i % 7)}, "prediction": 1, "timestamp": T0 + i}
+            for i in range(first, first + n)]
+
+
+def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
+    settings = settings_from_mapping(
+        {"defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
+         "models": {"m": {"features": {"x": {"type": "numeric"}},
+                          "reference": {"warmup": 10}}}}, env={})
+    engine = Engine(settings, {}, source="urn:test")
+    table = Table()
+    pipeline = Pipeline(settings, engine, Metrics(CollectorRegistry()), table, Topic(),
+                        Topic(), Topic(), Topic())
+    engine.load_state, engine.load_records = pipeline.load_state, pipeline.load_records
+    pipeline.kinds = {"predictions": "prediction"}
+
+    async def go() -> None:
+        first = await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        assert first and len(first) == len(table.sent)
+        assert not any(f.done() for f in first)  # in flight: returned, not waited for
+        sent_first = len(table.sent)
+        second = asyncio.ensure_future(pipeline.process_batch([message(1, events(50, 50))]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not second.done()
+        assert len(table.sent) == sent_first  # monitored, but nothing of its own sent
+        assert engine.monitor("m").positions["predictions:0"] == 1  # (its events applied)
+        for _, fut in table.sent:
+            fut.set_result(None)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(table.sent) > sent_first  # now its records go out
+        for _, fut in table.sent[sent_first:]:
+            if not fut.done():
+                fut.set_result(None)
+        assert await second == []  # waited for: nothing left in flight
+
+    asyncio.run(go())
