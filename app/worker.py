@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,10 +48,21 @@ def resolve_bootstrap(settings: MonitorSettings,
     return broker.bootstrap, broker
 
 
-def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
-               log_level: str = "warn") -> int:
+def faust_worker(app: Any, log_level: str) -> Any:
+    """The faust worker of ``app``, logging at ``log_level``, without a terminal spinner:
+    with one, at WARN and above, faust sets the root logger to DEBUG so that every
+    message turns it, and every debug message of faust and aiokafka (per published
+    record, per fetch) builds a log record, its caller looked up on the stack, for the
+    real handler to drop."""
     import faust
 
+    worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    return worker
+
+
+def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
+               log_level: str = "warn") -> int:
     from app.streaming import build_app
 
     bootstrap, broker = resolve_bootstrap(settings, bootstrap)
@@ -84,8 +96,7 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
         if installed:
             log.warning("installed %d version reference(s) from %s", installed,
                         settings.topics.name("references"))
-        worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True,
-                              redirect_stdouts=False)
+        worker = faust_worker(app, log_level)
         tune_gc()
         try:
             worker.execute_from_commandline()
