@@ -592,8 +592,8 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     async def predictions(messages: list[Message]) -> Settle:
         # The consumer acknowledges a batch once process_batch has published its outputs
-        # and the broker has its state records (settle: flush_state), which it waits for
-        # after handing over the next batch of the fetch, if any.
+        # and the broker has its state records (settle), which it waits for after
+        # handing over the next batch of the fetch, if any.
         sends = await guarded(app, "predictions", process_in_flight, messages)
         lag.processed(messages)
 
