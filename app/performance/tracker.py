@@ -93,9 +93,6 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
-
-
-
 _VERSION = operator.itemgetter("model_version")
 _PREDICTION = operator.itemgetter("prediction")
 _PREDICTION_ID = operator.itemgetter("prediction_id")
