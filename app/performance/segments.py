@@ -212,15 +212,7 @@ class SegmentedMap:
                 and set(map(len, entries)) == {width} and width
                 and set(map(type, map(operator.itemgetter(0), entries))) == {int}):
             self._check_batch(batch)
-        for start in range(0, len(batch), self.segment_size):
-            chunk = batch[start:start + self.segment_size]
-            seq = self._take_seq()
-            seg = _Segment(seq, [k for k, _ in chunk],
-                           [list(col) for col in zip(*(e for _, e in chunk), strict=True)])
-            self._install(seg)
-            key = self._key("s", seq)
-            self._dirty[key] = seg.value()
-            self._unsent.add(key)
+        self._add_segments(keys, list(zip(*entries, strict=True)))
 
     def add_columns(self, keys: list[str], cols: Sequence[list[Any]]) -> None:
         """:meth:`add` of ``keys`` and their entries given as columns (``cols[j][i]`` is
@@ -234,8 +226,13 @@ class SegmentedMap:
                 and self._at.keys().isdisjoint(keys) and set(map(type, cols[0])) == {int}):
             self.add(zip(keys, zip(*cols, strict=True), strict=True))  # says what is wrong
             return
+        self._add_segments(keys, cols)
+
+    def _add_segments(self, keys: list[str], cols: Sequence[Sequence[Any]]) -> None:
+        """New segment records of (checked, absent) ``keys`` and their entries' columns,
+        ``segment_size`` ids each, in order."""
         size = self.segment_size
-        for start in range(0, n, size):
+        for start in range(0, len(keys), size):
             seq = self._take_seq()
             seg = _Segment(seq, keys[start:start + size],
                            [list(c[start:start + size]) for c in cols])
