@@ -17,11 +17,11 @@ from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
 from app.core.serving import ServingStats
-from app.core.signals import Columns, reference_row, segment_label, version_indices
+from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
-from app.events.fields import field_values
+from app.events.fields import field_values, version_indices
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.policy.alerts import AlertBook, is_alert_data
 from app.policy.retrain import RetrainPolicy

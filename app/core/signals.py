@@ -197,28 +197,6 @@ class Columns:
 
 
 _ABSENT = object()
-_VERSION = operator.itemgetter("model_version")
-
-
-def version_indices(events: Sequence[Mapping[str, Any]]) -> dict[str, Sequence[int]]:
-    """The indices of each model version's events, versions in order of first
-    appearance; the usual batch (one version) without a per-event loop.
-
-    >>> version_indices([{"model_version": "a"}, {"model_version": "b"},
-    ...                  {"model_version": "a"}])
-    {'a': [0, 2], 'b': [1]}
-    >>> version_indices([{"model_version": "a"}] * 3)
-    {'a': range(0, 3)}
-    """
-    versions = list(map(_VERSION, events))
-    if versions and versions.count(versions[0]) == len(versions):
-        return {versions[0]: range(len(versions))}
-    out: dict[str, list[int]] = {}
-    for i, version in enumerate(versions):
-        out.setdefault(version, []).append(i)
-    return dict(out)
-
-
 def float_column(values: Sequence[Any], types: set[type] | None = None
                  ) -> np.ndarray[Any, Any]:
     """Raw values as floats by :func:`numeric_column`'s rule (one ``np.array`` call when

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from app.core.serving import ServingStats
-from app.core.signals import OTHER_SEGMENT, Columns, segment_label, version_indices
+from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
+from app.events.fields import version_indices
 from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch

@@ -8,7 +8,6 @@ what the cap drops is counted.
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -17,13 +16,12 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from app.events.fields import field_values
+from app.events.fields import field_values, version_indices
 
 log = logging.getLogger("driftwarden")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
-_VERSION = operator.itemgetter("model_version")
 
 
 class BatchHistogram:
@@ -213,16 +211,8 @@ class Metrics:
 
     def observe_predictions(self, model: str, events: Sequence[Mapping[str, Any]]) -> None:
         """A batch's predictions of one model: counts, latency and cost per version."""
-        versions = list(map(_VERSION, events))
-        by_version: dict[str, Sequence[Mapping[str, Any]]]
-        if len(set(versions)) == 1:  # the usual batch: one version, no grouping
-            by_version = {versions[0]: events}
-        else:
-            grouped: dict[str, list[Mapping[str, Any]]] = {}
-            for version, e in zip(versions, events, strict=True):
-                grouped.setdefault(version, []).append(e)
-            by_version = dict(grouped)
-        for version, group in by_version.items():
+        for version, idx in version_indices(events).items():
+            group = events if len(idx) == len(events) else [events[i] for i in idx]
             self.predictions.labels(model, version).inc(len(group))
             latency = field_values(group, "latency_ms")
             if None in latency:
