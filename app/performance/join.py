@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.errors import StateError
 from app.performance.segments import Entry, SegmentedMap
@@ -40,9 +40,9 @@ ORPHANS = "j/o/"
 JOINED, LATE, EXPIRED, ORPHANED = "j", "l", "x", "o"  # why an id left a map
 
 
-@dataclass(frozen=True)
-class Labelled:
-    """A prediction joined to its label: what the metrics of its window need."""
+class Labelled(NamedTuple):
+    """A prediction joined to its label: what the metrics of its window need (a named
+    tuple: a batch of them is built, and read as columns, in C)."""
 
     prediction_id: str
     event_ms: int  # the prediction's event time: its window
@@ -216,8 +216,11 @@ class LabelJoin:
         outcome already past the orphan horizon at the watermark counts as an orphan.
         """
         out = JoinResult()
-        fresh: dict[str, Entry] = {}
         ids = {r[0] for r in rows}
+        if rows and len(ids) == len(rows) and self.pending.has_all(ids):
+            self._join_pending(rows, out)  # the usual batch: each labels a pending prediction
+            return out
+        fresh: dict[str, Entry] = {}
         known = self._known(ids)
         wm = self._watermark
         # distinct ids (the usual batch): the labelled predictions leave together below;
@@ -262,6 +265,27 @@ class LabelJoin:
             self.orphans.pop_oldest(ORPHANED)
             out.orphans += 1
         return out
+
+    def _join_pending(self, rows: Sequence[tuple[str, Any, int, int]], out: JoinResult
+                      ) -> None:
+        """:meth:`add_outcomes` of distinct ids that are all pending, as columns: what the
+        rows one by one would do (each prediction leaves, labelled or too late)."""
+        pids, labels, label_ms, seen_ms = (list(c) for c in zip(*rows, strict=True))
+        event_ms, versions, predicted, scores = self.pending.columns(pids)
+        horizon = self.horizon_ms
+        late = [lm - em > horizon for lm, em in zip(label_ms, event_ms, strict=True)]
+        joined = zip(pids, event_ms, versions, predicted, scores, labels, label_ms, seen_ms,
+                     strict=True)
+        if any(late):
+            rows_late = list(zip(joined, late, strict=True))
+            labelled = [r for r, x in rows_late if not x]
+            self.pending.pop_many([r[0] for r in labelled], JOINED)
+            self.pending.pop_many([r[0] for r, x in rows_late if x], LATE)
+            out.too_late += len(rows_late) - len(labelled)
+            out.labelled = list(map(Labelled._make, labelled))
+        else:
+            self.pending.pop_many(pids, JOINED)
+            out.labelled = list(map(Labelled._make, joined))
 
     def expire(self, watermark_ms: int) -> JoinResult:
         """Drop predictions older than the horizon and outcomes older than theirs.

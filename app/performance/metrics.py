@@ -29,6 +29,7 @@ computed: no value, or fewer than two rows for a normal interval.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -123,21 +124,41 @@ class ClassificationMetrics:
         self.neg_hist = np.zeros(AUC_BINS, dtype=np.int64)
 
     def update(self, rows: Iterable[tuple[Any, Any, float | None]]) -> None:
-        """Add (label, predicted, positive-class score or None) triples."""
-        for label, predicted, score in rows:  # (classes kept by the join are strings)
-            key = (label if type(label) is str else as_class(label),
-                   predicted if type(predicted) is str else as_class(predicted))
-            self.confusion[key] = self.confusion.get(key, 0) + 1
-            self.n += 1
-            if score is not None and self.positive is not None and 0.0 <= score <= 1.0:
-                is_pos = key[0] == self.positive
-                p = min(max(score, EPS), 1 - EPS)
-                loss = -math.log(p if is_pos else 1 - p)
-                self._loss.add(loss)
-                self._loss_sq.add(loss * loss)
-                self.logloss_n += 1
-                b = min(int(score * AUC_BINS), AUC_BINS - 1)
-                (self.pos_hist if is_pos else self.neg_hist)[b] += 1
+        """Add (label, predicted, positive-class score or None) triples.
+
+        A batch at once: the confusion counts in one ``Counter``, the scored rows' clipped
+        probabilities and histogram bins with numpy; each loss is still ``math.log`` of
+        its own, added in order to the exact sums (what row by row gives, to the bit).
+        """
+        batch = list(rows)
+        if not batch:
+            return
+        labels, predicted, scores = zip(*batch, strict=True)
+        # (classes kept by the join are strings)
+        if set(map(type, labels)) != {str}:
+            labels = tuple(v if type(v) is str else as_class(v) for v in labels)
+        if set(map(type, predicted)) != {str}:
+            predicted = tuple(v if type(v) is str else as_class(v) for v in predicted)
+        confusion = self.confusion
+        for key, count in Counter(zip(labels, predicted, strict=True)).items():
+            confusion[key] = confusion.get(key, 0) + count
+        self.n += len(batch)
+        if self.positive is None:
+            return
+        scored = [i for i, s in enumerate(scores) if s is not None and 0.0 <= s <= 1.0]
+        if not scored:
+            return
+        score = np.array([scores[i] for i in scored], dtype=np.float64)
+        is_pos = np.array([labels[i] == self.positive for i in scored], dtype=bool)
+        p = np.minimum(np.maximum(score, EPS), 1 - EPS)
+        add, add_sq = self._loss.add, self._loss_sq.add
+        for log_p in map(math.log, np.where(is_pos, p, 1 - p).tolist()):
+            add(-log_p)
+            add_sq(log_p * log_p)
+        self.logloss_n += len(scored)
+        bins = np.minimum((score * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+        self.pos_hist += np.bincount(bins[is_pos], minlength=AUC_BINS)
+        self.neg_hist += np.bincount(bins[~is_pos], minlength=AUC_BINS)
 
     @property
     def logloss_sum(self) -> float:

@@ -179,6 +179,26 @@ class SegmentedMap:
                 if seg.alive[i]:
                     yield key, seg.entry(i)
 
+    def has_all(self, keys: set[str]) -> bool:
+        """Whether every id of ``keys`` is present (one set operation in C)."""
+        return self._at.keys() >= keys
+
+    def columns(self, keys: Sequence[str]) -> list[list[Any]]:
+        """The entries of present ``keys``, in their order, as columns (``[field][i]``):
+        :meth:`get` of each, transposed, without a tuple per entry.
+
+        >>> m = SegmentedMap("p/", segment_size=2)
+        >>> m.add([("a", (10, "x")), ("b", (20, "y")), ("c", (30, "z"))])
+        >>> m.columns(["c", "a"])
+        [[30, 10], ['z', 'x']]
+        """
+        at = list(map(self._at.__getitem__, keys))
+        if not at:
+            return [[] for _ in range(self.width or 0)]
+        segs = {seq: self._segs[seq].cols for seq in {seq for seq, _ in at}}
+        width = len(next(iter(segs.values())))
+        return [[segs[seq][j][i] for seq, i in at] for j in range(width)]
+
     def known(self, keys: set[str]) -> set[str]:
         """The ids of ``keys`` present or remembered as removed (set operations in C: a
         batch of ids is checked at once, and only these need the per-id checks)."""

@@ -108,6 +108,13 @@ def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]
     return [v if type(v) is float and v - v == 0.0 else _number(v) for v in raw]
 
 
+def _classes(values: Sequence[Any]) -> Sequence[str]:
+    """Classes as strings (what the join keeps already; :func:`as_class` otherwise)."""
+    if set(map(type, values)) == {str}:
+        return values
+    return [v if type(v) is str else as_class(v) for v in values]
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
@@ -375,58 +382,91 @@ class PerformanceTracker:
 
     def _place(self, labelled: Sequence[Labelled], update: PerformanceUpdate) -> None:
         """Put labelled predictions into their window's checkpoint buckets (one metrics
-        and sketch update per bucket, not per label)."""
-        groups: dict[tuple[int, str, int], list[tuple[Labelled, tuple[float, float]]]] = {}
-        for x in labelled:
-            start = x.event_ms // self.window_ms * self.window_ms
+        and sketch update per bucket, not per label).
+
+        The batch is read as columns: checkpoints, windows and versions are found with
+        array operations, and the buckets filled in the order their first label came, each
+        with its labels in their order (what placing them one by one gives).
+        """
+        n = len(labelled)
+        if not n:
+            return
+        _, event_ms, versions, predicted, scores, labels, label_ms, seen_ms = zip(
+            *labelled, strict=True)
+        ev = np.fromiter(event_ms, np.int64, n)
+        lm = np.fromiter(label_ms, np.int64, n)
+        sm = np.fromiter(seen_ms, np.int64, n)
+        wms = self.window_ms
+        starts = ev // wms * wms
+        codes = {v: j for j, v in enumerate(dict.fromkeys(versions))}
+        vc = np.fromiter(map(codes.__getitem__, versions), np.int64, n)
+        k = np.full(n, -1, dtype=np.int64)  # each label's checkpoint; -1: none (late)
+        windows = np.unique(starts).tolist()
+        for start in windows:
             w = self.windows.get(start)
-            k = self._checkpoint_for(w, x) if w is not None else None
-            if w is None or k is None or x.version not in w.slices:
-                update.late_labels += 1
+            if w is None:
                 continue
-            row = self._row(x)
-            if row is None:
-                update.invalid_labels += 1
-                continue
-            groups.setdefault((start, x.version, k), []).append((x, row))
-        for (start, version, k), items in groups.items():
+            here = starts == start
+            for version, code in codes.items():
+                if version not in w.slices:
+                    here &= vc != code
+            for kk in range(w.next_k, len(self.delays)):
+                at = w.end_ms + self.delays[kk]
+                k[here & (k < 0) & (lm <= at) & (sm < at + self.lateness_ms)] = kk
+        placed = k >= 0
+        update.late_labels += n - int(np.count_nonzero(placed))
+        errors, losses, usable = self._rows(labels, predicted, scores)
+        if usable is not None:
+            invalid = placed & ~usable
+            update.invalid_labels += int(np.count_nonzero(invalid))
+            placed &= usable
+        rows = np.flatnonzero(placed)
+        if not rows.size:
+            return
+        # one group per (window, version, checkpoint), in the order of its first label
+        key = (np.searchsorted(windows, starts[rows]) * len(codes) + vc[rows]) \
+            * len(self.delays) + k[rows]
+        _, first, group = np.unique(key, return_index=True, return_inverse=True)
+        names = list(codes)
+        for g in np.argsort(first, kind="stable").tolist():
+            idx = rows[group == g].tolist()
+            i0 = idx[0]
+            start, version, kk = int(starts[i0]), names[vc[i0]], int(k[i0])
             sl = self.windows[start].slices[version]
-            bucket = sl.buckets.get(k)
+            bucket = sl.buckets.get(kk)
             if bucket is None:
-                bucket = sl.buckets[k] = Bucket(self._metrics())
+                bucket = sl.buckets[kk] = Bucket(self._metrics())
             if isinstance(bucket.metrics, RegressionMetrics):
-                bucket.metrics.update([(float(x.label), float(x.predicted)) for x, _ in items])
+                bucket.metrics.update([(float(labels[i]), float(predicted[i])) for i in idx])
             else:
-                bucket.metrics.update([(x.label, x.predicted, x.score) for x, _ in items])
-            bucket.rows += [(x.event_ms, row[0], row[1]) for x, row in items]
-            bucket.unsaved += len(items)
-            bucket.delays.update([max(0, x.delay_ms) / 1000 for x, _ in items])
-            update.labelled += len(items)
+                bucket.metrics.update([(labels[i], predicted[i], scores[i]) for i in idx])
+            bucket.rows += [(event_ms[i], errors[i], losses[i]) for i in idx]
+            bucket.unsaved += len(idx)
+            bucket.delays.update(np.maximum(lm[idx] - ev[idx], 0) / 1000)
+            update.labelled += len(idx)
             self.dirty.add(start)
 
-    def _checkpoint_for(self, w: PerfWindow, x: Labelled) -> int | None:
-        for k in range(w.next_k, len(self.delays)):
-            at = w.end_ms + self.delays[k]
-            if x.label_ms <= at and x.seen_ms < at + self.lateness_ms:
-                return k
-        return None
-
-    def _row(self, x: Labelled) -> tuple[float, float] | None:
-        """(error indicator, loss) of a labelled prediction; None for an unusable label."""
+    def _rows(self, labels: Sequence[Any], predicted: Sequence[Any],
+              scores: Sequence[float | None]
+              ) -> tuple[list[float], list[float], np.ndarray[Any, Any] | None]:
+        """(error indicators, losses, which are usable) of labelled predictions; the last
+        is ``None`` when all are (classification: every label is)."""
         if self.task == "regression":
-            label, predicted = _number(x.label), _number(x.predicted)
-            if label is None or predicted is None:
-                return None
-            err = abs(predicted - label)
-            return err, err
+            ys, ps = list(map(_number, labels)), list(map(_number, predicted))
+            usable = np.fromiter((y is not None and p is not None for y, p in
+                                  zip(ys, ps, strict=True)), bool, len(ys))
+            errs = [abs(p - y) if y is not None and p is not None else 0.0
+                    for y, p in zip(ys, ps, strict=True)]
+            return errs, errs, usable
         # (the join keeps classes as strings: as_class for anything else)
-        cls = x.label if type(x.label) is str else as_class(x.label)
-        error = 0.0 if cls == (x.predicted if type(x.predicted) is str
-                                 else as_class(x.predicted)) else 1.0
-        if x.score is None or not 0.0 <= x.score <= 1.0:
-            return error, error
-        positive = 1.0 if cls == self.perf.positive_class else 0.0
-        return error, (x.score - positive) ** 2  # Brier: bounded, see ConceptDetectorSettings
+        cls, pcls = _classes(labels), _classes(predicted)
+        errors = [0.0 if a == b else 1.0 for a, b in zip(cls, pcls, strict=True)]
+        positive = self.perf.positive_class
+        # Brier for scored predictions (bounded, see ConceptDetectorSettings), else the error
+        losses = [e if s is None or not 0.0 <= s <= 1.0 else (s - (1.0 if c == positive
+                                                                   else 0.0)) ** 2
+                  for e, s, c in zip(errors, scores, cls, strict=True)]
+        return errors, losses, None
 
     # -- model events -----------------------------------------------------------------
     def add_model_event(self, event: Mapping[str, Any]) -> None:

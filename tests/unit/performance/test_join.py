@@ -352,3 +352,38 @@ def test_malformed_records_raise_state_error(change, message):
 
 def test_join_result_defaults():
     assert JoinResult() == JoinResult([], 0, 0, 0, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("p"), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60)),
+                                     max_size=8)),
+    st.tuples(st.just("o"), st.lists(st.tuples(st.integers(0, 30), st.integers(-5, 40)),
+                                     max_size=8)),
+    st.tuples(st.just("a"), st.tuples(st.integers(1, 3),
+                                     st.sampled_from([-5, 0, 13, 19, 20, 21, 40]))),
+    st.tuples(st.just("e"), st.integers(0, 90))), max_size=25))
+def test_a_batch_of_labels_for_pending_predictions_joins_as_row_by_row(steps):
+    """The batch path of add_outcomes (distinct ids, all pending) against the general
+    one: the same labelled predictions, counts and records, late labels included."""
+    fast, general = join(horizon_ms=20, segment_size=3), join(horizon_ms=20, segment_size=3)
+    general.pending.has_all = lambda ids: False  # every batch takes the general path
+    for kind, arg in steps:
+        results = []
+        pending = sorted(fast.pending.items())
+        for j in (fast, general):
+            if kind == "p":
+                results.append(j.add_predictions([(f"id{i}", t, f"v{i % 2}", i % 3, i / 31)
+                                                  for i, t in arg]))
+            elif kind == "o":
+                rows = {f"id{i}": (f"id{i}", i % 2, i + d, i) for i, d in arg}
+                results.append(j.add_outcomes(list(rows.values())))
+            elif kind == "a":  # labels for every few pending predictions (the batch path)
+                every, d = arg
+                results.append(j.add_outcomes([(pid, 1, t + d + int(pid[2:]) % 2, 0)
+                                               for pid, (t, *_) in pending[::every]]))
+            else:
+                results.append(j.expire(arg))
+        assert results[0] == results[1]
+        assert fast.drain_records() == general.drain_records()
+    assert fast.records() == general.records()

@@ -10,7 +10,9 @@ from sklearn import metrics as skm
 from app.errors import StateError
 from app.performance import ClassificationMetrics, RegressionMetrics
 from app.performance.metrics import (
+    AUC_BINS,
     CLASSIFICATION_METRICS,
+    EPS,
     HIGHER_IS_BETTER,
     REGRESSION_METRICS,
     as_class,
@@ -388,3 +390,41 @@ def test_scores_of_a_batch_are_finite_floats_or_none(scores):
     expected = [_number((s or {}).get("1")) for s in scores]
     assert _scores(events, "1") == expected
     assert all(v is None or type(v) is float for v in _scores(events, "1"))
+
+
+def _update_row_by_row(m, rows):
+    """The classification update written out per row (the oracle of the batch update)."""
+    for label, predicted, score in rows:
+        key = (as_class(label), as_class(predicted))
+        m.confusion[key] = m.confusion.get(key, 0) + 1
+        m.n += 1
+        if score is not None and m.positive is not None and 0.0 <= score <= 1.0:
+            is_pos = key[0] == m.positive
+            p = min(max(score, EPS), 1 - EPS)
+            loss = -math.log(p if is_pos else 1 - p)
+            m._loss.add(loss)
+            m._loss_sq.add(loss * loss)
+            m.logloss_n += 1
+            b = min(int(score * AUC_BINS), AUC_BINS - 1)
+            (m.pos_hist if is_pos else m.neg_hist)[b] += 1
+
+
+_CLASSES = st.sampled_from([True, False, 0, 1, 1.0, "1", "0", "cat", 2])
+_SCORES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                    st.floats(0, 1), st.sampled_from([0, 1, 0.0, 1.0, 1e-300, 1 - 1e-16]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(_CLASSES, _CLASSES, _SCORES), max_size=30), max_size=5),
+       st.sampled_from(["1", "0", None]))
+def test_a_batch_update_equals_the_rows_one_by_one(batches, positive):
+    batch, oracle = ClassificationMetrics(positive), ClassificationMetrics(positive)
+    for rows in batches:
+        batch.update(iter(rows))
+        _update_row_by_row(oracle, rows)
+    assert list(batch.confusion.items()) == list(oracle.confusion.items())
+    assert (batch.n, batch.logloss_n) == (oracle.n, oracle.logloss_n)
+    assert batch._loss.partials == oracle._loss.partials
+    assert batch._loss_sq.partials == oracle._loss_sq.partials
+    assert batch.pos_hist.tolist() == oracle.pos_hist.tolist()
+    assert batch.neg_hist.tolist() == oracle.neg_hist.tolist()
