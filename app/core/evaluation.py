@@ -11,6 +11,7 @@ from app.core.serving import ServingStats
 from app.core.signals import is_output_signal, public_name
 from app.core.windows import Sketch, Slice, Window
 from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
+from app.detectors.statistics import counts_statistics
 from app.quality import QualityFinding
 from app.reference import CategoricalReference, FeatureReference, NumericReference, Reference
 from app.settings import DriftSettings
@@ -87,18 +88,47 @@ def _categorical_evidence(ref: CategoricalReference, sketch: CategoryCounts) -> 
     return f"{label} {pr[i]:.0%}", f"{label} {pw[i]:.0%}"
 
 
-def _figures(ftype: str, ref: FeatureReference, sketch: Sketch,
+def _kind(ref: FeatureReference, sketch: Sketch) -> tuple[str, bool]:
+    """The feature's type as the window and reference see it, and whether the window's
+    bins are the reference's."""
+    if isinstance(ref, NumericReference) and isinstance(sketch, BinnedHistogram):
+        return "numeric", tuple(sketch.edges.tolist()) == ref.edges
+    if isinstance(ref, CategoricalReference) and isinstance(sketch, CategoryCounts):
+        return "categorical", sketch.categories == ref.categories
+    return "unknown", False
+
+
+def _counts_figures(reference: Reference, sl: Slice) -> dict[str, dict[str, float]]:
+    """Every registered ``"counts"`` statistic of each comparable feature with values,
+    computed for the features of one type and bin count together."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name, ref in reference.features.items():
+        sketch = sl.sketches.get(name)
+        if sketch is None or not sketch.n:
+            continue
+        ftype, comparable = _kind(ref, sketch)
+        if comparable:
+            groups.setdefault((ftype, len(sketch.counts)), []).append(name)
+    out: dict[str, dict[str, float]] = {}
+    for (ftype, _), names in groups.items():
+        stats = [n for n, spec in STATISTICS.items()
+                 if spec.input == "counts" and ftype in spec.feature_types]
+        values = counts_statistics([reference.features[n].counts for n in names],
+                                   [sl.sketches[n].counts for n in names], stats)
+        for i, name in enumerate(names):
+            out[name] = {stat: float(values[stat][i]) for stat in stats}
+    return out
+
+
+def _figures(ftype: str, ref: FeatureReference, counts: dict[str, float],
              quantiles: QuantileSketch | None) -> dict[str, float]:
-    """Every registered statistic that applies to the feature, on this window."""
-    out: dict[str, float] = {}
-    ref_counts = np.asarray(ref.counts)
+    """Every registered statistic that applies to the feature, on this window (the
+    ``"counts"`` ones given)."""
+    out = dict(counts)
     ref_q = ref.quantile_sketch() if isinstance(ref, NumericReference) else None
     for name, spec in STATISTICS.items():
-        if ftype not in spec.feature_types:
-            continue
-        if spec.input == "counts":
-            out[name] = spec(ref_counts, sketch.counts)
-        elif ref_q is not None and quantiles is not None:
+        if spec.input == "quantiles" and ftype in spec.feature_types and ref_q is not None \
+                and quantiles is not None:
             out[name] = spec(ref_q, quantiles)
     return out
 
@@ -130,9 +160,9 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
         return WindowEvaluation(model, version, window.versions, window.start_ms,
                                 window.end_ms, sl.n, min_samples, late_events, "unavailable",
                                 ref_key, fallback, feats, sl.segment)
-    feats = []
-    for name, ref in reference.features.items():
-        feats.append(_evaluate_feature(name, ref, sl, drift))
+    counts = _counts_figures(reference, sl)
+    feats = [_evaluate_feature(name, ref, sl, drift, counts.get(name, {}))
+             for name, ref in reference.features.items()]
     feats += [FeatureEvaluation(name, "unknown", "n/a", None, 0, 0, 0, "", "",
                                 f"no reference: {why}")
               for name, why in reference.skipped.items()]
@@ -146,23 +176,20 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
                             sl.segment)
 
 
-def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice,
-                      drift: DriftSettings) -> FeatureEvaluation:
+def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice, drift: DriftSettings,
+                      counts: dict[str, float]) -> FeatureEvaluation:
     sketch = sl.sketches.get(name)
     ref_n = int(sum(ref.counts))
     if sketch is None:
         return FeatureEvaluation(name, "unknown", "n/a", None, 0, 0, ref_n, "", "",
                                  "feature not sketched in this window")
+    ftype, comparable = _kind(ref, sketch)
     if isinstance(ref, NumericReference) and isinstance(sketch, BinnedHistogram):
-        comparable = tuple(sketch.edges.tolist()) == ref.edges
         evidence = _numeric_evidence(ref, sketch)
-        ftype = "numeric"
     elif isinstance(ref, CategoricalReference) and isinstance(sketch, CategoryCounts):
-        comparable = sketch.categories == ref.categories
         evidence = _categorical_evidence(ref, sketch) if sketch.n else ("", "")
-        ftype = "categorical"
     else:
-        comparable, evidence, ftype = False, ("", ""), "unknown"
+        evidence = ("", "")
     statistic = chosen_statistic(drift, ftype, sketch.n) if ftype != "unknown" else "n/a"
     if not comparable:
         return FeatureEvaluation(name, ftype, statistic, None, sketch.n, sketch.missing, ref_n,
@@ -171,7 +198,7 @@ def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice,
         return FeatureEvaluation(name, ftype, statistic, None, 0, sketch.missing, ref_n,
                                  *evidence, "no values in this window")
     quantiles = sl.quantiles.get(name)
-    figures = _figures(ftype, ref, sketch, quantiles)
+    figures = _figures(ftype, ref, counts, quantiles)
     if STATISTICS[statistic].input == "counts":
         p = p_value(statistic, np.asarray(ref.counts), sketch.counts)
     else:

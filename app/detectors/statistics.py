@@ -27,7 +27,7 @@ at small n chance differences do cross them, and the significance gate of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,20 +47,12 @@ SMOOTHING = 0.5
 IQR_NORMAL = 1.3489795003921634
 
 
-def _smoothed(counts: npt.ArrayLike) -> FloatArray:
-    c = np.asarray(counts, dtype=np.float64) + SMOOTHING
-    out: FloatArray = c / c.sum()
-    return out
-
-
-def _proportions(expected: Counts, actual: Counts) -> tuple[FloatArray, FloatArray] | None:
-    e = np.asarray(expected, dtype=np.float64)
-    a = np.asarray(actual, dtype=np.float64)
-    if e.shape != a.shape:
+def _one(name: str, expected: Counts, actual: Counts) -> float:
+    """One feature's statistic: :func:`counts_statistics` of one row."""
+    e, a = np.asarray(expected), np.asarray(actual)
+    if e.ndim != 1 or e.shape != a.shape:
         raise ValueError(f"bins differ: reference has {e.shape}, window has {a.shape}")
-    if a.sum() == 0 or e.sum() == 0:
-        return None
-    return e / e.sum(), a / a.sum()
+    return float(counts_statistics(e[None, :], a[None, :], [name])[name][0])
 
 
 def psi(expected: Counts, actual: Counts) -> float:
@@ -75,14 +67,7 @@ def psi(expected: Counts, actual: Counts) -> float:
     >>> round(psi(np.array([500, 500]), np.array([200, 800])), 3)
     0.415
     """
-    e = np.asarray(expected)
-    a = np.asarray(actual)
-    if e.shape != a.shape:
-        raise ValueError(f"bins differ: reference has {e.shape}, window has {a.shape}")
-    if a.sum() == 0 or e.sum() == 0:
-        return 0.0
-    pe, pa = _smoothed(e), _smoothed(a)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
+    return _one("psi", expected, actual)
 
 
 def jensen_shannon(expected: Counts, actual: Counts) -> float:
@@ -96,17 +81,7 @@ def jensen_shannon(expected: Counts, actual: Counts) -> float:
     >>> round(jensen_shannon(np.array([500, 500]), np.array([200, 800])), 3)
     0.27
     """
-    props = _proportions(expected, actual)
-    if props is None:
-        return 0.0
-    p, q = props
-    m = (p + q) / 2
-
-    def kl(x: FloatArray) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
-
-    return float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
+    return _one("jensen_shannon", expected, actual)
 
 
 def hellinger(expected: Counts, actual: Counts) -> float:
@@ -117,11 +92,7 @@ def hellinger(expected: Counts, actual: Counts) -> float:
     >>> round(hellinger(np.array([500, 500]), np.array([200, 800])), 3)
     0.227
     """
-    props = _proportions(expected, actual)
-    if props is None:
-        return 0.0
-    p, q = props
-    return float(np.sqrt(np.sum((np.sqrt(p) - np.sqrt(q)) ** 2) / 2))
+    return _one("hellinger", expected, actual)
 
 
 def chi2(expected: Counts, actual: Counts) -> float:
@@ -143,13 +114,7 @@ def chi2(expected: Counts, actual: Counts) -> float:
     >>> round(chi2(np.array([500, 500]), np.array([200, 800])), 3)
     0.314
     """
-    props = _proportions(expected, actual)
-    if props is None:
-        return 0.0
-    p, q = props
-    s = p + q
-    nz = s > 0
-    return float(np.sqrt(np.sum((p[nz] - q[nz]) ** 2 / s[nz]) / 2))
+    return _one("chi2", expected, actual)
 
 
 def unseen_rate(expected: Counts, actual: Counts) -> float:
@@ -163,11 +128,54 @@ def unseen_rate(expected: Counts, actual: Counts) -> float:
     >>> unseen_rate(np.array([90, 10]), np.array([95, 5]))
     0.0
     """
-    props = _proportions(expected, actual)
-    if props is None:
-        return 0.0
-    p, q = props
-    return float(max(0.0, q[-1] - p[-1]))
+    return _one("unseen_rate", expected, actual)
+
+
+def counts_statistics(expected: npt.ArrayLike, actual: npt.ArrayLike,
+                      names: Sequence[str]) -> dict[str, FloatArray]:
+    """The ``"counts"`` statistics ``names`` of many features at once: row ``i`` of
+    ``expected`` and ``actual`` (2-D, one bin count) is one feature's pair of counts,
+    and element ``i`` of each result is what the statistic gives for that pair.
+
+    A window close compares every feature with its reference; row by row this costs a
+    dozen small numpy calls per statistic and feature, here a dozen per statistic.
+
+    >>> e = np.array([[500, 500], [500, 500], [10, 0]])
+    >>> a = np.array([[500, 500], [200, 800], [0, 0]])
+    >>> {k: v.round(3).tolist() for k, v in counts_statistics(e, a, ["psi", "chi2"]).items()}
+    {'psi': [0.0, 0.415, 0.0], 'chi2': [0.0, 0.314, 0.0]}
+    """
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.ndim != 2 or e.shape != a.shape:
+        raise ValueError(f"bins differ: reference has {e.shape}, window has {a.shape}")
+    e_n, a_n = e.sum(axis=1), a.sum(axis=1)
+    both = (e_n > 0) & (a_n > 0)  # a statistic is 0 when either side is empty
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p, q = e / e_n[:, None], a / a_n[:, None]
+        out: dict[str, FloatArray] = {}
+        for name in names:
+            if name == "psi":
+                pe = (e + SMOOTHING) / (e + SMOOTHING).sum(axis=1)[:, None]
+                pa = (a + SMOOTHING) / (a + SMOOTHING).sum(axis=1)[:, None]
+                value = np.sum((pa - pe) * np.log(pa / pe), axis=1)
+            elif name == "jensen_shannon":
+                m = (p + q) / 2
+                kl = (np.sum(np.where(p > 0, p * np.log2(p / m), 0.0), axis=1)
+                      + np.sum(np.where(q > 0, q * np.log2(q / m), 0.0), axis=1))
+                value = np.sqrt(np.maximum(0.0, kl / 2))
+            elif name == "hellinger":
+                value = np.sqrt(np.sum((np.sqrt(p) - np.sqrt(q)) ** 2, axis=1) / 2)
+            elif name == "chi2":
+                total = p + q
+                value = np.sqrt(np.sum(np.where(total > 0, (p - q) ** 2 / total, 0.0),
+                                       axis=1) / 2)
+            elif name == "unseen_rate":
+                value = np.maximum(0.0, q[:, -1] - p[:, -1])
+            else:
+                raise ValueError(f"{name!r} is not a counts statistic")
+            out[name] = np.where(both, value, 0.0)
+    return out
 
 
 _CDFS: list[Any] = []  # the last pair's: [its aligned cells, the result]

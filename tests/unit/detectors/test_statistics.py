@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
@@ -9,6 +11,7 @@ from app.detectors import STATISTICS, StatisticSpec, choose_statistic, statistic
 from app.detectors.statistics import (
     IQR_NORMAL,
     chi2,
+    counts_statistics,
     hellinger,
     jensen_shannon,
     ks,
@@ -245,3 +248,33 @@ def test_a_reference_spread_is_remembered_until_its_counts_change():
     assert statistics._SPREADS[id(ref)][2] == first == statistics._spread(ref)
     ref.update(rng.normal(0, 20, 5_000))  # wider: the remembered spread no longer holds
     assert reference_spread(ref) == statistics._spread(ref) > first
+
+
+COUNTS_STATISTICS = [n for n, spec in STATISTICS.items() if spec.input == "counts"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12).flatmap(lambda k: st.lists(
+    st.tuples(st.lists(st.integers(0, 10**6), min_size=k, max_size=k),
+              st.lists(st.sampled_from([0, 0, 1, 7, 1000, 10**9]), min_size=k, max_size=k)),
+    min_size=1, max_size=8)))
+def test_features_computed_together_equal_each_computed_alone(rows):
+    """A row's statistics do not depend on the other rows of the batch (a window close
+    computes the features of one bin count together); empty sides read 0."""
+    expected = np.array([e for e, _ in rows])
+    actual = np.array([a for _, a in rows])
+    together = counts_statistics(expected, actual, COUNTS_STATISTICS)
+    for i, (e, a) in enumerate(rows):
+        alone = counts_statistics(expected[i:i + 1], actual[i:i + 1], COUNTS_STATISTICS)
+        for name in COUNTS_STATISTICS:
+            assert together[name][i] == alone[name][0] == STATISTICS[name](e, a)
+            assert np.isfinite(together[name][i]) and together[name][i] >= 0
+            if not sum(e) or not sum(a):
+                assert together[name][i] == 0.0
+
+
+def test_counts_statistics_refuse_mismatched_bins_and_unknown_names():
+    with pytest.raises(ValueError, match="bins differ"):
+        counts_statistics(np.ones((2, 3)), np.ones((2, 4)), ["psi"])
+    with pytest.raises(ValueError, match="not a counts statistic"):
+        counts_statistics(np.ones((1, 3)), np.ones((1, 3)), ["ks"])
