@@ -300,8 +300,8 @@ class LabelJoin:
         w = watermark_ms if self._watermark is None else max(self._watermark, watermark_ms)
         self._watermark = w
         out = JoinResult()
-        out.expired = len(self.pending.pop_older_than(w - self.horizon_ms, EXPIRED))
-        out.orphans = len(self.orphans.pop_older_than(w - self.orphan_horizon_ms, ORPHANED))
+        out.expired = self.pending.drop_older_than(w - self.horizon_ms, EXPIRED)
+        out.orphans = self.orphans.drop_older_than(w - self.orphan_horizon_ms, ORPHANED)
         self.pending.forget_before(w - self.horizon_ms)
         self.orphans.forget_before(w - self.horizon_ms)
         return out

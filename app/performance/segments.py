@@ -290,13 +290,24 @@ class SegmentedMap:
         """:meth:`pop` of each of ``keys`` (distinct, present), one pass per segment: the
         same map and remembered removals as one by one (a removal record lists the ids
         in their segment's order)."""
-        self._remove_found(sorted(map(self._at.__getitem__, keys)), reason)
+        self._remove_found(sorted(map(self._at.__getitem__, keys)), reason, entries=False)
 
     def pop_older_than(self, t_ms: int, reason: str) -> list[tuple[str, Entry]]:
         """Remove and return the entries with time ``< t_ms``, oldest inserted first.
 
         Only the segments whose smallest time is below ``t_ms`` are scanned.
         """
+        return self._remove_found(self._older_than(t_ms), reason)
+
+    def drop_older_than(self, t_ms: int, reason: str) -> int:
+        """:meth:`pop_older_than` that only counts what it removed."""
+        found = self._older_than(t_ms)
+        self._remove_found(found, reason, entries=False)
+        return len(found)
+
+    def _older_than(self, t_ms: int) -> list[tuple[int, int]]:
+        """The present ``(segment, index)`` pairs with time ``< t_ms``, sorted; the
+        segments' lower bounds are made exact for the entries that stay."""
         found: list[tuple[int, int]] = []
         heap = self._seg_heap
         while heap and heap[0][0] < t_ms:
@@ -305,6 +316,10 @@ class SegmentedMap:
             if seg is None or seg.min_t != min_t:
                 continue  # a stale heap entry
             times, alive = seg.cols[0], seg.alive
+            if max(times) < t_ms:  # the whole segment (the usual case, in C)
+                found += zip(itertools.repeat(seq),
+                             itertools.compress(range(len(times)), alive))
+                continue
             rest: int | None = None
             for i, t in enumerate(times):
                 if alive[i]:
@@ -316,7 +331,7 @@ class SegmentedMap:
                 seg.min_t = rest
                 heapq.heappush(heap, (rest, seq))
         found.sort()  # insertion order, however stale the bounds were
-        return self._remove_found(found, reason)
+        return found
 
     def pop_oldest(self, reason: str) -> tuple[str, Entry] | None:
         """Remove and return the oldest inserted entry (for a size budget)."""
@@ -464,18 +479,20 @@ class SegmentedMap:
         self._leave(seg, [i], [key], reason, entry[0] if t_ms is None else t_ms)
         return entry
 
-    def _remove_found(self, found: list[tuple[int, int]], reason: str
-                      ) -> list[tuple[str, Entry]]:
+    def _remove_found(self, found: list[tuple[int, int]], reason: str, *,
+                      entries: bool = True) -> list[tuple[str, Entry]]:
         """:meth:`_remove` of the present ``(segment, index)`` pairs, sorted: one pass per
-        segment."""
+        segment. Returns the removed ids and entries (``entries=False``: nothing)."""
         out: list[tuple[str, Entry]] = []
         for seq, group in itertools.groupby(found, key=operator.itemgetter(0)):
             seg = self._segs[seq]
             idx = [i for _, i in group]
             keys = [seg.ids[i] for i in idx]
-            out += zip(keys, zip(*[[c[i] for i in idx] for c in seg.cols], strict=True),
-                       strict=True)
-            self._leave(seg, idx, keys, reason, max([seg.cols[0][i] for i in idx]))
+            times = [seg.cols[0][i] for i in idx]
+            if entries:
+                out += zip(keys, zip(times, *[[c[i] for i in idx] for c in seg.cols[1:]],
+                                     strict=True), strict=True)
+            self._leave(seg, idx, keys, reason, max(times))
         return out
 
     def _leave(self, seg: _Segment, idx: list[int], keys: list[str], reason: str,
@@ -490,8 +507,12 @@ class SegmentedMap:
         seg.live -= len(idx)
         for key in keys:
             del at[key]
-            before = gone.get(key)
-            gone[key] = alone if before is None else (*before, pair)
+        if gone.keys().isdisjoint(keys):  # never removed before (the usual ids): in C
+            gone.update(zip(keys, itertools.repeat(alone)))
+        else:
+            for key in keys:
+                before = gone.get(key)
+                gone[key] = alone if before is None else (*before, pair)
         self._buf.setdefault((seg.seq, reason), []).extend(keys)
         self._buf_t = t if self._buf_t is None or t > self._buf_t else self._buf_t
         if not seg.live:
@@ -512,16 +533,23 @@ class SegmentedMap:
                 count = 0
                 shared = _Shared()
                 named: dict[Gone, Gone] = {}  # with _BUFFERED -> with rseq (most ids share one)
+
+                def renamed(before: Gone) -> Gone:
+                    after = named.get(before)
+                    if after is None:
+                        after = named[before] = shared.of(tuple(
+                            (r, rseq if s == _BUFFERED else s) for r, s in before))
+                    return after
+
                 gone = self._gone
                 for _, _, keys in groups:
                     count += len(keys)
-                    for k in keys:
-                        before = gone[k]
-                        after = named.get(before)
-                        if after is None:
-                            after = named[before] = shared.of(tuple(
-                                (r, rseq if s == _BUFFERED else s) for r, s in before))
-                        gone[k] = after
+                    befores = list(map(gone.__getitem__, keys))
+                    if befores and befores.count(befores[0]) == len(befores):
+                        # one for all the group's ids (the usual case): renamed once, in C
+                        gone.update(zip(keys, itertools.repeat(renamed(befores[0]))))
+                    else:
+                        gone.update(zip(keys, map(renamed, befores), strict=True))
                 value = {"t": max_t, "g": groups}
                 self._rems[rseq] = (value, count)
                 self._known += count

@@ -153,6 +153,7 @@ ops = st.one_of(
     st.tuples(st.just("pop"), st.sampled_from(IDS), reasons),
     st.tuples(st.just("many"), st.lists(st.sampled_from(IDS), unique=True, max_size=6), reasons),
     st.tuples(st.just("older"), st.integers(0, 45), reasons),
+    st.tuples(st.just("drop"), st.integers(0, 45), reasons),
     st.tuples(st.just("oldest"), reasons),
     st.tuples(st.just("forget"), st.integers(0, 45)),
 )
@@ -191,6 +192,12 @@ def run(batch_list, params, restore_at=None, source="records"):
                 want = [(k, e) for k, e in model.items() if e[0] < op[1]]
                 assert got == want
                 for k, _ in want:
+                    del model[k]
+            elif op[0] == "drop":  # pop_older_than, counted only
+                got = m.drop_older_than(op[1], op[2])
+                want = [k for k, e in model.items() if e[0] < op[1]]
+                assert got == len(want)
+                for k in want:
                     del model[k]
             elif op[0] == "oldest":
                 got = m.pop_oldest(op[1])
