@@ -270,7 +270,7 @@ class ModelMonitor:
                     continue
                 if self.settings.quality.enabled:
                     self._count_quality(window, rows, columns)
-                _count_serving(window, rows)
+                _count_serving(window, rows, columns)
                 if back == 0:
                     result.accepted += added
 
@@ -392,7 +392,7 @@ class ModelMonitor:
 
     def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]],
                        columns: Columns) -> None:
-        for version, idx in version_indices(rows).items():
+        for version, idx in columns.versions().items():
             sl = window.slices.get(version)
             if sl is None:
                 continue  # nothing to compare this version with yet (first warm-up)
@@ -664,13 +664,15 @@ def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[s
     return out
 
 
-def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Latency and cost per version, for the events that carry them."""
+def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]], columns: Columns
+                   ) -> None:
+    """Latency and cost per version, for the events that carry them (``columns``: the
+    rows' own)."""
     latency, cost = field_values(rows, "latency_ms"), field_values(rows, "cost")
     n = len(rows)
     if latency.count(None) == n and cost.count(None) == n:
         return
-    for version, idx in version_indices(rows).items():
+    for version, idx in columns.versions().items():
         stats = window.serving.get(version)
         if stats is None:
             stats = window.serving[version] = ServingStats()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from app.events.fields import field_values
+from app.events.fields import field_values, version_indices
 
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
 #: (the predicted class or value) and ``@scores.<class>`` (a class probability).
@@ -83,7 +83,8 @@ class Columns:
     ([1.0, 0.0], [(1, 2.5)], None)
     """
 
-    __slots__ = ("_complete", "_floats", "_numbers", "_raw", "_types", "events", "maps")
+    __slots__ = ("_complete", "_floats", "_numbers", "_raw", "_types", "_versions", "events",
+                 "maps")
 
     def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
         self.events = events
@@ -93,6 +94,19 @@ class Columns:
         self._floats: dict[str, np.ndarray[Any, Any]] = {}
         self._types: dict[str, set[type]] = {}
         self._numbers: set[str] = set()  # features read as floats only: numbers everywhere
+        self._versions: dict[str, Sequence[int]] | None = None
+
+    def versions(self) -> dict[str, Sequence[int]]:
+        """:func:`~app.events.fields.version_indices` of the events (read once: the
+        sketches, the quality counts and the serving figures all group by version).
+
+        >>> c = Columns([{"features": {}, "model_version": "a"}] * 2)
+        >>> c.versions(), c.versions() is c.versions()
+        ({'a': range(0, 2)}, True)
+        """
+        if self._versions is None:
+            self._versions = version_indices(self.events)
+        return self._versions
 
     def read(self, names: Sequence[str]) -> None:
         """Read the raw columns of ``names`` not read yet (features in one pass)."""

@@ -129,7 +129,8 @@ class Window:
         the reference has neither, the event is in the version's slice only).
         """
         if segments is None:  # per version, without a per-event loop in the usual batch
-            return self._add(version_indices(events), events, times_ms, reference_for, columns)
+            return self._add(version_indices(events) if columns is None else columns.versions(),
+                             events, times_ms, reference_for, columns)
         groups: dict[str, list[int]] = {}  # keys in order of first appearance
         refs: dict[str, tuple[str, Reference] | None] = {}
         for i, e in enumerate(events):
