@@ -106,9 +106,25 @@ class BinnedHistogram:
             return
         totals = x.sum(axis=1).tolist()
         squares = np.einsum("ij,ij->i", x, x).tolist()
-        for h, row, total, square in zip(histograms, x, totals, squares, strict=True):
-            idx = np.searchsorted(h.edges, row, side="left")
-            h.counts += np.bincount(idx, minlength=h.counts.size)
+        # Each value's bin is the number of its row's edges below it (searchsorted, side
+        # "left"), counted for all the rows at once: one comparison per edge position
+        # (edges padded with +inf), then one bincount of (row, bin) keys.
+        sizes = [h.edges.size for h in histograms]
+        width = max(sizes)
+        if min(sizes) == width:
+            edges = np.stack([h.edges for h in histograms])
+        else:
+            edges = np.full((rows, width), np.inf)
+            for i, h in enumerate(histograms):
+                edges[i, :h.edges.size] = h.edges
+        idx = np.zeros(x.shape, dtype=np.intp)
+        for j in range(width):
+            idx += edges[:, j:j + 1] < x
+        idx += np.arange(0, rows * (width + 1), width + 1)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=rows * (width + 1)).reshape(rows, -1)
+        for h, row_counts, total, square in zip(histograms, counts, totals, squares,
+                                                strict=True):
+            h.counts += row_counts[:h.counts.size]
             h.total += total
             h.total_sq += square
 
