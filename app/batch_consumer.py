@@ -31,6 +31,8 @@ are never committed: it is read again after a restart or a rebalance, where the 
 positions skip what had reached the changelog. Records fetched before a rebalance
 (another consumer generation) or while the flow is stopped are dropped unhandled, as
 faust drops them: the rebalance seeks every partition back to its committed offset.
+Each batch handed over counts, for faust's check of stalled partitions, as its
+partitions' inbound stream events.
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ class BatchConsumer(AIOKafkaConsumer):
                 if app.consumer_generation_id != generation or not self.flow_active:
                     await self._settle(waiting)
                     return  # a rebalance began: the rest is read again after it
+                self._note_inbound(batch)
                 settle = await handler(batch)
                 await self._settle(waiting)  # the one before: its round trip had this work
                 waiting.append((settle, batch))
@@ -215,6 +218,18 @@ class BatchConsumer(AIOKafkaConsumer):
                 if not self.flow_active or app.consumer_generation_id != generation:
                     break
                 yield tp, to_message(tp, record)
+
+    def _note_inbound(self, batch: list[Message]) -> None:
+        """Tell faust's monitor that the batch's partitions are being processed, as a
+        stream does per event. faust checks every partition with unread records for a
+        recent inbound event and, finding none, logs an error that its stream "has not
+        started processing" (and, should the batch path stall, that it stopped)."""
+        monitor = self.app.monitor
+        if monitor is None:
+            return
+        now = time.monotonic()
+        for tp in {m.tp for m in batch}:
+            monitor.stream_inbound_time[tp] = now
 
     async def _let_producer_send(self) -> None:
         """Give the event loop to the producer until the records just saved are on their

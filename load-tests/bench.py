@@ -296,6 +296,18 @@ class Workers:
     def metric(self, name: str, **labels: str) -> float:
         return sum(scrape(p, name, **labels) for p in self.ports)
 
+    def log_lines(self, levels: tuple[str, ...]) -> list[str]:
+        """The workers' log lines at these levels (with the second and later lines of
+        what each logged, a traceback say, left out)."""
+        out = []
+        for log in self.logs:
+            if not log.closed:
+                log.flush()
+            for line in Path(log.name).read_text(errors="replace").splitlines():
+                if any(f"[{level}]" in line for level in levels):
+                    out.append(line)
+        return out
+
     def metrics(self, queries: list[Query]) -> list[float]:
         """Each query summed over the workers, one scrape per worker."""
         per = [scrape_many(p, queries) for p in self.ports]
@@ -490,6 +502,9 @@ async def steady_load(bootstrap: str, topic: str, outcomes: str, seconds: float,
     return sent
 
 
+SLOW_CLOSE = 2.0  # seconds: the target for window close -> alert
+
+
 async def watch_closes(bootstrap: str, evaluations: str, alerts: str, stop: asyncio.Event,
                        out: dict[str, list[float]]) -> None:
     """Seconds from each window's due time (end + lateness) to its drift evaluation, and
@@ -507,6 +522,9 @@ async def watch_closes(bootstrap: str, evaluations: str, alerts: str, stop: asyn
                     if r.topic == evaluations and data.get("kind") == "drift":
                         due = (data["window"]["end_ms"] + LATENESS_MS) / 1000
                         out["evaluation"].append(seen - due)
+                        if seen - due > SLOW_CLOSE:  # named in the report, with when
+                            out["slow"].append((seen, seen - due, data.get("model", "?"),
+                                                data["window"]["start_ms"]))
                     elif r.topic == alerts and data.get("kind") == "feature_drift" and \
                             data.get("status") == "firing":
                         from datetime import datetime
@@ -525,7 +543,7 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
     asyncio.run(ensure_topics(bootstrap, settings))
     workers = Workers(cfg, bootstrap, tmp, "soak")
     samples: list[tuple[float, int, float]] = []  # (s since start, RSS bytes, lag messages)
-    closes: dict[str, list[float]] = {"evaluation": [], "alert": []}
+    closes: dict[str, list[Any]] = {"evaluation": [], "alert": [], "slow": []}
     try:
         deadline = time.monotonic() + 120
         while not scrape(workers.ports[0], "process_resident_memory_bytes"):  # it is up
@@ -549,6 +567,7 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
                     await asyncio.sleep(5)
 
             sampler = asyncio.create_task(sample())
+            closes["began"] = [time.time()]
             sent = await steady_load(bootstrap, topics.name("predictions"),
                                      topics.name("outcomes"), seconds, rate, models,
                                      drift_from=120)
@@ -572,7 +591,7 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
             "rss_tail_max_mb": max(tail) / 2**20 if tail else 0,
             "lag_tail_max": max(lags) if lags else 0,
             "lag_tail_halves": _halves(lags),
-            "closes": closes}
+            "closes": closes, "log": workers.log_lines(("WARNING", "ERROR", "CRITICAL"))}
 
 
 def _halves(values: list[float]) -> tuple[float, float]:
@@ -624,6 +643,13 @@ def main() -> int:
             closes = r["closes"]
             print(f"- window due -> evaluation on the topic: {quantiles(closes['evaluation'])}")
             print(f"- window due -> drift alert on the topic: {quantiles(closes['alert'])}")
+            began = closes["began"][0] if closes.get("began") else 0.0
+            for seen, late, model, start_ms in closes["slow"]:
+                print(f"  - slower than {SLOW_CLOSE:.0f} s: {model}'s window from "
+                      f"{time.strftime('%H:%M:%S', time.gmtime(start_ms / 1000))} UTC, "
+                      f"{late:.1f} s after due, published {seen - began:.0f} s into the soak")
+            print(f"- worker log: {len(r['log'])} warnings and errors"
+                  + "".join(f"\n  - {line[:200]}" for line in r["log"][:8]))
             print("- RSS samples (s, MiB): " + ", ".join(
                 f"{t:.0f}:{rss / 2**20:.0f}" for t, rss, _ in r["samples"][::12]))
             return 0

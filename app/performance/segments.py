@@ -42,6 +42,10 @@ Gone = tuple[tuple[str, int], ...]
 _KEY = re.compile(r"([sr])(0|[1-9][0-9]*)")
 _BUFFERED = -1  # the removal-record sequence number of ids removed in the current batch
 _HEAP_SLACK = 64  # stale heap entries tolerated beyond twice the live ones
+# A present id's place, (segment seq, index), as one int ``seq * _STRIDE + index``: a
+# tuple of two ints took 84 bytes per id, this one int 32 (hundreds of thousands of
+# pending predictions). Sorting the ints sorts the places.
+_STRIDE = 1 << 32
 
 
 class _Shared:
@@ -138,12 +142,14 @@ class SegmentedMap:
                         ("width", width)):
             if v is not None and (not _is_int(v) or v <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if segment_size >= _STRIDE:
+            raise ValueError(f"segment_size must be below {_STRIDE}, got {segment_size}")
         self.prefix = prefix
         self.segment_size = segment_size
         self.max_removed = max_removed
         self.width = width
         self._segs: OrderedDict[int, _Segment] = OrderedDict()  # live segments, by seq
-        self._at: dict[str, tuple[int, int]] = {}  # present id -> (segment seq, index)
+        self._at: dict[str, int] = {}  # present id -> seq * _STRIDE + index
         self._seg_heap: list[tuple[int, int]] = []  # (min_t, seq), lazily invalidated
         self._rems: OrderedDict[int, tuple[dict[str, Any], int]] = OrderedDict()  # value, ids
         self._rem_heap: list[tuple[int, int]] = []  # (max time, seq), lazily invalidated
@@ -170,7 +176,10 @@ class SegmentedMap:
     def get(self, key: str) -> Entry | None:
         """The entry of a present id, else ``None``."""
         at = self._at.get(key)
-        return None if at is None else self._segs[at[0]].entry(at[1])
+        if at is None:
+            return None
+        seq, i = divmod(at, _STRIDE)
+        return self._segs[seq].entry(i)
 
     def items(self) -> Iterator[tuple[str, Entry]]:
         """Present entries, oldest inserted first."""
@@ -192,7 +201,7 @@ class SegmentedMap:
         >>> m.columns(["c", "a"])
         [[30, 10], ['z', 'x']]
         """
-        at = list(map(self._at.__getitem__, keys))
+        at = list(map(divmod, map(self._at.__getitem__, keys), itertools.repeat(_STRIDE)))
         if not at:
             return [[] for _ in range(self.width or 0)]
         segs = {seq: self._segs[seq].cols for seq in {seq for seq, _ in at}}
@@ -290,7 +299,8 @@ class SegmentedMap:
         """:meth:`pop` of each of ``keys`` (distinct, present), one pass per segment: the
         same map and remembered removals as one by one (a removal record lists the ids
         in their segment's order)."""
-        self._remove_found(sorted(map(self._at.__getitem__, keys)), reason, entries=False)
+        self._remove_found(list(map(divmod, sorted(map(self._at.__getitem__, keys)),
+                                    itertools.repeat(_STRIDE))), reason, entries=False)
 
     def pop_older_than(self, t_ms: int, reason: str) -> list[tuple[str, Entry]]:
         """Remove and return the entries with time ``< t_ms``, oldest inserted first.
@@ -415,9 +425,10 @@ class SegmentedMap:
             for i, k in enumerate(ids):
                 if alive[i] and k in m._at:
                     raise StateError(f"corrupt records: {k!r} is present in both "
-                                     f"{m._key('s', m._at[k][0])} and {m._key('s', seq)}")
+                                     f"{m._key('s', m._at[k] // _STRIDE)} and "
+                                     f"{m._key('s', seq)}")
                 if alive[i]:
-                    m._at[k] = (seq, i)
+                    m._at[k] = seq * _STRIDE + i
             seg = _Segment(seq, ids, cols, alive)
             if seg.live:
                 m._segs[seq] = seg
@@ -456,8 +467,8 @@ class SegmentedMap:
 
     def _install(self, seg: _Segment) -> None:
         self._segs[seg.seq] = seg
-        self._at.update(zip(seg.ids, zip(itertools.repeat(seg.seq), range(len(seg.ids))),
-                            strict=True))
+        first = seg.seq * _STRIDE
+        self._at.update(zip(seg.ids, range(first, first + len(seg.ids)), strict=True))
         heapq.heappush(self._seg_heap, (seg.min_t, seg.seq))
         if len(self._seg_heap) > 2 * len(self._segs) + _HEAP_SLACK:
             # stale entries of segments emptied before their time came (labelled, say):
@@ -473,7 +484,7 @@ class SegmentedMap:
             self._dirty[key] = None
 
     def _remove(self, key: str, reason: str, t_ms: int | None = None) -> Entry:
-        seq, i = self._at[key]
+        seq, i = divmod(self._at[key], _STRIDE)
         seg = self._segs[seq]
         entry = seg.entry(i)
         self._leave(seg, [i], [key], reason, entry[0] if t_ms is None else t_ms)
@@ -601,7 +612,7 @@ class SegmentedMap:
         seg.alive = bytearray(b"\x01" * len(keep))
         seg.head = 0
         for i, key in enumerate(seg.ids):
-            self._at[key] = (seg.seq, i)
+            self._at[key] = seg.seq * _STRIDE + i
         self._dirty[self._key("s", seg.seq)] = seg.value()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -273,3 +274,15 @@ def test_the_fetch_long_poll_is_the_apps_not_fausts():
     # ... which aiokafka hands its fetcher when the consumer starts
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
         AIOKafkaConsumer.start)
+
+
+def test_handled_partitions_count_as_processing_for_fausts_stall_check():
+    """faust logs an error for a partition with unread records and no stream event in
+    (its streams note one per event; the batch path notes one per batch): without the
+    note, a worker at steady load logged "has not started processing" every minute."""
+    h = Harness()
+    monitor = h.app.monitor
+    before = time.monotonic()
+    run(h.fetch(Script({P0: [record(ROUTED[0], 0)], O0: [record(ROUTED[1], 0)]})))
+    assert set(monitor.stream_inbound_time) == {P0, O0}
+    assert all(before <= t <= time.monotonic() for t in monitor.stream_inbound_time.values())

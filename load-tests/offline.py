@@ -1,0 +1,141 @@
+"""The worker's batch path without a broker: CPU per event of ``Pipeline.process_batch``.
+
+The bench's own messages (5 models x 20 features, arrays of 500 events, a third of the
+predictions labelled) go through a real :class:`~app.streaming.Pipeline` and engine in
+batches of a few messages, as a worker reading a backlog gets them; the faust pieces the
+pipeline writes to (topics, the state table) are stand-ins that only count. What it
+measures is the batch path's own CPU, free of the broker, the fetch thread and the
+consumer: the steadier figure for comparing two versions of the code (run them
+alternately, a few times each: the machines are noisy).
+
+    .venv/bin/python load-tests/offline.py --events 150000
+    .venv/bin/python load-tests/offline.py --events 300000 --profile /tmp/batch.prof
+
+Everything stays in this process and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import make_events, messages, outcomes_of, write_config
+from prometheus_client import CollectorRegistry
+
+import app.detectors.streaming  # noqa: F401  (the first evaluation's lazy import: not timed)
+from app.core.engine import Engine
+from app.observability.metrics import Metrics
+from app.reference import load_references
+from app.runtime import tune_gc
+from app.settings import load_settings
+from app.streaming import Pipeline
+
+
+class _Sent:
+    """A send the broker has confirmed already."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+class _Topic:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, key: Any = None, value: Any = None, headers: Any = None) -> _Sent:
+        self.sent += 1
+        return _Sent()
+
+
+class _Table:
+    """The state table: records kept, their sends counted."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.records = 0
+        self.bytes = 0
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> _Sent:
+        self.records += 1
+        self.bytes += len(value or b"")
+        return _Sent()
+
+
+def interleaved(predictions: list[Any], outcomes: list[Any]) -> list[Any]:
+    """One outcome message after every few prediction messages, as a backlog of both
+    topics is fetched."""
+    step = max(1, len(predictions) // max(1, len(outcomes)))
+    out: list[Any] = []
+    for j in range(0, len(predictions), step):
+        out += predictions[j:j + step]
+        if j // step < len(outcomes):
+            out.append(outcomes[j // step])
+    return out + outcomes[len(predictions) // step + 1:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=150_000, help="predictions (default 150000)")
+    ap.add_argument("--array", type=int, default=500, help="events per message (500)")
+    ap.add_argument("--batch-messages", type=int, default=5,
+                    help="messages per batch (5: about the worker's 1 MiB batches)")
+    ap.add_argument("--models", type=int, default=5)
+    ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the run here")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(write_config(Path(tmp), args.models, "offline.", 0))
+        engine = Engine(settings, load_references(settings), source="urn:offline")
+        table = _Table()
+        pipeline = Pipeline(settings, engine, Metrics(CollectorRegistry()), table, _Topic(),
+                            _Topic(), _Topic(), _Topic())
+        engine.load_state = pipeline.load_state
+        engine.load_records = pipeline.load_records
+        pt, ot = settings.topics.name("predictions"), settings.topics.name("outcomes")
+        pipeline.kinds = {pt: "prediction", ot: "outcome"}
+        events = make_events(args.events, args.models)
+        partition = {f"m{i}".encode(): i % 4 for i in range(args.models)}
+
+        def records(topic: str, msgs: list[tuple[bytes, bytes]]) -> list[Any]:
+            return [SimpleNamespace(topic=topic, partition=partition[k], offset=i, key=k,
+                                    value=v, timestamp=1.0) for i, (k, v) in enumerate(msgs)]
+
+        stream = interleaved(records(pt, messages(events, args.array)),
+                             records(ot, messages(outcomes_of(events), args.array)))
+        del events
+        n = args.batch_messages
+        batches = [stream[i:i + n] for i in range(0, len(stream), n)]
+        now = 1_700_000_000.0  # after every event: windows close as their data completes
+
+        async def run() -> None:
+            for batch in batches:
+                await pipeline.process_batch(batch, now)
+
+        tune_gc()  # as the worker does after start-up
+        began = time.process_time()
+        if args.profile:
+            cProfile.runctx("asyncio.run(run())", globals(), {"run": run}, args.profile)
+        else:
+            asyncio.run(run())
+        cpu = time.process_time() - began
+        gc.unfreeze()
+    print(f"{args.events} predictions in {len(batches)} batches: {cpu:.2f} CPU s, "
+          f"{cpu / args.events * 1e6:.2f} us per event; evaluations "
+          f"{pipeline.evaluations.sent}, alerts {pipeline.alerts.sent}, state records "
+          f"{table.records} ({table.bytes / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
