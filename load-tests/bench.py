@@ -545,10 +545,14 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
     samples: list[tuple[float, int, float]] = []  # (s since start, RSS bytes, lag messages)
     closes: dict[str, list[Any]] = {"evaluation": [], "alert": [], "slow": []}
     try:
+        # The load starts once the worker holds its partitions (joined its group, read
+        # its state): the first windows then measure the steady load, not the start-up.
+        # (The group join waits about half the session timeout on the embedded broker:
+        # 30 s with the long session the throughput phases need for their pauses.)
         deadline = time.monotonic() + 120
-        while not scrape(workers.ports[0], "process_resident_memory_bytes"):  # it is up
+        while not held_partitions(workers.ports[0], topics.name("predictions")):
             if time.monotonic() > deadline:
-                raise RuntimeError("the soak worker did not start")
+                raise RuntimeError("the soak worker did not join its group in time")
             workers.alive()
             time.sleep(0.2)
 
