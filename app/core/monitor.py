@@ -270,7 +270,7 @@ class ModelMonitor:
                     continue
                 if self.settings.quality.enabled:
                     self._count_quality(window, rows, columns)
-                _count_serving(window, rows, columns)
+                _count_serving(window, columns)
                 if back == 0:
                     result.accepted += added
 
@@ -664,10 +664,9 @@ def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[s
     return out
 
 
-def _count_serving(window: Window, rows: Sequence[Mapping[str, Any]], columns: Columns
-                   ) -> None:
-    """Latency and cost per version, for the events that carry them (``columns``: the
-    rows' own)."""
+def _count_serving(window: Window, columns: Columns) -> None:
+    """Latency and cost per version, for the events that carry them."""
+    rows = columns.events
     latency, cost = field_values(rows, "latency_ms"), field_values(rows, "cost")
     n = len(rows)
     if latency.count(None) == n and cost.count(None) == n:

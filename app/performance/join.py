@@ -144,7 +144,7 @@ class LabelJoin:
         cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
         return self.add_prediction_columns(cols[0], cols[1:])
 
-    def add_prediction_columns(self, pids: list[str], cols: Sequence[list[Any]]
+    def add_prediction_columns(self, pids: list[str], cols: Sequence[Sequence[Any]]
                                ) -> JoinResult:
         """:meth:`add_predictions` of the ids and their entries as columns
         (``event_ms``, ``version``, ``predicted``, ``score``): no row tuple per

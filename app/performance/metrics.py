@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,18 @@ def as_class(v: Any) -> str:
     if isinstance(v, bool | np.bool_):
         return "1" if v else "0"
     return v if isinstance(v, str) else as_category(v)
+
+
+def as_classes(values: Sequence[Any]) -> Sequence[Any]:
+    """:func:`as_class` of each value; the values themselves when all are strings already
+    (what the label join keeps: one C-level pass says so).
+
+    >>> as_classes(["a", "b"]), as_classes([True, "b", 2.0])
+    (['a', 'b'], ['1', 'b', '2'])
+    """
+    if set(map(type, values)) <= {str}:
+        return values
+    return [v if type(v) is str else as_class(v) for v in values]
 
 
 def wilson_interval(successes: int, n: int, z: float = Z) -> Interval:
@@ -133,12 +145,8 @@ class ClassificationMetrics:
         batch = list(rows)
         if not batch:
             return
-        labels, predicted, scores = zip(*batch, strict=True)
-        # (classes kept by the join are strings)
-        if set(map(type, labels)) != {str}:
-            labels = tuple(v if type(v) is str else as_class(v) for v in labels)
-        if set(map(type, predicted)) != {str}:
-            predicted = tuple(v if type(v) is str else as_class(v) for v in predicted)
+        raw_labels, raw_predicted, scores = zip(*batch, strict=True)
+        labels, predicted = as_classes(raw_labels), as_classes(raw_predicted)
         confusion = self.confusion
         for key, count in Counter(zip(labels, predicted, strict=True)).items():
             confusion[key] = confusion.get(key, 0) + count

@@ -243,7 +243,7 @@ class SegmentedMap:
             self._check_batch(batch)
         self._add_segments(keys, list(zip(*entries, strict=True)))
 
-    def add_columns(self, keys: list[str], cols: Sequence[list[Any]]) -> None:
+    def add_columns(self, keys: list[str], cols: Sequence[Sequence[Any]]) -> None:
         """:meth:`add` of ``keys`` and their entries given as columns (``cols[j][i]`` is
         field ``j`` of key ``i``'s entry): the segments' own layout, no entry tuples."""
         n = len(keys)

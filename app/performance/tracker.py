@@ -46,7 +46,7 @@ from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
 from app.events.fields import field_values
 from app.performance.join import JoinResult, LabelJoin, Labelled
-from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_class
+from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_classes
 from app.policy.performance import (
     PerformanceDecision,
     decide_coverage,
@@ -106,13 +106,6 @@ def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]
         return raw  # finite floats, the usual scores: as they are
     # (v - v is 0.0 for finite floats only)
     return [v if type(v) is float and v - v == 0.0 else _number(v) for v in raw]
-
-
-def _classes(values: Sequence[Any]) -> Sequence[str]:
-    """Classes as strings (what the join keeps already; :func:`as_class` otherwise)."""
-    if set(map(type, values)) == {str}:
-        return values
-    return [v if type(v) is str else as_class(v) for v in values]
 
 
 def _number(v: Any) -> float | None:
@@ -338,7 +331,7 @@ class PerformanceTracker:
         update.count(result)
         self._place(result.labelled, update)
 
-    def _kept_all(self, values: list[Any]) -> list[Any]:
+    def _kept_all(self, values: list[Any]) -> Sequence[Any]:
         """What the join keeps of predictions or labels: what the metrics read of each,
         its class (classification; strings and booleans, the usual ones, inline) or its
         number (regression). Always JSON the changelog writes, whatever the event held
@@ -348,10 +341,7 @@ class PerformanceTracker:
         types = set(map(type, values))
         if types == {bool}:  # the usual binary classifier's values, in one C pass
             return list(map(_BOOL_CLASS.__getitem__, values))
-        if types == {str}:
-            return values
-        return [v if type(v) is str else ("1" if v else "0") if type(v) is bool
-                else as_class(v) for v in values]
+        return as_classes(values)
 
     def note_version(self, version: str) -> None:
         if version not in self.versions:
@@ -458,8 +448,8 @@ class PerformanceTracker:
             errs = [abs(p - y) if y is not None and p is not None else 0.0
                     for y, p in zip(ys, ps, strict=True)]
             return errs, errs, usable
-        # (the join keeps classes as strings: as_class for anything else)
-        cls, pcls = _classes(labels), _classes(predicted)
+        # (the join keeps classes as strings: as_classes converts anything else)
+        cls, pcls = as_classes(labels), as_classes(predicted)
         errors = [0.0 if a == b else 1.0 for a, b in zip(cls, pcls, strict=True)]
         positive = self.perf.positive_class
         # Brier for scored predictions (bounded, see ConceptDetectorSettings), else the error
