@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,8 @@ class BatchApp(faust.App):
         self.batch_routes: dict[str, Handler] = {}  # topic name -> its batch handler
         self.batch_limits = BatchLimits()
         self.fetch_max_wait = 1.5  # seconds; faust's fixed value (see FetchThread)
+        # Told each fetch's batches, in order, before the first is handled
+        self.batch_prepare: Callable[[list[list[Message]]], None] | None = None
 
     def route_batches(self, topic: Any, handler: Handler) -> None:
         """Deliver the records of ``topic`` (a faust topic, possibly of several names) to
@@ -198,19 +201,24 @@ class BatchConsumer(AIOKafkaConsumer):
                 break
             wait = deadline - now
         waiting: list[tuple[Settle | None, list[Message]]] = []  # handled, not acknowledged
-        for handler, messages in pending.items():
-            for batch in chunks(messages, limits):
-                if app.consumer_generation_id != generation or not self.flow_active:
-                    await self._settle(waiting)
-                    return  # a rebalance began: the rest is read again after it
-                self._note_inbound(batch)
-                settle = await handler(batch)
-                await self._settle(waiting)  # the one before: its round trip had this work
-                waiting.append((settle, batch))
-                if settle is None:
-                    await self._settle(waiting)
-                else:
-                    await self._let_producer_send()
+        batches = deque(self._batches(pending))
+        while batches:
+            handler, batch = batches.popleft()
+            if app.consumer_generation_id != generation or not self.flow_active:
+                await self._settle(waiting)
+                return  # a rebalance began: the rest is read again after it
+            if not batches and not others and app.batch_prepare is not None:
+                # the turn's last batch: what was fetched meanwhile is prepared now, and
+                # handled after it, in this turn (see BatchApp.batch_prepare)
+                batches.extend(await self._fetched_meanwhile(generation, others))
+            self._note_inbound(batch)
+            settle = await handler(batch)
+            await self._settle(waiting)  # the one before: its round trip had this work
+            waiting.append((settle, batch))
+            if settle is None:
+                await self._settle(waiting)
+            else:
+                await self._let_producer_send()
         await self._settle(waiting)
         if others:
             to_message = self._to_message
@@ -218,6 +226,38 @@ class BatchConsumer(AIOKafkaConsumer):
                 if not self.flow_active or app.consumer_generation_id != generation:
                     break
                 yield tp, to_message(tp, record)
+
+    def _batches(self, pending: dict[Handler, list[Message]]
+                 ) -> list[tuple[Handler, list[Message]]]:
+        """The handlers' messages cut into batches, in order; told to ``batch_prepare``."""
+        out = [(handler, batch) for handler, messages in pending.items()
+               for batch in chunks(messages, self.app.batch_limits)]
+        if out and self.app.batch_prepare is not None:
+            self.app.batch_prepare([batch for _, batch in out])
+        return out
+
+    async def _fetched_meanwhile(self, generation: int, others: dict[TP, list[Any]]
+                                 ) -> list[tuple[Handler, list[Message]]]:
+        """The records fetched since this turn began, without waiting for any: routed ones
+        as batches, the others' kept in ``others`` (they end the turn)."""
+        if not self.flow_active or not self._get_active_partitions():
+            return []  # (faust's fetch would wait for the flow, or sleep a second)
+        records, active = await self._wait_next_records(0)
+        if not records or self.app.consumer_generation_id != generation:
+            return []  # (a rebalance seeks back to the commits: nothing is skipped)
+        if not self.flow_active:
+            await self.perform_seek()  # as faust does: the flow stopped after the fetch
+            return []
+        pending: dict[Handler, list[Message]] = {}
+        for tp, batch in records.items():
+            if not (active is None or tp in active or tp in self._buffered_partitions):
+                continue
+            handler = self.app.batch_routes.get(tp.topic)
+            if handler is None:
+                others.setdefault(tp, []).extend(batch)
+            else:
+                await self._accept(tp, batch, pending.setdefault(handler, []), [0, 0])
+        return self._batches(pending)
 
     def _note_inbound(self, batch: list[Message]) -> None:
         """Tell faust's monitor that the batch's partitions are being processed, as a

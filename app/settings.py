@@ -110,6 +110,9 @@ class WorkerSettings(_Frozen):
     # Messages a worker may hold fetched but unprocessed (faust's stream buffer): bounds
     # memory when messages are large arrays.
     stream_buffer: int = Field(256, ge=1, le=100_000)
+    # Processes decoding array messages into columns beside the worker's thread
+    # (app.events.decode_pool); 0: the worker's thread decodes them.
+    decode_processes: int = Field(0, ge=0, le=64)
 
 
 class Defaults(_Frozen):

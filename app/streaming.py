@@ -40,6 +40,8 @@ from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
 from app.events.checks import SPECS
 from app.events.decode import Rejection, decode_message, element_bytes
+from app.events.decode_pool import DecodePool
+from app.events.fields import concat
 from app.kafka import client_kwargs, ensure_topics
 from app.observability import Metrics
 from app.outputs.cloudevents import CONTENT_TYPE
@@ -155,6 +157,15 @@ class Pipeline:
     retrain_triggers: Any
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
+    decodes: DecodePool | None = None  # array messages decoded on other cores
+
+    def prepare(self, batches: list[list[Message]]) -> None:
+        """The next batches to process, in order: their large messages start decoding in
+        the decode pool now, while the batches before them are processed."""
+        if self.decodes is not None:
+            self.decodes.submit(((m.topic, m.partition, m.offset), m.value,
+                                 self.kinds.get(m.topic, "prediction"))
+                                for batch in batches for m in batch)
 
     # -- state ------------------------------------------------------------------------
     def load_state(self, model: str) -> Any:
@@ -246,6 +257,8 @@ class Pipeline:
                             self.settings.models)
 
     def forget_partitions(self, partitions: set[int]) -> None:
+        if self.decodes is not None:
+            self.decodes.forget()  # what was fetched is fetched again after the rebalance
         self.engine.forget(n for n, m in self.engine.monitors.items()
                            if m.partition in partitions)
 
@@ -270,12 +283,21 @@ class Pipeline:
         batch = self.engine.batch()
         dead: list[tuple[Message, Rejection]] = []
         read: dict[str, int] = defaultdict(int)  # topic -> messages read
+        pool = self.decodes
+        pooled = 0  # messages the decode pool decoded
+        if pool is not None:
+            await pool.wait((m.topic, m.partition, m.offset) for m in messages)
         for msg in messages:
             value: bytes = msg.value or b""
             position = f"{msg.topic}:{msg.partition}"
             kind = self.kinds.get(msg.topic, "prediction")
-            decoded = decode_message(value, SPECS[kind], max_bytes=wset.max_message_bytes,
-                                     max_elements=wset.max_array_elements)
+            decoded = None if pool is None else pool.decoded(
+                (msg.topic, msg.partition, msg.offset), value, kind)
+            if decoded is None:
+                decoded = decode_message(value, SPECS[kind], max_bytes=wset.max_message_bytes,
+                                         max_elements=wset.max_array_elements)
+            else:
+                pooled += 1
             dead.extend((msg, r) for r in decoded.rejections)
             default_ms = int(msg.timestamp * 1000) if msg.timestamp else int(now * 1000)
             if kind == "prediction":
@@ -292,6 +314,10 @@ class Pipeline:
                     element_bytes(value, obj, decoded), index)))
         for name, n in read.items():
             self.metrics.messages.labels(name).inc(n)
+        if pooled:
+            self.metrics.decoded.labels("pool").inc(pooled)
+        if pooled < len(messages):
+            self.metrics.decoded.labels("worker").inc(len(messages) - pooled)
         topic_of = {"prediction": topic, **{kind: name for name, kind in self.kinds.items()}}
         for model, runs in batch.runs.items():  # once per model and kind, not per run
             valid: dict[str, int] = defaultdict(int)
@@ -301,8 +327,7 @@ class Pipeline:
                 self.metrics.events.labels(topic_of[kind], model, "valid").inc(n)
             predicted = [accepted for kind, accepted, _ in runs if kind == "prediction"]
             if predicted:
-                self.metrics.observe_predictions(model, predicted[0] if len(predicted) == 1
-                                                 else [e for run in predicted for e in run])
+                self.metrics.observe_predictions(model, concat(predicted))
         for (kind, model), n in batch.duplicated.items():
             self.metrics.events.labels(topic_of[kind], model, "duplicate").inc(n)
         # Dead letters first: they are owed nowhere in the state, so they are on the
@@ -584,6 +609,11 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                       topics.name("outcomes"): "outcome",
                       topics.name("model_events"): "model_event"}
     engine.on_state_error = pipeline.on_state_error
+    pipeline.decodes = DecodePool(
+        settings.worker.decode_processes, max_bytes=settings.worker.max_message_bytes,
+        max_elements=settings.worker.max_array_elements)
+    if pipeline.decodes.processes:
+        app.batch_prepare = pipeline.prepare
     predictions_name = topics.name("predictions")
     pipeline.assigned = lambda: {tp.partition for tp in app.assignor.assigned_actives()
                                  if tp.topic == predictions_name}

@@ -97,11 +97,16 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
             log.warning("installed %d version reference(s) from %s", installed,
                         settings.topics.name("references"))
         worker = faust_worker(app, log_level)
+        if pipeline.decodes is not None:
+            pipeline.decodes.start()
         tune_gc()
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
             return int(exc.code or 0)
+        finally:
+            if pipeline.decodes is not None:
+                pipeline.decodes.close()
         return 0
     finally:
         if broker is not None:

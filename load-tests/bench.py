@@ -171,6 +171,9 @@ async def ceiling(bootstrap: str, topic: str, total: int) -> float:
 
 # --- processes ------------------------------------------------------------------------
 
+WORKER: dict[str, Any] = {}  # worker settings of every config (--decode-processes)
+
+
 def write_config(tmp: Path, models: int, prefix: str, port: int, *,
                  window: str = "1m") -> Path:
     rng = np.random.default_rng(99)
@@ -190,7 +193,8 @@ def write_config(tmp: Path, models: int, prefix: str, port: int, *,
         "kafka": {"partitions": 4, "rebalance_timeout": "3s", "session_timeout": "60s"},
         "topics": {"prefix": prefix},
         "metrics": {"host": "127.0.0.1", "port": port},
-        "worker": {"app_id": f"bench-{prefix.strip('.')}", "data_dir": str(tmp / "data")},
+        "worker": {"app_id": f"bench-{prefix.strip('.')}", "data_dir": str(tmp / "data"),
+                   **WORKER},
         "defaults": {"window": window, "lateness": f"{LATENESS_MS // 1000}s",
                      "min_samples": 100},
         "models": {f"m{i}": {
@@ -219,6 +223,34 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
             elif line.startswith("VmRSS"):
                 rss = int(line.split()[1]) * 1024
     return cpu, hwm, rss
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a worker's decode processes)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return out
+
+
+def family_stats(pid: int) -> tuple[float, int, int]:
+    """:func:`proc_stats` of a worker with its decode processes, summed (a worker is all
+    of them: its CPU and memory are theirs together)."""
+    total = [0.0, 0, 0]
+    for p in [pid, *children(pid)]:
+        try:
+            stats = proc_stats(p)
+        except OSError:
+            continue
+        for j in range(3):
+            total[j] += stats[j]
+    return total[0], int(total[1]), int(total[2])
 
 
 Query = tuple[str, dict[str, str]]  # a sample name and the labels it must have
@@ -314,10 +346,10 @@ class Workers:
         return [sum(values) for values in zip(*per, strict=True)]
 
     def cpu(self) -> float:
-        return sum(proc_stats(p.pid)[0] for p in self.procs)
+        return sum(family_stats(p.pid)[0] for p in self.procs)
 
     def peak_rss(self) -> int:
-        return max(proc_stats(p.pid)[1] for p in self.procs)
+        return max(family_stats(p.pid)[1] for p in self.procs)
 
     def pause(self) -> None:
         for p in self.procs:
@@ -565,7 +597,7 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, models: int) -> d
             async def sample() -> None:
                 while not stop.is_set():
                     samples.append((time.monotonic() - began,
-                                    proc_stats(workers.procs[0].pid)[2],
+                                    family_stats(workers.procs[0].pid)[2],
                                     scrape(workers.ports[0],
                                            "driftwarden_consumer_lag_messages")))
                     await asyncio.sleep(5)
@@ -622,12 +654,18 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=5)
     ap.add_argument("--array", type=int, default=500)
     ap.add_argument("--two-workers", action="store_true")
+    ap.add_argument("--decode-processes", type=int, default=None, metavar="N",
+                    help="the workers' worker.decode_processes (default: theirs)")
     ap.add_argument("--messages", choices=["both", "array", "single"], default="both")
     ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--rate", type=int, default=1000, help="soak: predictions per second")
     args = ap.parse_args()
+    if args.decode_processes is not None:
+        WORKER["decode_processes"] = args.decode_processes
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-               f"{platform.python_version()}; embedded broker")
+               f"{platform.python_version()}; embedded broker"
+               + ("" if args.decode_processes is None else
+                  f"; worker.decode_processes {args.decode_processes}"))
     with tempfile.TemporaryDirectory() as d, EmbeddedBroker() as broker:
         tmp = Path(d)
         if args.soak:

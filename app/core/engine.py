@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,9 @@ from app.core.evaluation import WindowEvaluation
 from app.core.monitor import IngestResult, ModelMonitor
 from app.core.signals import is_output_signal, public_name
 from app.errors import StateError
+from app.events.block import EventBlock
 from app.events.checks import timestamp_ms
-from app.events.fields import field_values
+from app.events.fields import concat, field_values
 from app.outputs.cloudevents import (
     _segment_dict,
     alert_event,
@@ -86,7 +87,8 @@ class Batch:
     # model -> runs of one kind in arrival order: (kind, events, event times). Kept in
     # order because labels are judged against how far event time had moved when they
     # came; a batch of predictions only is one run.
-    runs: dict[str, list[tuple[str, list[dict[str, Any]], list[int]]]] = \
+    # (An array message decoded elsewhere is an EventBlock: a sequence of its events.)
+    runs: dict[str, list[tuple[str, Sequence[dict[str, Any]], list[int]]]] = \
         field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
     # dead-lettered for NaN / infinity, yet attributable: model -> (version, time, features)
@@ -153,7 +155,9 @@ class Batch:
         if not runs or runs[-1][0] != kind:
             runs.append((kind, [], []))
         run = runs[-1]
-        run[1].append(event)
+        if type(run[1]) is not list:  # a block's events, then this one: a list of them
+            run = runs[-1] = (kind, list(run[1]), run[2])
+        run[1].append(event)  # type: ignore[attr-defined]
         ts = event.get("timestamp")
         run[2].append(default_ms if ts is None else timestamp_ms(ts))
         if position is not None:
@@ -161,7 +165,7 @@ class Batch:
         self.accepted += 1
         return None
 
-    def add_many(self, events: list[dict[str, Any]], default_ms: int, *,
+    def add_many(self, events: Sequence[dict[str, Any]], default_ms: int, *,
                  position: tuple[str, int] | None = None, partition: int | None = None,
                  kind: str = "prediction") -> list[int]:
         """:meth:`add` for the validated events of one message (they share its position);
@@ -171,14 +175,16 @@ class Batch:
         """
         if not events:
             return []
-        model = events[0]["model"]
-        models = list(map(_MODEL, events))
-        if models.count(model) != len(models):  # mixed models: one by one
-            return [i for i, e in enumerate(events)
-                    if self.add(e, default_ms, position=position, partition=partition,
-                                kind=kind) is not None]
+        if type(events) is EventBlock:  # one model's, known without building them
+            model = events.model
+        else:
+            model = events[0]["model"]
+            if list(map(_MODEL, events)).count(model) != len(events):  # mixed: one by one
+                return [i for i, e in enumerate(events)
+                        if self.add(e, default_ms, position=position, partition=partition,
+                                    kind=kind) is not None]
         if model not in self.engine.settings.models:
-            self.unknown.extend(events)
+            self.unknown.extend(events)  # (a block's events are built: the rare case)
             return list(range(len(events)))
         m = self.engine.monitor(model, partition)
         if position is not None and m.applied(*position):
@@ -188,7 +194,10 @@ class Batch:
         if not runs or runs[-1][0] != kind:
             runs.append((kind, [], []))
         run = runs[-1]
-        run[1].extend(events)
+        if type(run[1]) is list and type(events) is list:
+            run[1].extend(events)
+        else:  # a block, and what came before it: one block when they are alike
+            run = runs[-1] = (kind, concat([run[1], events]), run[2])  # type: ignore[assignment]
         stamps = field_values(events, "timestamp")
         if set(map(type, stamps)) != {int}:  # (epoch milliseconds: the usual stamps)
             stamps = [ts if type(ts) is int else default_ms if ts is None

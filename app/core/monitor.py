@@ -21,7 +21,8 @@ from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
 from app.core.windows import SEP, Window
 from app.errors import MALFORMED_STATE, ReferenceDataError, StateError
-from app.events.fields import field_values, version_indices
+from app.events.block import EventBlock
+from app.events.fields import concat, field_values, take, version_indices
 from app.performance.tracker import PerformanceTracker, PerformanceUpdate
 from app.policy.alerts import AlertBook, is_alert_data
 from app.policy.retrain import RetrainPolicy
@@ -215,7 +216,7 @@ class ModelMonitor:
                 stop, held, complete = self._feed_warm_up(events, pos, result)
                 keep = [i for i in range(pos, stop) if i not in held]
                 if keep:
-                    self._window([events[i] for i in keep], times[keep], before[keep], result)
+                    self._window(take(events, keep), times[keep], before[keep], result)
                 if complete is not None:
                     self._build_reference(complete, result)
                 pos = stop
@@ -232,7 +233,7 @@ class ModelMonitor:
         if len(runs) == 1:
             events, times, before = runs[0]
         else:
-            events = [e for run in runs for e in run[0]]
+            events = concat([run[0] for run in runs])
             times = np.concatenate([run[1] for run in runs])
             before = np.concatenate([run[2] for run in runs])
         self._window(events, times, before, result)
@@ -260,7 +261,7 @@ class ModelMonitor:
                 window = self.windows.get(ws)
                 if window is None:
                     window = self.windows[ws] = Window(ws, ws + self.window_ms)
-                rows = events if idx.size == len(events) else [events[i] for i in idx.tolist()]
+                rows = events if idx.size == len(events) else take(events, idx.tolist())
                 columns = Columns(rows)  # read once for the sketches and the quality counts
                 added = window.update(rows, times[idx], self.reference_for,
                                       self._segment_labels if self.settings.segments else None,
@@ -290,7 +291,7 @@ class ModelMonitor:
             self.performance.add_predictions(events, times.tolist(), update)
             return
         idx = np.flatnonzero(keep).tolist()
-        self.performance.add_predictions([events[i] for i in idx], times[idx].tolist(), update)
+        self.performance.add_predictions(take(events, idx), times[idx].tolist(), update)
 
     def ingest_outcomes(self, events: Sequence[Mapping[str, Any]], times_ms: Sequence[int],
                         now: float | None) -> IngestResult:
@@ -400,12 +401,15 @@ class ModelMonitor:
             counts = window.quality.get(version)
             if counts is None:
                 counts = window.quality[version] = rules.new_counts()
-            if len(idx) == len(rows):  # the usual batch: one version, columns read
-                counts.update(columns.maps, rules.ranges, rules.allowed,
-                              columns=columns.features(counts.names), floats=columns.floats,
-                              types=columns.types)
-            else:
+            cols = columns  # the usual batch: one version, its columns read already
+            if len(idx) < len(rows) and type(rows) is EventBlock:  # a version's, of a block
+                cols = Columns(rows.take(idx))
+            elif len(idx) < len(rows):
                 counts.update([columns.maps[i] for i in idx], rules.ranges, rules.allowed)
+                continue
+            counts.update(cols.maps, rules.ranges, rules.allowed,
+                          columns=cols.features(counts.names), floats=cols.floats,
+                          types=cols.types, lengths=cols.lengths())
 
     def count_non_finite(self, items: Sequence[tuple[str, int, list[str]]]) -> int:
         """Dead-lettered events whose features held NaN or infinity: (version, event time,

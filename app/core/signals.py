@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from app.events.fields import field_values, version_indices
+from app.events.block import EventBlock
+from app.events.fields import field_values, score_values, version_indices
 
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
 #: (the predicted class or value) and ``@scores.<class>`` (a class probability).
@@ -83,18 +84,34 @@ class Columns:
     ([1.0, 0.0], [(1, 2.5)], None)
     """
 
-    __slots__ = ("_complete", "_floats", "_numbers", "_raw", "_types", "_versions", "events",
-                 "maps")
+    __slots__ = ("_block", "_complete", "_floats", "_numbers", "_raw", "_types", "_versions",
+                 "events", "maps")
 
     def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
         self.events = events
-        self.maps: list[Mapping[str, Any]] = [e["features"] for e in events]
         self._raw: dict[str, Sequence[Any]] = {}
         self._complete: set[str] = set()  # feature columns with a value in every event
         self._floats: dict[str, np.ndarray[Any, Any]] = {}
         self._types: dict[str, set[type]] = {}
         self._numbers: set[str] = set()  # features read as floats only: numbers everywhere
         self._versions: dict[str, Sequence[int]] | None = None
+        # An event block's columns are its own; its feature maps are built if asked for
+        self._block = events if type(events) is EventBlock else None
+        self.maps: Sequence[Mapping[str, Any]]
+        if self._block is None:
+            self.maps = [e["features"] for e in events]
+        else:
+            self.maps = _BlockMaps(self._block)
+            self._raw.update(self._block.raw)
+            self._floats.update(self._block.floats)
+            self._numbers.update(self._block.floats)
+            self._complete.update(self._block.feature_names)
+
+    def lengths(self) -> Sequence[int] | None:
+        """How many features each event's map holds, when known without reading them."""
+        if self._block is None:
+            return None
+        return [len(self._block.feature_names)] * len(self._block)
 
     def versions(self) -> dict[str, Sequence[int]]:
         """:func:`~app.events.fields.version_indices` of the events (read once: the
@@ -112,6 +129,11 @@ class Columns:
         """Read the raw columns of ``names`` not read yet (features in one pass)."""
         todo = [n for n in names if n not in self._raw]
         features = [n for n in todo if not is_output_signal(n)]
+        if features and self._block is not None:  # none of a block's events has the others
+            carried = set(self._block.feature_names)
+            self._raw.update((n, [None] * len(self._block)) for n in features
+                             if n not in carried)
+            features = [n for n in features if n in carried]  # their values: from the events
         if features and self.maps:
             getter = operator.itemgetter(*features)
             try:  # the usual batch: every event carries every name (one C call per event)
@@ -135,8 +157,7 @@ class Columns:
             if n == PREDICTION:
                 self._raw[n] = field_values(self.events, "prediction")
             elif n.startswith(SCORES):
-                scores = field_values(self.events, "scores")
-                self._raw[n] = field_values(scores, n[len(SCORES):])
+                self._raw[n] = score_values(self.events, n[len(SCORES):])
             elif is_output_signal(n):  # no such output: absent everywhere
                 self._raw[n] = [None] * len(self.events)
 
@@ -172,7 +193,9 @@ class Columns:
         """
         todo = [n for n in names if n not in self._floats and n not in self._raw
                 and not is_output_signal(n)]
-        if todo and self.maps and not self._read_numbers(todo):
+        if todo and self._block is not None:
+            self.read(todo)  # what a block has no floats of: absent, or from its events
+        elif todo and self.maps and not self._read_numbers(todo):
             self.read(todo)  # in one pass, for the column-by-column rules
         return np.array([self.floats(n) for n in names], dtype=np.float64).reshape(
             len(names), len(self.events))
@@ -211,6 +234,28 @@ class Columns:
 
 
 _ABSENT = object()
+
+
+class _BlockMaps(Sequence[Mapping[str, Any]]):
+    """An event block's feature maps, built when first read."""
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: EventBlock) -> None:
+        self._block = block
+
+    def __len__(self) -> int:
+        return len(self._block)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [e["features"] for e in self._block.rows()[i]]
+        return self._block.rows()[i]["features"]
+
+    def __iter__(self) -> Any:
+        return (e["features"] for e in self._block.rows())
+
+
 def float_column(values: Sequence[Any], types: set[type] | None = None
                  ) -> np.ndarray[Any, Any]:
     """Raw values as floats by :func:`numeric_column`'s rule (one ``np.array`` call when

@@ -11,7 +11,7 @@ import numpy as np
 from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
-from app.events.fields import version_indices
+from app.events.fields import take, version_indices
 from app.quality import QualityCounts
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
@@ -174,7 +174,7 @@ class Window:
                 else:
                     sl = self.slices[key] = Slice.open(ref_key, ref)
             if len(idx) < len(events):
-                sl.update([events[i] for i in idx])
+                sl.update(take(events, idx))
             else:
                 sl.update(events, columns)
             if label:

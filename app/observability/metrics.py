@@ -16,7 +16,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from app.events.fields import field_values, version_indices
+from app.events.fields import field_values, take, version_indices
 
 log = logging.getLogger("driftwarden")
 
@@ -122,6 +122,10 @@ class Metrics:
         self.batch_events = Histogram(
             "driftwarden_batch_events", "Events per processed batch.",
             buckets=(1, 10, 50, 100, 500, 1000, 5000, 20000, 100000), registry=registry)
+        self.decoded = Counter(
+            "driftwarden_messages_decoded_total", "Input messages decoded, by where: "
+            "the decode processes (pool) or the worker's thread (worker).",
+            ["decoder"], registry=registry)
         self.batch_seconds = Histogram(
             "driftwarden_batch_processing_seconds", "Processing time per batch.",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -212,7 +216,7 @@ class Metrics:
     def observe_predictions(self, model: str, events: Sequence[Mapping[str, Any]]) -> None:
         """A batch's predictions of one model: counts, latency and cost per version."""
         for version, idx in version_indices(events).items():
-            group = events if len(idx) == len(events) else [events[i] for i in idx]
+            group = events if len(idx) == len(events) else take(events, idx)
             self.predictions.labels(model, version).inc(len(group))
             latency = field_values(group, "latency_ms")
             if None in latency:

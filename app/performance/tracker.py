@@ -34,7 +34,6 @@ open window, plus the join's segments), written only when they change
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import numpy as np
 
 from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
-from app.events.fields import field_values
+from app.events.fields import field_values, score_values
 from app.performance.join import JoinResult, LabelJoin, Labelled
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_classes
 from app.policy.performance import (
@@ -93,15 +92,12 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
-_VERSION = operator.itemgetter("model_version")
-_PREDICTION = operator.itemgetter("prediction")
-_PREDICTION_ID = operator.itemgetter("prediction_id")
 _BOOL_CLASS = {True: "1", False: "0"}  # (read with booleans only: 1 == True)
 
 
 def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
     """The score of class ``key`` in each event: a finite number as a float, else None."""
-    raw = field_values(field_values(events, "scores"), key)
+    raw = score_values(events, key)
     if set(map(type, raw)) == {float} and math.isfinite(sum(raw)):
         return raw  # finite floats, the usual scores: as they are
     # (v - v is 0.0 for finite floats only)
@@ -306,7 +302,7 @@ class PerformanceTracker:
         if not events:
             return
         times = list(map(int, times_ms))
-        versions = list(map(_VERSION, events))
+        versions = field_values(events, "model_version")
         window_ms = self.window_ms
         first, top = min(times) // window_ms * window_ms, max(times)
         groups: Mapping[tuple[int, str], int]
@@ -324,10 +320,10 @@ class PerformanceTracker:
         scores: list[float | None] = [None] * len(events)
         if self.task == "binary_classification":
             scores = _scores(events, self.perf.score_key or self.perf.positive_class)
-        kept = self._kept_all(list(map(_PREDICTION, events)))
+        kept = self._kept_all(field_values(events, "prediction"))
         self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
         result = self.join.add_prediction_columns(
-            list(map(_PREDICTION_ID, events)), [times, versions, kept, scores])
+            field_values(events, "prediction_id"), [times, versions, kept, scores])
         update.count(result)
         self._place(result.labelled, update)
 
@@ -365,7 +361,7 @@ class PerformanceTracker:
             wm = t if wm is None or t > wm else wm
         self.outcome_wm = wm
         result = self.join.add_outcomes(list(zip(
-            [e["prediction_id"] for e in events], self._kept_all([e["label"] for e in events]),
+            field_values(events, "prediction_id"), self._kept_all(field_values(events, "label")),
             times, at, strict=True)))
         update.count(result)
         self._place(result.labelled, update)

@@ -187,7 +187,8 @@ class QualityCounts:
                allowed: Mapping[str, frozenset[str]], *,
                columns: Sequence[Sequence[Any] | None] | None = None,
                floats: Callable[[str], FloatArray] | None = None,
-               types: Callable[[str], set[type]] | None = None) -> None:
+               types: Callable[[str], set[type]] | None = None,
+               lengths: Sequence[int] | None = None) -> None:
         """Count a batch of feature maps (one per event).
 
         ``columns``: the values of :attr:`names` in every map, when the caller has read
@@ -195,7 +196,7 @@ class QualityCounts:
         every map carries as a number (an int, a float or a bool), whose ``floats`` are
         all there is to count; ``floats``: a numeric feature's column as floats (nulls
         NaN), likewise; ``types``: the types of a column's values (read with ``columns``
-        only).
+        only); ``lengths``: how many names each map holds, when the caller knows.
 
         One pass reads every configured feature of every event into a flat list. Per
         feature, a column of only the usual types (numbers and nulls for a numeric
@@ -244,13 +245,14 @@ class QualityCounts:
                                None if numeric else allowed.get(name), floats,
                                None if types is None or columns is None else types(name))
 
-        lengths = np.fromiter(map(len, feature_maps), dtype=np.int64, count=n)
+        sizes = np.fromiter(map(len, feature_maps) if lengths is None else lengths,
+                            dtype=np.int64, count=n)
         configured: Any = k  # configured features each event carries
         if flat is not None and delta[:, _MISSING_C].any():
             absent = np.fromiter(map(operator.is_, flat, itertools.repeat(_ABSENT)),
                                  dtype=np.bool_, count=n * k).reshape(n, k)
             configured = k - absent.sum(axis=1)
-        surplus = np.flatnonzero(lengths > configured)
+        surplus = np.flatnonzero(sizes > configured)
         if surplus.size:
             known = self._index
             batch = Counter(key for i in surplus.tolist() for key in feature_maps[i]

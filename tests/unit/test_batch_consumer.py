@@ -286,3 +286,68 @@ def test_handled_partitions_count_as_processing_for_fausts_stall_check():
     run(h.fetch(Script({P0: [record(ROUTED[0], 0)], O0: [record(ROUTED[1], 0)]})))
     assert set(monitor.stream_inbound_time) == {P0, O0}
     assert all(before <= t <= time.monotonic() for t in monitor.stream_inbound_time.values())
+
+
+def _preparing(h: Harness) -> list[list[list[tuple[str, int]]]]:
+    """Record what ``batch_prepare`` is told; every partition active."""
+    told: list[list[list[tuple[str, int]]]] = []
+    h.app.batch_prepare = lambda batches: told.append(
+        [[(m.topic, m.offset) for m in b] for b in batches])
+    h.consumer._get_active_partitions = lambda: {P0, P1, O0}  # type: ignore[method-assign]
+    return told
+
+
+def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
+    """With a decode pool, a turn's batches are told to it before the first is handled;
+    before its last, what was fetched meanwhile is fetched (without waiting), told, and
+    handled in the same turn, so the pool is never idle behind the handler."""
+    h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
+    told = _preparing(h)
+    script = Script({P0: [record(ROUTED[0], o) for o in range(10)]},
+                    {P0: [record(ROUTED[0], o) for o in range(10, 13)]})
+    assert run(h.fetch(script)) == []
+    assert [len(b) for b in h.handled] == [4, 4, 2, 3]
+    assert told == [h.handled[:3], h.handled[3:]]
+    assert script.waits == [1.0, 0, 0]  # the turn's fetch, then two that did not wait
+    assert h.acked() == list(range(13))
+
+
+def test_without_a_pool_a_turn_is_its_fetch():
+    h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
+    script = Script({P0: [record(ROUTED[0], o) for o in range(10)]},
+                    {P0: [record(ROUTED[0], o) for o in range(10, 13)]})
+    run(h.fetch(script))
+    assert [len(b) for b in h.handled] == [4, 4, 2] and script.waits == [1.0]
+
+
+def test_other_topics_fetched_meanwhile_end_the_turn_on_fausts_path():
+    h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
+    _preparing(h)
+    other = TP(OTHER, 0)
+    script = Script({P0: [record(ROUTED[0], o) for o in range(2)]},
+                    {P0: [record(ROUTED[0], 2)], other: [record(OTHER, 0)]},
+                    {P0: [record(ROUTED[0], 3)]})
+    assert run(h.fetch(script)) == [(OTHER, 0)]
+    assert h.handled == [[(ROUTED[0], 0), (ROUTED[0], 1)], [(ROUTED[0], 2)]]
+    assert script.waits == [1.0, 0]  # the other topic's record ended the turn
+
+
+def test_what_was_fetched_meanwhile_before_a_rebalance_is_dropped():
+    h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
+    told = _preparing(h)
+
+    async def fetch(timeout: float) -> tuple[dict[TP, list[Any]], None]:
+        if timeout == 0:
+            h.app.consumer_generation_id += 1  # a rebalance began meanwhile
+            return {P0: [record(ROUTED[0], 2)]}, None
+        return {P0: [record(ROUTED[0], o) for o in range(2)]}, None
+
+    h.consumer._wait_next_records = fetch  # type: ignore[method-assign]
+
+    async def go() -> list[Any]:
+        await h.app.topics._update_indices()
+        return [x async for x in h.consumer.getmany(1.0)]
+
+    run(go())
+    assert h.handled == [[(ROUTED[0], 0), (ROUTED[0], 1)]] and len(told) == 1
+    assert h.acked() == [0, 1]  # offset 2 is read again from the committed offsets

@@ -126,3 +126,13 @@ def test_default_concept_detectors_are_valid_and_importing_settings_stays_light(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"  # heavy imports happen only for models that use them
+
+
+def test_decode_processes_are_opted_into():
+    base = {"models": {"m": {"features": {"a": {"type": "numeric"}},
+                             "reference": {"warmup": 100}}}}
+    assert settings_from_mapping(base, env={}).worker.decode_processes == 0
+    assert settings_from_mapping({**base, "worker": {"decode_processes": 2}},
+                                 env={}).worker.decode_processes == 2
+    with pytest.raises(ConfigError, match=r"worker\.decode_processes"):
+        settings_from_mapping({**base, "worker": {"decode_processes": -1}}, env={})
