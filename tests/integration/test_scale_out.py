@@ -1,6 +1,7 @@
 """Scale out: two workers sharing 4 partitions with 4 models publish the same evaluations
 and alerts as one worker does (ids and content; only the CloudEvent source, which names
-the worker group, differs)."""
+the worker group, differs); so does a worker whose messages a decode process decodes
+(``worker.decode_processes``)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ MODELS = ("churn-a", "churn-b", "churn-c", "churn-d")  # one per partition (murm
 WINDOWS, PER_WINDOW = 5, 400
 
 
-def config(tmp, name):
+def config(tmp, name, **worker):
     home = tmp / name
     home.mkdir()
     path = write_config(home, kafka={"partitions": 4})
     doc = yaml.safe_load(path.read_text())
     (model,) = doc["models"].values()
     doc["models"] = {m: model for m in MODELS}
+    doc["worker"].update(worker)
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -96,3 +98,15 @@ def test_two_workers_publish_what_one_worker_does(broker, worker_factory, tmp_pa
     # the work was shared: each worker closed the windows of the models it holds
     closed = [w.metric("driftwarden_windows_closed_total") for w in workers]
     assert all(c > 0 for c in closed) and sum(closed) == len(MODELS) * WINDOWS, (closed, held)
+
+
+def test_a_worker_with_a_decode_process_publishes_what_one_without_does(
+        broker, worker_factory, tmp_path):
+    plain_evals, plain_alerts, _, _ = run(broker, worker_factory, config(tmp_path, "plain"), 1)
+    evals, alerts, _, workers = run(broker, worker_factory,
+                                    config(tmp_path, "pooled", decode_processes=1), 1)
+    assert len(plain_evals) == len(MODELS) * WINDOWS and plain_alerts
+    assert evals == plain_evals and alerts == plain_alerts
+    (worker,) = workers
+    messages = len(MODELS) * WINDOWS * PER_WINDOW // 100
+    assert worker.metric("driftwarden_messages_decoded_total", decoder="pool") == messages
