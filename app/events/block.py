@@ -36,7 +36,6 @@ FIELDS = {"prediction": ("prediction_id", "model_version", "prediction", "timest
 ALLOWED = {"prediction": frozenset({*FIELDS["prediction"], "model", "features", "scores"}),
            "outcome": frozenset({*FIELDS["outcome"], "model"})}
 _NUMBERS = frozenset({int, float, bool})  # read as floats, as Columns reads them
-_MODEL = operator.itemgetter("model")
 
 Loader = Callable[[], list[dict[str, Any]]]
 

@@ -165,6 +165,7 @@ class DecodePool:
         if payload is None:
             return None
         self.used += 1
+        # (bytes this worker's own decode process pickled: never anything from outside)
         return from_payload(pickle.loads(payload), value, kind, self.max_bytes,
                             self.max_elements)
 
