@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from app.events.block import EventBlock
+from app.events.block import EventBlock, number_table, rows_of
 from app.events.fields import field_values, score_values, version_indices
 
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
@@ -202,19 +201,13 @@ class Columns:
 
     def _read_numbers(self, names: Sequence[str]) -> bool:
         """Read ``names`` as floats if every event carries a number in each of them."""
-        getter = operator.itemgetter(*names)
         try:
-            rows = list(map(getter, self.maps))
-            if len(names) == 1:
-                rows = [(v,) for v in rows]
-            # ``sum`` refuses anything but numbers (TypeError) in one C loop: a string or a
-            # null sends the batch column by column, where each gets its own rule
-            sum(itertools.chain.from_iterable(rows))
-            flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
-                               count=len(rows) * len(names))
-        except (KeyError, TypeError, OverflowError):  # absent, not a number, beyond floats
+            table = number_table(rows_of(self.maps, names), len(names))
+        except KeyError:  # absent
             return False
-        self._floats.update(zip(names, flat.reshape(len(rows), len(names)).T, strict=True))
+        if table is None:  # a string or a null: column by column, each with its own rule
+            return False
+        self._floats.update(zip(names, table, strict=True))
         self._numbers.update(names)
         return True
 

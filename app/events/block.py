@@ -40,12 +40,29 @@ _NUMBERS = frozenset({int, float, bool})  # read as floats, as Columns reads the
 Loader = Callable[[], list[dict[str, Any]]]
 
 
-def _rows_of(events: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]]:
+def rows_of(maps: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, ...]]:
     """``names`` of every mapping, one tuple per mapping (KeyError if one lacks a name)."""
     getter = operator.itemgetter(*names)
     if len(names) == 1:
-        return [(v,) for v in map(getter, events)]
-    return list(map(getter, events))
+        return [(v,) for v in map(getter, maps)]
+    return list(map(getter, maps))
+
+
+def number_table(rows: list[tuple[Any, ...]], k: int) -> np.ndarray[Any, Any] | None:
+    """Rows of ``k`` values as a ``(k, len(rows))`` float table (a view), or ``None`` when
+    a value is not a number (an int, a float or a bool) or is an integer beyond floats.
+
+    >>> number_table([(1, 2.5), (True, 0)], 2).tolist(), number_table([(1, None)], 2)
+    ([[1.0, 1.0], [2.5, 0.0]], None)
+    """
+    try:
+        # ``sum`` refuses anything but numbers (TypeError) in one C loop
+        sum(itertools.chain.from_iterable(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                           count=len(rows) * k)
+    except (TypeError, OverflowError):
+        return None
+    return flat.reshape(len(rows), k).T
 
 
 class EventBlock(Sequence[dict[str, Any]]):
@@ -207,19 +224,15 @@ def _numbers(features: list[Any], names: tuple[str, ...]) -> dict[str, np.ndarra
     candidates = [k for k in names if type(first[k]) in _NUMBERS]
     if not candidates:
         return {}
-    rows = _rows_of(features, candidates)
-    try:
-        sum(itertools.chain.from_iterable(rows))
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
-                           count=len(rows) * len(candidates))
-    except (TypeError, OverflowError):  # not numbers everywhere: found column by column
+    rows = rows_of(features, candidates)
+    table = number_table(rows, len(candidates))
+    if table is None:  # not numbers everywhere: found column by column
         out = {}
         for name, col in zip(candidates, zip(*rows, strict=True), strict=True):
             if set(map(type, col)) <= _NUMBERS:
                 with contextlib.suppress(OverflowError):  # an integer beyond the floats
                     out[name] = np.array(col, dtype=np.float64)
         return out
-    table = flat.reshape(len(rows), len(candidates)).T
     return {name: table[j].copy() for j, name in enumerate(candidates)}
 
 
@@ -252,7 +265,7 @@ def block_of(events: list[dict[str, Any]], kind: str) -> EventBlock | None:
         if set(map(len, maps)) != {len(classes)}:
             return None
         try:
-            scores = dict(zip(classes, map(list, zip(*_rows_of(maps, classes), strict=True)),
+            scores = dict(zip(classes, map(list, zip(*rows_of(maps, classes), strict=True)),
                               strict=True)) if classes else {}
         except KeyError:
             return None
@@ -267,7 +280,7 @@ def block_of(events: list[dict[str, Any]], kind: str) -> EventBlock | None:
             floats = _numbers(features, names)
             others = [k for k in names if k not in floats]
             if others:
-                raw = dict(zip(others, map(list, zip(*_rows_of(features, others),
+                raw = dict(zip(others, map(list, zip(*rows_of(features, others),
                                                     strict=True)), strict=True))
         except KeyError:
             return None
