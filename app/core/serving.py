@@ -66,9 +66,7 @@ class ServingStats:
                 values = [_float(v) for v in latency if v is not None]
             self.latency.update(np.asarray(values, dtype=np.float64))
         if no_cost < n:
-            for c in cost:
-                if c is not None:
-                    self.cost.add(_float(c))
+            self.cost.add_many([_float(c) for c in cost if c is not None])
             self.cost_n += n - no_cost
         if no_latency and no_cost:
             n = sum(1 for a, b in zip(latency, cost, strict=True)

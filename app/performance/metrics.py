@@ -140,7 +140,8 @@ class ClassificationMetrics:
 
         A batch at once: the confusion counts in one ``Counter``, the scored rows' clipped
         probabilities and histogram bins with numpy; each loss is still ``math.log`` of
-        its own, added in order to the exact sums (what row by row gives, to the bit).
+        its own, and the exact sums take the batch's losses at once (what row by row
+        gives, to the bit).
         """
         batch = list(rows)
         if not batch:
@@ -159,10 +160,9 @@ class ClassificationMetrics:
         score = np.array([scores[i] for i in scored], dtype=np.float64)
         is_pos = np.array([labels[i] == self.positive for i in scored], dtype=bool)
         p = np.minimum(np.maximum(score, EPS), 1 - EPS)
-        add, add_sq = self._loss.add, self._loss_sq.add
-        for log_p in map(math.log, np.where(is_pos, p, 1 - p).tolist()):
-            add(-log_p)
-            add_sq(log_p * log_p)
+        log_p = np.array(list(map(math.log, np.where(is_pos, p, 1 - p).tolist())))
+        self._loss.add_many((-log_p).tolist())
+        self._loss_sq.add_many((log_p * log_p).tolist())
         self.logloss_n += len(scored)
         bins = np.minimum((score * AUC_BINS).astype(np.int64), AUC_BINS - 1)
         self.pos_hist += np.bincount(bins[is_pos], minlength=AUC_BINS)
@@ -344,22 +344,31 @@ class RegressionMetrics:
         self.pct_n = 0
 
     def update(self, rows: Iterable[tuple[float, float]]) -> None:
-        """Add (label, predicted) pairs; non-finite ones are skipped."""
-        for label, predicted in rows:
-            err = float(predicted) - float(label)
-            if not math.isfinite(err):
-                continue
+        """Add (label, predicted) pairs; non-finite ones are skipped.
+
+        The batch's errors with numpy (IEEE arithmetic: the floats row by row gives), the
+        exact sums at once.
+        """
+        batch = list(rows)
+        if not batch:
+            return
+        labels = np.fromiter(map(float, (r[0] for r in batch)), np.float64, len(batch))
+        predicted = np.fromiter(map(float, (r[1] for r in batch)), np.float64, len(batch))
+        with np.errstate(all="ignore"):
+            err = predicted - labels
+            keep = np.isfinite(err)
+            err, labels = err[keep], labels[keep]
             sq = err * err
-            self.n += 1
             sums = self._sums
-            sums["abs"].add(abs(err))
-            sums["sq"].add(sq)
-            sums["quad"].add(sq * sq)
-            if label != 0:
-                pct = abs(err / float(label))
-                sums["pct"].add(pct)
-                sums["pct_sq"].add(pct * pct)
-                self.pct_n += 1
+            sums["abs"].add_many(np.abs(err).tolist())
+            sums["sq"].add_many(sq.tolist())
+            sums["quad"].add_many((sq * sq).tolist())
+            nonzero = labels != 0
+            pct = np.abs(err[nonzero] / labels[nonzero])
+            sums["pct"].add_many(pct.tolist())
+            sums["pct_sq"].add_many((pct * pct).tolist())
+        self.n += len(err)
+        self.pct_n += len(pct)
 
     def merge(self, other: RegressionMetrics) -> RegressionMetrics:
         out = RegressionMetrics()

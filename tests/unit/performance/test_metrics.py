@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 
 from app.errors import StateError
 from app.performance import ClassificationMetrics, RegressionMetrics
+from app.performance.exactsum import ExactSum
 from app.performance.metrics import (
     AUC_BINS,
     CLASSIFICATION_METRICS,
@@ -424,7 +425,72 @@ def test_a_batch_update_equals_the_rows_one_by_one(batches, positive):
         _update_row_by_row(oracle, rows)
     assert list(batch.confusion.items()) == list(oracle.confusion.items())
     assert (batch.n, batch.logloss_n) == (oracle.n, oracle.logloss_n)
-    assert batch._loss.partials == oracle._loss.partials
-    assert batch._loss_sq.partials == oracle._loss_sq.partials
+    assert _same(batch.logloss_sum, oracle.logloss_sum)
+    assert _same(batch.logloss_sq, oracle.logloss_sq)
     assert batch.pos_hist.tolist() == oracle.pos_hist.tolist()
     assert batch.neg_hist.tolist() == oracle.neg_hist.tolist()
+
+
+def _same(a, b):
+    """Equal floats, the sign of zero and NaN included."""
+    return (math.isnan(a) and math.isnan(b)) or (
+        a == b and math.copysign(1, a) == math.copysign(1, b))
+
+
+def _regression_row_by_row(m, rows):
+    """The regression update written out per row (the oracle of the batch update)."""
+    for label, predicted in rows:
+        err = float(predicted) - float(label)
+        if not math.isfinite(err):
+            continue
+        m.n += 1
+        m._sums["abs"].add(abs(err))
+        m._sums["sq"].add(err * err)
+        m._sums["quad"].add(err * err * (err * err))
+        if label != 0:
+            pct = abs(err / float(label))
+            m._sums["pct"].add(pct)
+            m._sums["pct_sq"].add(pct * pct)
+            m.pct_n += 1
+
+
+_REALS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                   st.sampled_from([0.0, -0.0, 1e308, -1e308, 5e-324, 1e-300]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(_REALS, _REALS), max_size=30), max_size=5))
+def test_a_regression_batch_equals_the_rows_one_by_one(batches):
+    batch, oracle = RegressionMetrics(), RegressionMetrics()
+    for rows in batches:
+        batch.update(iter(rows))
+        _regression_row_by_row(oracle, rows)
+    assert (batch.n, batch.pct_n) == (oracle.n, oracle.pct_n)
+    for key in batch._sums:
+        assert _same(batch._sums[key].value, oracle._sums[key].value), key
+
+
+_TERMS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.sampled_from([0.0, -0.0, 1e308, -1e308, 5e-324, 1e16, -1e16, 1.0]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_TERMS, max_size=20), max_size=4), st.lists(_TERMS, max_size=3))
+def test_adding_many_terms_at_once_is_the_exact_sum_of_adding_them_one_by_one(batches, after):
+    """ExactSum.add_many: the same value as add, term by term, whatever came before and
+    comes after it (zero's sign, infinities, NaN and overflows included), and through a
+    state round trip and a merge."""
+    many, one = ExactSum(), ExactSum()
+    for terms in batches:
+        many.add_many(terms)
+        for x in terms:
+            one.add(x)
+        assert _same(many.value, one.value)
+    for x in after:
+        many.add(x)
+        one.add(x)
+    assert _same(many.value, one.value)
+    if math.isfinite(many.value):
+        restored = ExactSum.from_state(orjson.loads(orjson.dumps(many.to_state())))
+        assert _same(restored.value, one.value)
+        assert _same(restored.merged(one).value, one.merged(one).value)
