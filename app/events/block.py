@@ -19,6 +19,7 @@ the worker then decodes itself.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import itertools
 import operator
@@ -56,13 +57,13 @@ def number_table(rows: list[tuple[Any, ...]], k: int) -> np.ndarray[Any, Any] | 
     ([[1.0, 1.0], [2.5, 0.0]], None)
     """
     try:
-        # ``sum`` refuses anything but numbers (TypeError) in one C loop
-        sum(itertools.chain.from_iterable(rows))
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
-                           count=len(rows) * k)
+        # an array of C doubles takes ints, floats and bools and refuses anything else
+        # (TypeError; OverflowError for an integer beyond the floats): the check and the
+        # conversion in one C loop
+        flat = array.array("d", list(itertools.chain.from_iterable(rows)))
     except (TypeError, OverflowError):
         return None
-    return flat.reshape(len(rows), k).T
+    return np.frombuffer(flat, dtype=np.float64).reshape(len(rows), k).T
 
 
 class EventBlock(Sequence[dict[str, Any]]):

@@ -71,7 +71,20 @@ def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
         return None
     payload = block.to_payload()
     payload["array"] = decoded.positions is not None
+    _share_strings(payload)
     return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _share_strings(payload: dict[str, Any]) -> None:
+    """Equal strings of the payload's columns (versions, classes, category values) as
+    one object each, which pickle then writes once: the worker unpickles a handful of
+    strings instead of one per event and value. Ids are left alone: they never repeat."""
+    pool: dict[str, str] = {}
+    share = pool.setdefault
+    for cols in (payload["fields"], payload["raw"]):
+        for name, col in cols.items():
+            if name != "prediction_id" and set(map(type, col)) == {str}:
+                cols[name] = list(map(share, col, col))
 
 
 def from_payload(payload: dict[str, Any], value: bytes, kind: str, max_bytes: int,

@@ -403,6 +403,7 @@ class SegmentedMap:
         segs: dict[int, tuple[list[str], list[list[Any]]]] = {}
         rems: dict[int, tuple[int, list[list[Any]]]] = {}
         counter: tuple[int, int | None] = (0, None)
+        strings: dict[str, str] = {}  # one object per distinct string of the columns
         for key, value in records.items():
             if not isinstance(key, str) or not key.startswith(prefix) or value is None:
                 continue
@@ -415,7 +416,7 @@ class SegmentedMap:
                 raise StateError(f"unknown record {key!r}: expected {prefix}s<n>, "
                                  f"{prefix}r<n> or {prefix}n")
             if match[1] == "s":
-                segs[int(match[2])] = _parse_segment(key, value, width)
+                segs[int(match[2])] = _parse_segment(key, value, width, strings)
             else:
                 rems[int(match[2])] = _parse_removal(key, value)
         shadow = {(g[0], k) for _, groups in rems.values() for g in groups for k in g[2]}
@@ -624,7 +625,10 @@ def _parse_counter(key: str, value: Any) -> tuple[int, int | None]:
     return value["n"], value["d"]
 
 
-def _parse_segment(key: str, value: Any, width: int | None) -> tuple[list[str], list[list[Any]]]:
+def _parse_segment(key: str, value: Any, width: int | None, strings: dict[str, str]
+                   ) -> tuple[list[str], list[list[Any]]]:
+    """A segment record's ids and columns; equal strings of the columns (an entry's
+    version or class, repeated in thousands of entries) as one object, ``strings``'."""
     if not isinstance(value, dict) or not isinstance(value.get("i"), list) \
             or not isinstance(value.get("c"), list) or not value["c"]:
         raise StateError(f"segment record {key!r} must be {{'i': [ids], 'c': [columns]}}")
@@ -637,7 +641,9 @@ def _parse_segment(key: str, value: Any, width: int | None) -> tuple[list[str], 
         raise StateError(f"segment record {key!r}: every column must have {len(ids)} values")
     if not all(_is_int(t) for t in cols[0]):
         raise StateError(f"segment record {key!r}: the first column must hold int times")
-    return list(ids), [list(c) for c in cols]
+    share = strings.setdefault
+    return list(ids), [list(cols[0])] + [[share(v, v) if type(v) is str else v for v in c]
+                                         for c in cols[1:]]
 
 
 def _parse_removal(key: str, value: Any) -> tuple[int, list[list[Any]]]:

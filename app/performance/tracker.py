@@ -93,6 +93,7 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
 
 _BOOL_CLASS = {True: "1", False: "0"}  # (read with booleans only: 1 == True)
+_SHARED_MAX = 4096  # distinct strings the label join's columns share (see _shared)
 
 
 def _scores(events: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
@@ -254,6 +255,7 @@ class PerformanceTracker:
         self.outcome_wm: int | None = None
         self.prediction_wm: int | None = None
         self.versions: list[str] = []
+        self._strings: dict[str, str] = {}  # see _shared
         self.version_metrics: dict[str, dict[str, float]] = {}  # from model events
         self.learning: dict[str, tuple[int, Metrics]] = {}  # version -> (windows, pooled)
         self.learned: dict[str, float] = {}
@@ -323,7 +325,7 @@ class PerformanceTracker:
         kept = self._kept_all(field_values(events, "prediction"))
         self.prediction_wm = top if self.prediction_wm is None else max(self.prediction_wm, top)
         result = self.join.add_prediction_columns(
-            field_values(events, "prediction_id"), [times, versions, kept, scores])
+            field_values(events, "prediction_id"), [times, self._shared(versions), kept, scores])
         update.count(result)
         self._place(result.labelled, update)
 
@@ -337,7 +339,22 @@ class PerformanceTracker:
         types = set(map(type, values))
         if types == {bool}:  # the usual binary classifier's values, in one C pass
             return list(map(_BOOL_CLASS.__getitem__, values))
-        return as_classes(values)
+        return self._shared(list(as_classes(values)))
+
+    def _shared(self, values: list[Any]) -> list[Any]:
+        """Strings as one object per distinct value (kept in ``_strings``): what the label
+        join keeps of each prediction. A decoder gives every event its own string object,
+        so a version or a class held for the label horizon took one per pending
+        prediction (56 bytes of its 230); the usual batch, of one value, in one C pass."""
+        if not values:
+            return values
+        pool = self._strings
+        if len(pool) >= _SHARED_MAX:  # many distinct classes: start over (only memory)
+            pool.clear()
+        first = values[0]
+        if values.count(first) == len(values):
+            return [pool.setdefault(first, first)] * len(values)
+        return list(map(pool.setdefault, values, values))
 
     def note_version(self, version: str) -> None:
         if version not in self.versions:

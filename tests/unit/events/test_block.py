@@ -68,6 +68,22 @@ def block(events: list[dict[str, Any]], kind: str = "prediction") -> EventBlock:
 
 # --- what a block holds ----------------------------------------------------------------
 
+def test_a_payload_holds_one_string_per_distinct_value_but_each_id() -> None:
+    """Versions, classes and category values repeat: a decode process sends (and the
+    worker unpickles) one object per distinct value; ids and values stay as they were."""
+    events = [prediction(i, prediction=["yes", "no"][i % 2]) for i in range(300)]
+    b = block(events)
+    assert b.column("model_version") == ["v1"] * 300
+    assert len(set(map(id, b.column("model_version")))) == 1
+    assert b.column("prediction") == [e["prediction"] for e in events]
+    assert len(set(map(id, b.column("prediction")))) == 2
+    assert b.raw["c"] == [e["features"]["c"] for e in events]
+    assert len(set(map(id, b.raw["c"]))) == 3
+    assert len(set(map(id, b.column("prediction_id")))) == 300
+    mixed = block([prediction(i, features={"c": ["a", 1, None][i % 3]}) for i in range(30)])
+    assert mixed.raw["c"] == [["a", 1, None][i % 3] for i in range(30)]  # not only strings
+
+
 @pytest.mark.parametrize("change", [
     lambda es: es[3].update(model="other"),
     lambda es: es[3]["features"].pop("x"),

@@ -376,7 +376,7 @@ def test_kept_classes_of_a_batch_equal_the_per_value_rule(values):
     from app.performance.tracker import PerformanceTracker
 
     tracker = PerformanceTracker.__new__(PerformanceTracker)
-    tracker.task = "binary_classification"
+    tracker.task, tracker._strings = "binary_classification", {}
     assert tracker._kept_all(list(values)) == [as_class(v) for v in values]
 
 

@@ -302,6 +302,38 @@ def test_a_windows_record_does_not_grow_with_its_batches():
     assert max(sizes[-100:]) - sizes[100] < 200, (sizes[100], max(sizes[-100:]))
 
 
+def test_the_pending_predictions_share_one_string_per_version_and_class():
+    """Decoded events carry their own string objects: the label join keeps one per
+    distinct version and class for its pending predictions (not one per prediction), and
+    so does a restore of its records."""
+    cfg = settings(positive_class="yes")
+    preds = [orjson.loads(orjson.dumps(
+        {"prediction_id": f"p{i}", "model": "churn", "model_version": "v" + "7" * (i % 2 + 1),
+         "timestamp": T0 + i, "features": {}, "prediction": ["yes", "no", "maybe"][i % 3],
+         "scores": {"yes": 0.5}})) for i in range(600)]
+    assert len({id(p["model_version"]) for p in preds}) == 600  # as a decoder gives them
+    engine = Engine(cfg, {"churn": None}, source="urn:test")
+    for i in (0, 300):  # two batches: one object per value across batches too
+        batch = engine.batch()
+        for p in preds[i:i + 300]:
+            batch.add(p, 0)
+        engine.apply(batch, None)
+    m = engine.monitor("churn")
+    _, versions, predicted, _ = m.performance.join.pending.columns([p["prediction_id"]
+                                                                     for p in preds])
+    assert versions == [p["model_version"] for p in preds]
+    assert predicted == [p["prediction"] for p in preds]
+    assert len(set(map(id, versions))) == 2 and len(set(map(id, predicted))) == 3
+    records = orjson.loads(orjson.dumps(m.drain_records()))
+    main = orjson.loads(orjson.dumps(m.to_state()))
+    again = Engine(cfg, {"churn": None}, source="urn:test", load_state=lambda _: main,
+                   load_records=lambda _: records).monitor("churn")
+    _, versions, predicted, _ = again.performance.join.pending.columns(
+        [p["prediction_id"] for p in preds])
+    assert versions == [p["model_version"] for p in preds]
+    assert len(set(map(id, versions))) == 2 and len(set(map(id, predicted))) == 3
+
+
 def test_settings_reject_what_cannot_be_measured():
     base = {"features": {"x": {"type": "numeric"}}, "reference": {"warmup": 100}}
     with pytest.raises(Exception, match="needs a classification task"):
