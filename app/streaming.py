@@ -319,6 +319,7 @@ class Pipeline:
         if pooled < len(messages):
             self.metrics.decoded.labels("worker").inc(len(messages) - pooled)
         topic_of = {"prediction": topic, **{kind: name for name, kind in self.kinds.items()}}
+        batch.finish()
         for model, runs in batch.runs.items():  # once per model and kind, not per run
             valid: dict[str, int] = defaultdict(int)
             for kind, accepted, _ in runs:

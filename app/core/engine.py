@@ -79,6 +79,15 @@ def drop_positions(monitors: Iterable[Any], topic: str) -> int:
     return touched
 
 
+class _Parts(list):  # type: ignore[type-arg]
+    """A run's events as the parts they came in (blocks, or lists of events), to be
+    joined by :meth:`Batch.finish`."""
+
+
+def _joined(events: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    return concat(events) if type(events) is _Parts else events  # type: ignore[return-value]
+
+
 @dataclass
 class Batch:
     """Valid events of one batch grouped by model, with what was refused."""
@@ -98,6 +107,7 @@ class Batch:
     # (kind, model) -> redelivered events skipped, for the ingest metrics
     duplicated: dict[tuple[str, str], int] = field(default_factory=dict)
     accepted: int = 0
+    _parts: bool = False  # a run holds blocks not joined yet (see finish)
 
     def _duplicate(self, kind: str, model: str, n: int) -> None:
         self.duplicates += n
@@ -123,6 +133,14 @@ class Batch:
             return False
         self.non_finite.setdefault(model, []).append((version, t_ms, names))
         return True
+
+    def finish(self) -> None:
+        """Join each run's blocks into one (at most once per run, not per message added:
+        joining as each came copied the first ones again for every later one)."""
+        if self._parts:
+            for runs in self.runs.values():
+                runs[:] = [(kind, _joined(events), times) for kind, events, times in runs]
+            self._parts = False
 
     @property
     def models(self) -> list[str]:
@@ -156,7 +174,7 @@ class Batch:
             runs.append((kind, [], []))
         run = runs[-1]
         if type(run[1]) is not list:  # a block's events, then this one: a list of them
-            run = runs[-1] = (kind, list(run[1]), run[2])
+            run = runs[-1] = (kind, list(_joined(run[1])), run[2])
         run[1].append(event)  # type: ignore[attr-defined]
         ts = event.get("timestamp")
         run[2].append(default_ms if ts is None else timestamp_ms(ts))
@@ -196,8 +214,11 @@ class Batch:
         run = runs[-1]
         if type(run[1]) is list and type(events) is list:
             run[1].extend(events)
-        else:  # a block, and what came before it: one block when they are alike
-            run = runs[-1] = (kind, concat([run[1], events]), run[2])  # type: ignore[assignment]
+        elif type(run[1]) is _Parts:
+            run[1].append(events)
+        else:  # a block, and what came before it: joined once, when the run is read
+            run = runs[-1] = (kind, _Parts([run[1], events]), run[2])
+            self._parts = True
         stamps = field_values(events, "timestamp")
         if set(map(type, stamps)) != {int}:  # (epoch milliseconds: the usual stamps)
             stamps = [ts if type(ts) is int else default_ms if ts is None
@@ -281,6 +302,7 @@ class Engine:
         order, the window sketches once for all its prediction runs (numpy over the
         batch, see ``ModelMonitor.ingest``); then evaluate the performance checkpoints
         that became due."""
+        batch.finish()
         results: dict[str, IngestResult] = {}
         for model in batch.models:
             m = self.monitors[model]

@@ -334,6 +334,31 @@ def _stream(seed: int) -> list[list[Any]]:
     return [out[a:b] for a, b in itertools.pairwise(cut)]
 
 
+def test_a_batch_joins_a_models_blocks_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """Five alike blocks of one model in a batch: one run, one block, joined by one
+    concatenation of the five (joining each as it came copied the first ones four
+    times), with the events of the five in order."""
+    settings = settings_from_mapping(_config(tmp_path), env={})
+    engine = Engine(settings, load_references(settings), source="urn:test")
+    blocks = [block([prediction(100 * j + i, model="p") for i in range(100)])
+              for j in range(5)]
+    joins: list[int] = []
+    real = EventBlock.concat
+    monkeypatch.setattr(EventBlock, "concat",
+                        staticmethod(lambda parts: joins.append(len(parts)) or real(parts)))
+    batch = engine.batch()
+    for j, b in enumerate(blocks):
+        assert batch.add_many(b, T0, position=("predictions:0", j), partition=0) == []
+    batch.finish()
+    ((kind, events, times),) = batch.runs["p"]
+    assert kind == "prediction"
+    assert joins == [5] and type(events) is EventBlock and len(times) == 500
+    assert events.column("prediction_id") == [f"p{i}" for i in range(500)]
+    assert events.floats["x"].tolist() == [e["features"]["x"] for b in blocks for e in b.rows()]
+    batch.finish()  # once joined, never again
+    assert joins == [5]
+
+
 def _run(tmp: Path, batches: list[list[Any]], pool: DecodePool | None,
          registry: CollectorRegistry | None = None) -> tuple[Table, list[Topic]]:
     settings = settings_from_mapping(_config(tmp), env={})
