@@ -75,15 +75,19 @@ def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
     return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+_UNIQUE = frozenset({"prediction_id", "timestamp"})  # fields whose strings seldom repeat
+
+
 def _share_strings(payload: dict[str, Any]) -> None:
     """Equal strings of the payload's columns (versions, classes, category values) as
     one object each, which pickle then writes once: the worker unpickles a handful of
-    strings instead of one per event and value. Ids are left alone: they never repeat."""
+    strings instead of one per event and value. Ids and times are left alone: they
+    seldom repeat."""
     pool: dict[str, str] = {}
     share = pool.setdefault
     for cols in (payload["fields"], payload["raw"]):
         for name, col in cols.items():
-            if name != "prediction_id" and set(map(type, col)) == {str}:
+            if name not in _UNIQUE and set(map(type, col)) == {str}:
                 cols[name] = list(map(share, col, col))
 
 
