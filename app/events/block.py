@@ -220,7 +220,7 @@ def _get(events: Sequence[Any], key: str) -> list[Any]:
 
 def _numbers(features: list[Any], names: tuple[str, ...]) -> dict[str, np.ndarray[Any, Any]]:
     """The features every event carries as a number, as floats: those whose first value is
-    one, checked together (``sum`` refuses anything else in one C loop), else one by one."""
+    one, checked together (:func:`number_table`), else one by one."""
     first = features[0]
     candidates = [k for k in names if type(first[k]) in _NUMBERS]
     if not candidates:

@@ -93,3 +93,26 @@ def concat(parts: Sequence[Sequence[Mapping[str, Any]]]) -> Sequence[Mapping[str
         if joined is not None:
             return joined
     return [e for p in parts for e in p]
+
+
+def share_strings(values: Sequence[Any], pool: dict[str, str]) -> list[Any]:
+    """``values`` as a new list, each string replaced by the pool's equal one (added when
+    new): one object per distinct string, where a decoder made one per value. A column of
+    one repeated string (the usual version or class), or of strings only, in one C pass.
+
+    >>> pool: dict[str, str] = {}
+    >>> a = share_strings(["".join("ab"), "ab", 1, None], pool)
+    >>> a, a[0] is a[1] is pool["ab"], share_strings([2.5], pool)
+    (['ab', 'ab', 1, None], True, [2.5])
+    """
+    if not values:
+        return []
+    first = values[0]
+    if type(first) is str and values.count(first) == len(values):
+        return [pool.setdefault(first, first)] * len(values)
+    types = set(map(type, values))
+    if types == {str}:
+        return list(map(pool.setdefault, values, values))
+    if str not in types:
+        return list(values)
+    return [pool.setdefault(v, v) if type(v) is str else v for v in values]

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from app.errors import StateError
+from app.events.fields import share_strings
 
 Entry = tuple[Any, ...]
 Gone = tuple[tuple[str, int], ...]
@@ -641,9 +642,7 @@ def _parse_segment(key: str, value: Any, width: int | None, strings: dict[str, s
         raise StateError(f"segment record {key!r}: every column must have {len(ids)} values")
     if not all(_is_int(t) for t in cols[0]):
         raise StateError(f"segment record {key!r}: the first column must hold int times")
-    share = strings.setdefault
-    return list(ids), [list(cols[0])] + [[share(v, v) if type(v) is str else v for v in c]
-                                         for c in cols[1:]]
+    return list(ids), [list(cols[0])] + [share_strings(c, strings) for c in cols[1:]]
 
 
 def _parse_removal(key: str, value: Any) -> tuple[int, list[list[Any]]]:

@@ -43,7 +43,7 @@ import numpy as np
 
 from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
-from app.events.fields import field_values, score_values
+from app.events.fields import field_values, score_values, share_strings
 from app.performance.join import JoinResult, LabelJoin, Labelled
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_classes
 from app.policy.performance import (
@@ -339,22 +339,16 @@ class PerformanceTracker:
         types = set(map(type, values))
         if types == {bool}:  # the usual binary classifier's values, in one C pass
             return list(map(_BOOL_CLASS.__getitem__, values))
-        return self._shared(list(as_classes(values)))
+        return self._shared(as_classes(values))
 
-    def _shared(self, values: list[Any]) -> list[Any]:
-        """Strings as one object per distinct value (kept in ``_strings``): what the label
-        join keeps of each prediction. A decoder gives every event its own string object,
-        so a version or a class held for the label horizon took one per pending
-        prediction (56 bytes of its 230); the usual batch, of one value, in one C pass."""
-        if not values:
-            return values
-        pool = self._strings
-        if len(pool) >= _SHARED_MAX:  # many distinct classes: start over (only memory)
-            pool.clear()
-        first = values[0]
-        if values.count(first) == len(values):
-            return [pool.setdefault(first, first)] * len(values)
-        return list(map(pool.setdefault, values, values))
+    def _shared(self, values: Sequence[Any]) -> list[Any]:
+        """:func:`~app.events.fields.share_strings` with this tracker's pool: what the
+        label join keeps of each prediction. A decoder gives every event its own string
+        object, so a version or a class held for the label horizon took one per pending
+        prediction (56 bytes of its 230)."""
+        if len(self._strings) >= _SHARED_MAX:  # many distinct classes: start over
+            self._strings.clear()               # (only memory is at stake)
+        return share_strings(values, self._strings)
 
     def note_version(self, version: str) -> None:
         if version not in self.versions:
