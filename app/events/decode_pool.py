@@ -17,14 +17,21 @@ monitors the batches before:
    one the pool failed on, and everything once the pool broke (a decode process died:
    logged once, then the worker decodes alone).
 
+Each decode process has a socket of its own, which the worker's event loop writes
+and reads (:class:`Channel`): requests and answers are framed bytes, answered in order,
+so a queue of futures is all the bookkeeping. No thread of the worker's takes part. A
+``ProcessPoolExecutor`` did this before, with two threads of its own (one pickling the
+calls into a pipe, one reading the results back): every turn they took on the
+interpreter's lock was a turn the worker's thread waited, about a tenth of its time on
+the benchmark, and results lagged behind it.
+
 The pool only ever changes where the work runs: what the worker does with a message is
 the same, decoded here or there (``tests/unit/events/test_block.py`` runs both on the
 same messages). It pays where the worker has a core to spare: the worker's thread then
-spends about a third less per event, for about a third more CPU in all (the columns
-cross a pipe). On the 2-core benchmark machine, which also runs the broker, one worker
-read 38.5 to 45.2 % of the raw-consumer ceiling with it and 31.6 to 38.0 % without
-(``load-tests/README.md``); as the extra CPU is only worth it with a spare core, it is
-opt-in.
+spends about a third less per event, the columns being built in the decode process. On
+the 2-core benchmark machine, which also runs the broker, one worker read 45.5 to
+51.8 % of the raw-consumer ceiling with it (``load-tests/README.md``); as the extra CPU
+is only worth it with a spare core, it is opt-in.
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ import logging
 import multiprocessing
 import pickle
 import signal
-from collections.abc import Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from app.events.block import EventBlock, block_of
@@ -107,9 +115,185 @@ def from_payload(payload: dict[str, Any], value: bytes, kind: str, max_bytes: in
     return Decoded(block, [], list(range(block.n)) if payload["array"] else None)  # type: ignore[arg-type]
 
 
-def _child_init() -> None:
+Result = tuple[int, bytes | bytearray]  # a decode process's answer: (status, body)
+OK, NOT_MINE, FAILED = 0, 1, 2  # statuses: a payload; the worker's to decode; an error
+_HEAD = struct.Struct("!IB")  # every frame's head: its body's length, then a code
+_KIND_CODES = {"prediction": 0, "outcome": 1}
+_KIND_NAMES = {code: kind for kind, code in _KIND_CODES.items()}
+_SOCKET_BUFFER = 4 << 20  # bytes each side of a decode process's socket may hold
+_IOV_MAX = 64  # buffers per ``sendmsg``
+
+
+def _read_into(sock: socket.socket, buf: bytearray) -> bool:
+    """Fill ``buf`` from the (blocking) socket; ``False`` at its end."""
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = sock.recv_into(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
+
+
+def serve(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
+    """A decode process: requests in, answers out, in order, until the worker closes its
+    end of the socket (or dies, which closes it too).
+
+    A request is a head (the value's length, the kind's code) and the message's value;
+    an answer a head (the body's length, a status) and the body: a pickled payload
+    (``OK``), nothing (``NOT_MINE``: a rejection, or events not alike) or an error's text
+    (``FAILED``)."""
+    head = bytearray(_HEAD.size)
+    while _read_into(sock, head):
+        n, code = _HEAD.unpack(head)
+        body = bytearray(n)
+        if not _read_into(sock, body):
+            return
+        try:
+            out = decode_payload(bytes(body), _KIND_NAMES[code], max_bytes, max_elements)
+            status, answer = (NOT_MINE, b"") if out is None else (OK, out)
+        except Exception as exc:  # the worker decodes this one itself, and says why
+            status, answer = FAILED, repr(exc).encode()
+        _send_all(sock, [memoryview(_HEAD.pack(len(answer), status)), memoryview(answer)])
+
+
+def _process(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
     # The worker stops its decode processes; a terminal's Ctrl-C is the worker's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(sock, max_bytes, max_elements)
+
+
+def _send_all(sock: socket.socket, parts: list[memoryview]) -> None:
+    while parts:
+        sent = sock.sendmsg(parts[:_IOV_MAX])
+        parts = _rest(parts, sent)
+
+
+def _rest(parts: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of ``parts`` once ``sent`` bytes of them went."""
+    i = 0
+    while i < len(parts) and sent >= len(parts[i]):
+        sent -= len(parts[i])
+        i += 1
+    rest = parts[i:]
+    if sent:
+        rest[0] = rest[0][sent:]
+    return rest
+
+
+class Channel:
+    """One decode process and the worker's end of its socket, which the worker's event
+    loop writes and reads (no thread of its own: see the module).
+
+    Requests go out in order; the process answers them in that order, so the futures of
+    the requests sent and not yet answered wait in a queue, and each answer settles the
+    first of them."""
+
+    def __init__(self, process: Any, sock: socket.socket,
+                 broken: Callable[[BaseException], None]) -> None:
+        self.process, self.sock, self._broken = process, sock, broken
+        sock.setblocking(False)
+        self.waiting: deque[asyncio.Future[Result]] = deque()  # sent, not yet answered
+        self.outstanding = 0  # bytes of the requests not yet answered (for balancing)
+        self._sizes: deque[int] = deque()
+        self._out: list[memoryview] = []  # what the socket would not take yet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._head = bytearray(_HEAD.size)
+        self._body: bytearray | None = None  # the answer being read, after its head
+        self._status = OK
+        self._got = 0  # bytes read of the head, or of the body
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Be read and written by ``loop`` (the running one: the worker's)."""
+        if self._loop is loop:
+            return
+        self.detach()
+        self._loop = loop
+        loop.add_reader(self.sock, self._readable)
+        if self._out:
+            loop.add_writer(self.sock, self._writable)
+
+    def detach(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock)
+            self._loop.remove_writer(self.sock)
+        self._loop = None
+
+    def send(self, future: asyncio.Future[Result], value: bytes, kind: str) -> None:
+        """Ask the process to decode ``value``; its answer settles ``future``."""
+        self.waiting.append(future)
+        self._sizes.append(len(value))
+        self.outstanding += len(value)
+        parts = [memoryview(_HEAD.pack(len(value), _KIND_CODES[kind])), memoryview(value)]
+        if self._out:  # behind what is already waiting for the socket
+            self._out.extend(parts)
+        else:
+            self._write(parts)
+
+    def _write(self, parts: list[memoryview]) -> None:
+        try:
+            sent = self.sock.sendmsg(parts[:_IOV_MAX])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the process is gone
+            self._broken(exc)
+            return
+        rest = _rest(parts, sent)
+        was_waiting = bool(self._out)
+        self._out = rest
+        if rest and not was_waiting and self._loop is not None:
+            self._loop.add_writer(self.sock, self._writable)
+        elif not rest and was_waiting and self._loop is not None:
+            self._loop.remove_writer(self.sock)
+
+    def _writable(self) -> None:
+        if self._out:
+            self._write(self._out)
+
+    def _readable(self) -> None:
+        """Read what the process answered, settling a future per complete answer."""
+        sock = self.sock
+        while True:
+            target = self._head if self._body is None else self._body
+            try:
+                n = sock.recv_into(memoryview(target)[self._got:])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._broken(exc)
+                return
+            if not n:
+                self._broken(EOFError("the decode process exited"))
+                return
+            self._got += n
+            if self._got < len(target):
+                continue
+            self._got = 0
+            if self._body is None:  # a head: the body comes next, if it has one
+                size, self._status = _HEAD.unpack(self._head)
+                if size:
+                    self._body = bytearray(size)
+                    continue
+                body = bytearray()
+            else:
+                body, self._body = self._body, None
+            future = self.waiting.popleft()
+            self.outstanding -= self._sizes.popleft()
+            if not future.done() and not future.get_loop().is_closed():
+                future.set_result((self._status, body))
+
+    def close(self) -> None:
+        """Close the socket: the process, reading its end, stops."""
+        self.detach()
+        for future in self.waiting:
+            future.cancel()
+        self.waiting.clear()
+        self.sock.close()
+        if self.process is not None:
+            self.process.join(1.0)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(1.0)
 
 
 class DecodePool:
@@ -119,8 +303,8 @@ class DecodePool:
                  min_bytes: int = MIN_BYTES) -> None:
         self.processes = processes
         self.max_bytes, self.max_elements, self.min_bytes = max_bytes, max_elements, min_bytes
-        self._executor: ProcessPoolExecutor | None = None
-        self._futures: dict[Key, Future[bytes | None]] = {}
+        self._channels: list[Channel] = []
+        self._futures: dict[Key, asyncio.Future[Result]] = {}
         self.broken = processes < 1
         self.submitted = self.used = 0  # messages handed to the pool, and decoded by it
 
@@ -130,41 +314,60 @@ class DecodePool:
         if self.broken:
             return
         try:
-            self._start().submit(int)
+            self._start()
         except Exception as exc:
             self._break(exc)
 
-    def _start(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _start(self) -> list[Channel]:
+        if not self._channels:
             # spawned, not forked: the worker runs threads (the consumer's, the metrics
             # server's) that a fork would copy mid-flight
-            self._executor = ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_child_init)
-        return self._executor
+            context = multiprocessing.get_context("spawn")
+            for i in range(self.processes):
+                ours, theirs = socket.socketpair()
+                for end in (ours, theirs):
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+                process = context.Process(  # (the socket's descriptor is inherited)
+                    target=_process, args=(theirs, self.max_bytes, self.max_elements),
+                    name=f"driftwarden-decode-{i}", daemon=True)
+                try:
+                    process.start()
+                finally:
+                    theirs.close()
+                self._channels.append(Channel(process, ours, self._break))
+        return self._channels
 
     def submit(self, messages: Iterable[tuple[Key, bytes | None, str]]) -> None:
         """Start decoding these messages (``(key, value, kind)``); a message submitted
-        again (read again after a rebalance) replaces its earlier decode."""
+        again (read again after a rebalance) replaces its earlier decode. Called on the
+        worker's event loop, which then reads the answers as they come."""
         if self.broken:
             return
+        loop = asyncio.get_running_loop()
         if len(self._futures) > MAX_WAITING:  # never asked for: (defensive) start afresh
             self.forget()
         try:
-            executor = self._start()
+            channels = self._start()
+            for channel in channels:
+                channel.attach(loop)
             for key, value, kind in messages:
                 if kind in KINDS and value is not None and self.min_bytes <= len(value) \
                         <= self.max_bytes:
-                    self._futures[key] = executor.submit(
-                        decode_payload, value, kind, self.max_bytes, self.max_elements)
+                    future: asyncio.Future[Result] = loop.create_future()
+                    self._futures[key] = future
+                    channel = min(channels, key=lambda c: c.outstanding) \
+                        if len(channels) > 1 else channels[0]
+                    channel.send(future, value, kind)
                     self.submitted += 1
-        except Exception as exc:  # (BrokenProcessPool, RuntimeError after shutdown...)
+                    if self.broken:  # the send found the process gone
+                        return
+        except Exception as exc:
             self._break(exc)
 
     async def wait(self, keys: Iterable[Key]) -> None:
         """Until the messages of ``keys`` that the pool decodes are decoded."""
-        pending = [asyncio.wrap_future(f) for k in keys
-                   if (f := self._futures.get(k)) is not None and not f.done()]
+        pending = [f for k in keys if (f := self._futures.get(k)) is not None and not f.done()]
         if pending:
             await asyncio.wait(pending)
 
@@ -173,19 +376,16 @@ class DecodePool:
         future = self._futures.pop(key, None)
         if future is None or not future.done() or future.cancelled():
             return None
-        try:
-            payload = future.result()
-        except BrokenProcessPool as exc:
-            self._break(exc)
+        status, body = future.result()
+        if status == FAILED:  # one message the pool failed on: decoded here
+            log.warning("the decode pool failed on a message, decoded in the worker: %s",
+                        bytes(body).decode(errors="replace"))
             return None
-        except Exception as exc:  # one message the pool failed on: decoded here
-            log.warning("the decode pool failed on a message, decoded in the worker: %r", exc)
-            return None
-        if payload is None:
+        if status != OK:
             return None
         self.used += 1
         # (bytes this worker's own decode process pickled: never anything from outside)
-        return from_payload(pickle.loads(payload), value, kind, self.max_bytes,
+        return from_payload(pickle.loads(body), value, kind, self.max_bytes,
                             self.max_elements)
 
     def forget(self) -> None:
@@ -204,6 +404,6 @@ class DecodePool:
 
     def close(self) -> None:
         self.forget()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        channels, self._channels = self._channels, []
+        for channel in channels:
+            channel.close()

@@ -16,8 +16,8 @@ import os
 import pickle
 import re
 import signal
-import time
-from concurrent.futures import Future
+import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,10 +29,17 @@ from prometheus_client import CollectorRegistry
 
 from app.core.engine import Engine
 from app.core.signals import Columns
+from app.events import decode_pool
 from app.events.block import EventBlock, block_of
 from app.events.checks import OUTCOME, PREDICTION
 from app.events.decode import decode_message
-from app.events.decode_pool import DecodePool, decode_payload, from_payload
+from app.events.decode_pool import (
+    NOT_MINE,
+    OK,
+    DecodePool,
+    decode_payload,
+    from_payload,
+)
 from app.events.fields import concat, field_values, score_values, take, version_indices
 from app.observability.metrics import Metrics
 from app.reference import load_references
@@ -190,15 +197,19 @@ def test_outcomes_as_a_block() -> None:
 # --- the same outputs and states, with the pool and without ------------------------------
 
 class _Now:
-    """An executor running each decode at once, its result through pickle as between
+    """A channel decoding each message at once, its payload through pickle as between
     processes."""
 
-    def submit(self, fn: Any, *args: Any) -> Future[Any]:
-        f: Future[Any] = Future()
-        f.set_result(pickle.loads(pickle.dumps(fn(*args))))
-        return f
+    outstanding = 0
 
-    def shutdown(self, **_: Any) -> None:
+    def attach(self, loop: Any) -> None:
+        pass
+
+    def send(self, future: Any, value: bytes, kind: str) -> None:
+        out = decode_payload(value, kind, **LIMITS)
+        future.set_result((OK, out) if out is not None else (NOT_MINE, b""))
+
+    def close(self) -> None:
         pass
 
 
@@ -210,7 +221,7 @@ class InlinePool(DecodePool):
         self.built: dict[str, int] = {}
 
     def _start(self) -> Any:
-        return _Now()
+        return [_Now()]
 
     def decoded(self, key: Any, value: bytes, kind: str) -> Any:
         out = super().decoded(key, value, kind)
@@ -412,16 +423,13 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
     pool = DecodePool(1, **LIMITS, min_bytes=0)
     events = [prediction(i) for i in range(50)]
     value = orjson.dumps(events)
-    try:
+
+    async def go() -> None:
         pool.submit([(("predictions", 0, 1), value, "prediction"),
                      (("predictions", 0, 2), b"[1]", "prediction"),
                      (("model_events", 0, 3), value, "model_event")])
-
-        async def wait() -> None:
-            await pool.wait([("predictions", 0, 1), ("predictions", 0, 2),
-                             ("model_events", 0, 3)])
-
-        asyncio.run(wait())
+        await asyncio.wait_for(pool.wait([("predictions", 0, 1), ("predictions", 0, 2),
+                                          ("model_events", 0, 3)]), 60)
         got = pool.decoded(("predictions", 0, 1), value, "prediction")
         assert got is not None and type(got.events) is EventBlock
         assert list(got.events) == decoded(events) and got.positions == list(range(50))
@@ -429,28 +437,93 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
         assert pool.decoded(("model_events", 0, 3), value, "model_event") is None  # not sent
         assert pool.decoded(("predictions", 0, 1), value, "prediction") is None  # taken
         # a decode process dies: what it was given comes back to the worker, once
-        assert pool._executor is not None
-        for pid in list(pool._executor._processes):  # type: ignore[union-attr]
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        (channel,) = pool._channels
+        os.kill(channel.process.pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
         with caplog.at_level(logging.ERROR, logger="driftwarden"):
             pool.submit([(("predictions", 0, 4), value, "prediction")])
-
-            async def wait_more() -> None:
-                await asyncio.wait_for(pool.wait([("predictions", 0, 4)]), 30)
-
-            asyncio.run(wait_more())
+            await asyncio.wait_for(pool.wait([("predictions", 0, 4)]), 30)
             assert pool.decoded(("predictions", 0, 4), value, "prediction") is None
-        assert pool.broken
+        assert pool.broken and not pool._channels
         assert [r.message for r in caplog.records].count(
             next(r.message for r in caplog.records if "decode pool broke" in r.message)) == 1
         pool.submit([(("predictions", 0, 5), value, "prediction")])
         assert pool.decoded(("predictions", 0, 5), value, "prediction") is None
+
+    try:
+        asyncio.run(go())
     finally:
         pool.close()
+
+
+def test_messages_larger_than_the_socket_holds_and_many_in_flight() -> None:
+    """Requests and answers far larger than the socket's buffers, many at once, over two
+    processes: every answer settles its own message's decode."""
+    pool = DecodePool(2, max_bytes=1 << 26, max_elements=200_000, min_bytes=0)
+    big = [prediction(i, features={"x": i * 0.5, "n": i, "c": f"v{i % 50}"})
+           for i in range(120_000)]  # about 16 MB: four times the socket's buffers
+    small = [[prediction(1000 * k + i) for i in range(20 + k)] for k in range(40)]
+    values = {("predictions", 0, 0): orjson.dumps(big)}
+    values.update({("predictions", 1, k): orjson.dumps(e) for k, e in enumerate(small)})
+    assert len(values["predictions", 0, 0]) > 4 * (4 << 20)
+
+    async def go() -> None:
+        pool.submit((key, value, "prediction") for key, value in values.items())
+        await asyncio.wait_for(pool.wait(values), 120)
+        for key, value in values.items():
+            got = pool.decoded(key, value, "prediction")
+            assert got is not None
+            want = big if key[1] == 0 else small[key[2]]
+            assert got.events.column("prediction_id") == [e["prediction_id"] for e in want]
+        assert pool.used == len(values) and not pool.broken
+        assert all(not c.waiting and c.outstanding == 0 for c in pool._channels)
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.close()
+    assert not pool._channels
+
+
+def test_a_message_the_decode_process_fails_on_is_decoded_by_the_worker(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The process answers with the error's text; the worker logs it and decodes the
+    message itself; the process goes on with the next ones."""
+    def failing(value: bytes, kind: str, max_bytes: int, max_elements: int) -> Any:
+        if b"p13" in value:
+            raise MemoryError("no room")
+        return decode_payload(value, kind, max_bytes, max_elements)
+
+    monkeypatch.setattr(decode_pool, "decode_payload", failing)
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=decode_pool.serve, args=(theirs, *LIMITS.values()))
+    server.start()
+    pool = DecodePool(1, **LIMITS, min_bytes=0)
+    pool._channels = [decode_pool.Channel(None, ours, pool._break)]
+    values = {("predictions", 0, k): orjson.dumps([prediction(10 * k + i) for i in range(5)])
+              for k in range(3)}
+
+    async def go() -> None:
+        pool.submit((key, value, "prediction") for key, value in values.items())
+        await asyncio.wait_for(pool.wait(values), 30)
+        with caplog.at_level(logging.WARNING, logger="driftwarden"):
+            got = [pool.decoded(key, value, "prediction") for key, value in values.items()]
+        assert got[0] is not None and got[1] is None and got[2] is not None
+        assert [r.message for r in caplog.records] == [
+            "the decode pool failed on a message, decoded in the worker: "
+            "MemoryError('no room')"]
+        assert not pool.broken
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.close()
+        server.join(10)
+        theirs.close()
+    assert not server.is_alive()  # its end of the socket closed: it stopped
 
 
 def test_no_decode_processes_no_pool() -> None:
     pool = DecodePool(0, **LIMITS)
     pool.submit([(("predictions", 0, 1), b"[" + b"1," * 20_000 + b"1]", "prediction")])
-    assert pool.broken and pool._executor is None and pool.submitted == 0
+    assert pool.broken and not pool._channels and pool.submitted == 0
