@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 import app.detectors.streaming  # noqa: F401  (the first evaluation's lazy import: not timed)
 from app.core.engine import Engine
-from app.events.decode_pool import DecodePool, decode_payload
+from app.events.decode_pool import NOT_MINE, OK, DecodePool, Result, decode_payload
 from app.observability.metrics import Metrics
 from app.reference import load_references
 from app.runtime import tune_gc
@@ -83,19 +83,19 @@ class _Decoded(DecodePool):
         w = settings.worker
         super().__init__(1, max_bytes=w.max_message_bytes, max_elements=w.max_array_elements,
                          min_bytes=0)
-        self.ready: dict[Any, Future[bytes | None]] = {}
+        self.ready: dict[Any, Future[Result]] = {}
         for m in stream:
-            f: Future[bytes | None] = Future()
-            f.set_result(decode_payload(m.value, "prediction" if "predictions" in m.topic
-                                        else "outcome", w.max_message_bytes,
-                                        w.max_array_elements))
+            f: Future[Result] = Future()
+            payload = decode_payload(m.value, "prediction" if "predictions" in m.topic
+                                     else "outcome", w.max_message_bytes, w.max_array_elements)
+            f.set_result((NOT_MINE, b"") if payload is None else (OK, payload))
             self.ready[m.topic, m.partition, m.offset] = f
 
     def submit(self, messages: Any) -> None:
         pass
 
     async def wait(self, keys: Any) -> None:
-        self._futures.update((k, self.ready[k]) for k in keys)
+        self._futures.update((k, self.ready[k]) for k in keys)  # type: ignore[misc]
 
 
 def interleaved(predictions: list[Any], outcomes: list[Any]) -> list[Any]:

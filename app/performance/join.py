@@ -23,6 +23,7 @@ are still recognised after a restore) and ``j/m``, the format version and waterm
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -155,47 +156,64 @@ class LabelJoin:
         unique = set(pids)
         known = self._known(unique)
         wm, horizon = self._watermark, self.horizon_ms
-        if (not known and len(unique) == len(pids)
-                and (wm is None or min(cols[0]) + horizon >= wm)):
-            # the usual batch: new ids, none redelivered, late or awaited by an outcome
+        if self._usual(pids, unique, cols[0]):
+            # the usual batch: no id twice, none late; only the ids either map knows
+            # (redelivered, or awaited by an outcome) need a look of their own
+            if known:
+                keep = [True] * len(pids)
+                for i in itertools.compress(range(len(pids)), map(known.__contains__, pids)):
+                    keep[i] = self._known_prediction(
+                        pids[i], (cols[0][i], cols[1][i], cols[2][i], cols[3][i]), out)
+                pids = list(itertools.compress(pids, keep))
+                cols = [list(itertools.compress(c, keep)) for c in cols]
             self.pending.add_columns(pids, cols)
             self._budget_pending(out)
             return out
-        entries = list(zip(*cols, strict=True))
         fresh: dict[str, Entry] = {}
-        for pid, (event_ms, version, predicted, score) in zip(pids, entries, strict=True):
-            if pid not in known:  # in neither map (nor remembered): the checks below, inline
-                if pid in fresh:
-                    continue  # redelivered within the batch
-                if wm is not None and event_ms + horizon < wm:
+        for pid, entry in zip(pids, zip(*cols, strict=True), strict=True):
+            if pid in fresh:
+                continue  # redelivered within the batch
+            if pid not in known:  # in neither map (nor remembered): only late data to see
+                if wm is not None and entry[0] + horizon < wm:
                     out.expired += 1
                 else:
-                    fresh[pid] = (event_ms, version, predicted, score)
-                continue
-            if (pid in self.pending or pid in fresh or self.pending.removed(pid) is not None
-                    or self.orphans.removed(pid) in (JOINED, LATE)):
-                continue  # redelivered
-            if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
-                out.expired += 1  # late data (its outcome, if any, stays to be an orphan)
-                continue
-            early = self.orphans.get(pid)
-            if early is None:
-                fresh[pid] = (event_ms, version, predicted, score)
-                continue
-            label_ms, label, seen_ms = early
-            # remembered until the prediction's own time is past the horizon too, so that
-            # a redelivery is never pending again
-            remember = max(label_ms, event_ms)
-            if label_ms - event_ms > self.horizon_ms:
-                self.orphans.pop(pid, LATE, remember)
-                out.too_late += 1
-            else:
-                self.orphans.pop(pid, JOINED, remember)
-                out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
-                                             label, label_ms, seen_ms))
+                    fresh[pid] = entry
+            elif self._known_prediction(pid, entry, out):
+                fresh[pid] = entry
         self.pending.add(fresh.items())
         self._budget_pending(out)
         return out
+
+    def _usual(self, pids: list[str], unique: set[str], times: Sequence[int]) -> bool:
+        """Whether a batch of predictions has no id twice and none late."""
+        wm = self._watermark
+        return len(unique) == len(pids) and (wm is None or min(times) + self.horizon_ms >= wm)
+
+    def _known_prediction(self, pid: str, entry: Entry, out: JoinResult) -> bool:
+        """A prediction whose id either map knows: ``True`` when it is to wait (neither
+        redelivered, nor late, nor joined at once to an outcome that waited for it)."""
+        if (pid in self.pending or self.pending.removed(pid) is not None
+                or self.orphans.removed(pid) in (JOINED, LATE)):
+            return False  # redelivered
+        event_ms, version, predicted, score = entry
+        if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
+            out.expired += 1  # late data (its outcome, if any, stays to be an orphan)
+            return False
+        early = self.orphans.get(pid)
+        if early is None:
+            return True
+        label_ms, label, seen_ms = early
+        # remembered until the prediction's own time is past the horizon too, so that a
+        # redelivery is never pending again
+        remember = max(label_ms, event_ms)
+        if label_ms - event_ms > self.horizon_ms:
+            self.orphans.pop(pid, LATE, remember)
+            out.too_late += 1
+        else:
+            self.orphans.pop(pid, JOINED, remember)
+            out.labelled.append(Labelled(pid, event_ms, version, predicted, score, label,
+                                         label_ms, seen_ms))
+        return False
 
     def _known(self, ids: set[str]) -> set[str]:
         """The ids of a batch that either map holds or remembers: only these need the
