@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from app.events.block import PREDICTION as PREDICTION  # (signal names: defined with blocks)
+from app.events.block import SCORES as SCORES
 from app.events.block import EventBlock, number_table, rows_of
 from app.events.fields import field_values, score_values, version_indices
 
 #: Monitored signals that are not input features carry this prefix: ``@prediction``
 #: (the predicted class or value) and ``@scores.<class>`` (a class probability).
-PREDICTION = "@prediction"
-SCORES = "@scores."
 
 
 def is_output_signal(name: str) -> bool:
@@ -198,6 +198,14 @@ class Columns:
             self.read(todo)  # in one pass, for the column-by-column rules
         return np.array([self.floats(n) for n in names], dtype=np.float64).reshape(
             len(names), len(self.events))
+
+    def bucket_rows(self, names: Sequence[str]) -> np.ndarray[Any, Any] | None:
+        """The quantile bucket indices of ``names`` as the rows of one array, when an
+        event block carries them for each (see :meth:`float_rows`); else ``None``."""
+        buckets = None if self._block is None else self._block.buckets
+        if not buckets or not all(n in buckets for n in names):
+            return None
+        return np.array([buckets[n] for n in names]).reshape(len(names), len(self.events))
 
     def _read_numbers(self, names: Sequence[str]) -> bool:
         """Read ``names`` as floats if every event carries a number in each of them."""

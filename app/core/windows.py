@@ -57,7 +57,8 @@ class Slice:
                 [self.sketches[name] for name in numeric],  # type: ignore[misc]
                 x)
             if all(name in self.quantiles for name in numeric):
-                QuantileSketch.update_rows([self.quantiles[name] for name in numeric], x)
+                QuantileSketch.update_rows([self.quantiles[name] for name in numeric], x,
+                                           cols.bucket_rows(numeric))
             else:
                 for name, row in zip(numeric, x, strict=True):
                     quantiles = self.quantiles.get(name)

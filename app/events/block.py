@@ -28,6 +28,8 @@ from typing import Any, overload
 
 import numpy as np
 
+from app.sketches.quantile import default_buckets
+
 #: Top-level fields kept as columns, per kind (``model`` is one value, ``features`` and
 #: ``scores`` columns of their own).
 FIELDS = {"prediction": ("prediction_id", "model_version", "prediction", "timestamp",
@@ -37,6 +39,10 @@ FIELDS = {"prediction": ("prediction_id", "model_version", "prediction", "timest
 ALLOWED = {"prediction": frozenset({*FIELDS["prediction"], "model", "features", "scores"}),
            "outcome": frozenset({*FIELDS["outcome"], "model"})}
 _NUMBERS = frozenset({int, float, bool})  # read as floats, as Columns reads them
+#: The output signals' names (:class:`~app.core.signals.Columns`): the prediction, and a
+#: score class's value after the prefix.
+PREDICTION = "@prediction"
+SCORES = "@scores."
 
 Loader = Callable[[], list[dict[str, Any]]]
 
@@ -73,7 +79,10 @@ class EventBlock(Sequence[dict[str, Any]]):
     ``feature_names``: the features every event carries (no other); ``floats``: the
     features every event carries as a number, as floats; ``raw``: the others' values (a
     feature in neither is read from the events when asked for);
-    ``scores``: each score class's values (``None``: no event has scores).
+    ``scores``: each score class's values (``None``: no event has scores); ``buckets``:
+    bucket indices of floats features on the quantile sketches' default grid
+    (:func:`~app.sketches.quantile.default_buckets`), when a decode process computed
+    them.
 
     >>> b = block_of([{"prediction_id": "a", "model": "m", "model_version": "1",
     ...                "features": {"x": 1, "c": "u"}, "prediction": True},
@@ -85,19 +94,21 @@ class EventBlock(Sequence[dict[str, Any]]):
     [False]
     """
 
-    __slots__ = ("_load", "_rows", "feature_names", "fields", "floats", "kind", "model", "n",
-                 "raw", "scores")
+    __slots__ = ("_load", "_rows", "buckets", "feature_names", "fields", "floats", "kind",
+                 "model", "n", "raw", "scores")
 
     def __init__(self, kind: str, model: str, n: int, fields: dict[str, list[Any]], *,
                  feature_names: tuple[str, ...] = (),
                  floats: dict[str, np.ndarray[Any, Any]] | None = None,
                  raw: dict[str, list[Any]] | None = None,
                  scores: dict[str, list[Any]] | None = None,
+                 buckets: dict[str, np.ndarray[Any, Any]] | None = None,
                  load: Loader | None = None, rows: list[dict[str, Any]] | None = None) -> None:
         self.kind, self.model, self.n = kind, model, n
         self.fields = fields
         self.feature_names = feature_names
         self.floats = floats or {}
+        self.buckets = buckets or {}
         self.raw = raw or {}
         self.scores = scores
         self._load = load
@@ -166,6 +177,7 @@ class EventBlock(Sequence[dict[str, Any]]):
             floats={k: a[at] for k, a in self.floats.items()},
             raw={k: sub(c) for k, c in self.raw.items()},
             scores=None if self.scores is None else {k: sub(c) for k, c in self.scores.items()},
+            buckets={k: a[at] for k, a in self.buckets.items()},
             load=lambda: sub(source.rows()))
 
     @staticmethod
@@ -198,20 +210,41 @@ class EventBlock(Sequence[dict[str, Any]]):
             scores=None if classes is None else {
                 k: chained([p.scores[k] for p in parts if p.scores is not None])
                 for k in first.scores or {}},
+            buckets={k: np.concatenate([p.buckets[k] for p in parts]) for k in first.buckets
+                     if all(k in p.buckets for p in parts)},
             load=lambda: [e for p in parts for e in p.rows()])
 
     # -- between processes ------------------------------------------------------------
     def to_payload(self) -> dict[str, Any]:
-        """Plain data (what a decode process sends; the events stay behind)."""
+        """Plain data (what a decode process sends; the events stay behind). The floats
+        and the buckets go as one 2-D array each, a row per feature: one array to
+        unpickle instead of one per feature."""
         return {"kind": self.kind, "model": self.model, "n": self.n, "fields": self.fields,
-                "feature_names": self.feature_names, "floats": self.floats, "raw": self.raw,
-                "scores": self.scores}
+                "feature_names": self.feature_names, "floats": _table(self.floats),
+                "buckets": _table(self.buckets), "raw": self.raw, "scores": self.scores}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], load: Loader) -> EventBlock:
         return cls(payload["kind"], payload["model"], payload["n"], payload["fields"],
-                   feature_names=tuple(payload["feature_names"]), floats=payload["floats"],
-                   raw=payload["raw"], scores=payload["scores"], load=load)
+                   feature_names=tuple(payload["feature_names"]),
+                   floats=_untable(payload["floats"]), raw=payload["raw"],
+                   scores=payload["scores"], buckets=_untable(payload["buckets"]), load=load)
+
+
+Table = tuple[tuple[str, ...], np.ndarray[Any, Any]] | None
+
+
+def _table(arrays: dict[str, np.ndarray[Any, Any]]) -> Table:
+    """Equal-length arrays as ``(names, rows of one array)``; ``None`` for none."""
+    return (tuple(arrays), np.array(list(arrays.values()))) if arrays else None
+
+
+def _untable(table: Table) -> dict[str, np.ndarray[Any, Any]]:
+    """:func:`_table`'s arrays again, as views of its rows."""
+    if table is None:
+        return {}
+    names, rows = table
+    return dict(zip(names, rows, strict=True))
 
 
 def _get(events: Sequence[Any], key: str) -> list[Any]:
@@ -237,9 +270,11 @@ def _numbers(features: list[Any], names: tuple[str, ...]) -> dict[str, np.ndarra
     return {name: table[j].copy() for j, name in enumerate(candidates)}
 
 
-def block_of(events: list[dict[str, Any]], kind: str) -> EventBlock | None:
+def block_of(events: list[dict[str, Any]], kind: str, *, buckets: bool = False
+             ) -> EventBlock | None:
     """Valid decoded events as a block, or ``None`` when they are not all alike (see the
-    module). The block keeps ``events`` as its rows."""
+    module). The block keeps ``events`` as its rows. ``buckets``: with the floats
+    features' quantile buckets too (what a decode process sends)."""
     n = len(events)
     if not n or kind not in FIELDS:
         return None
@@ -286,4 +321,22 @@ def block_of(events: list[dict[str, Any]], kind: str) -> EventBlock | None:
         except KeyError:
             return None
     return EventBlock(kind, model, n, fields, feature_names=names, floats=floats, raw=raw,
-                      scores=scores, rows=events)
+                      scores=scores, buckets=_buckets(floats, fields, scores) if buckets else None,
+                      rows=events)
+
+
+def _buckets(floats: dict[str, np.ndarray[Any, Any]], fields: dict[str, list[Any]],
+             scores: dict[str, list[Any]] | None) -> dict[str, np.ndarray[Any, Any]]:
+    """Quantile bucket indices of every numeric signal of a block, by signal name: its
+    floats features, and its prediction and score classes when they are numbers."""
+    signals = dict(floats)
+    outputs = [(PREDICTION, fields["prediction"])]
+    outputs += [(SCORES + c, v) for c, v in (scores or {}).items()]
+    for name, values in outputs:
+        if values and set(map(type, values)) <= _NUMBERS:  # as Columns reads them
+            with contextlib.suppress(OverflowError):  # an integer beyond the floats
+                signals[name] = np.array(values, dtype=np.float64)
+    if not signals:
+        return {}
+    return dict(zip(signals, default_buckets(np.array(list(signals.values()))), strict=True))
+

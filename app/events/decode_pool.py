@@ -77,7 +77,7 @@ def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
                              max_elements=max_elements)
     if decoded.rejections:
         return None
-    block = block_of(decoded.events, kind)
+    block = block_of(decoded.events, kind, buckets=True)
     if block is None:
         return None
     payload = block.to_payload()

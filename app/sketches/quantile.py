@@ -146,7 +146,8 @@ class QuantileSketch:
             self.negative.add(k[negative], self.max_buckets)
 
     @staticmethod
-    def update_rows(sketches: list[QuantileSketch], x: FloatArray) -> None:
+    def update_rows(sketches: list[QuantileSketch], x: FloatArray,
+                    buckets: npt.NDArray[np.integer[Any]] | None = None) -> None:
         """Add row ``i`` of the 2-D ``x`` to ``sketches[i]``, for every row at once.
 
         The same counts as ``sketches[i].update(x[i])`` row by row, in a dozen numpy
@@ -154,6 +155,10 @@ class QuantileSketch:
         costs): bucket indices for the whole array, then one ``bincount`` of (row, sign,
         bucket) keys. Sketches on different grids, or a span of buckets too wide for one
         count array (values many orders of magnitude apart), go row by row.
+
+        ``buckets``: :func:`default_buckets` of ``x``, computed elsewhere (a decode
+        process); used when the sketches are on the default grid, instead of computing
+        the indices here.
 
         >>> a, b = QuantileSketch.empty(), QuantileSketch.empty()
         >>> QuantileSketch.update_rows([a, b], np.array([[1.0, -2.0, 0.0], [3.0, np.nan, 4.0]]))
@@ -182,7 +187,12 @@ class QuantileSketch:
                 mag = np.ones_like(mag)
             else:
                 mag = np.where(valid, mag, float(mag[valid][0]))
-        k = first._index(mag)
+        if buckets is not None and buckets.shape == x.shape and first.same_grid(_DEFAULT):
+            k = buckets
+            if not all_valid and valid.any():  # (any bucket of the range will do there)
+                k = np.where(valid, k, k[valid][0])
+        else:
+            k = first._index(mag)
         lo = int(k.min())
         width = int(k.max()) - lo + 2  # the last slot: values not inserted
         if rows * 2 * width > _ROWS_LIMIT:  # values orders of magnitude apart: per row
@@ -569,6 +579,27 @@ class _Store:
         return (isinstance(other, _Store) and self.offset == other.offset
                 and self.collapsed == other.collapsed
                 and np.array_equal(self.counts, other.counts))
+
+
+_DEFAULT = QuantileSketch()  # the default grid (a sketch is only read for it)
+
+
+def default_buckets(x: FloatArray) -> npt.NDArray[np.int32]:
+    """Bucket indices of ``|x|`` on the default grid (``alpha`` 0.01, ``min_positive``
+    1e-9), as :meth:`QuantileSketch.update_rows` takes them: exact for the finite values
+    of magnitude ``>= min_positive``, unspecified for the others (missing, non-finite or
+    zero values are counted from ``x`` itself).
+
+    >>> default_buckets(np.array([[1.0, -2.0, np.nan, 0.0]])).tolist()
+    [[0, 35, 0, 0]]
+    """
+    mag = np.abs(x)
+    valid = mag >= _DEFAULT.min_positive
+    if not math.isfinite(float(mag.max(initial=0.0))):
+        valid &= np.isfinite(mag)
+    if not valid.all():
+        mag = np.where(valid, mag, 1.0)
+    return _DEFAULT._index(mag).astype(np.int32) if mag.size else np.zeros(x.shape, np.int32)
 
 
 # update_rows counts (row, sign, bucket) keys in one array of at most this many cells

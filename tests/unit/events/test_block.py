@@ -44,6 +44,7 @@ from app.events.fields import concat, field_values, score_values, take, version_
 from app.observability.metrics import Metrics
 from app.reference import load_references
 from app.settings import settings_from_mapping
+from app.sketches.quantile import default_buckets
 from app.streaming import Pipeline
 
 T0 = 1_700_000_000_000 // 60_000 * 60_000
@@ -184,6 +185,35 @@ def test_blocks_alike_join_into_one() -> None:
     other = [prediction(i, scores={"0": 0.1}) for i in range(7, 9)]
     assert concat([block(first), block(other)]) == rows[:3] + decoded(other)  # a list
     assert concat([decoded(first), block(second)]) == rows
+
+
+def test_a_block_carries_the_quantile_buckets_of_its_numeric_signals() -> None:
+    """Computed by the decode process for the floats features, the prediction and the
+    scores when they are numbers; kept by take and concat only where every part has
+    them; the columns hand them over for exactly the rows they read."""
+    events = [prediction(i, prediction=i * 0.5, scores={"1": i / 9, "0": 1 - i / 9})
+              for i in range(9)]
+    events[2]["features"]["x"] = -1e-12  # tiny: no bucket of its own
+    b = block(events)
+    assert set(b.buckets) == {"x", "n", "@prediction", "@scores.1", "@scores.0"}
+    names = ["x", "n", "@prediction", "@scores.1"]
+    c = Columns(b)
+    x = c.float_rows(names)
+    assert np.array_equal(c.bucket_rows(names), default_buckets(x))
+    assert c.bucket_rows(["x", "c"]) is None  # c has none: computed by the worker
+    picked = take(b, [7, 1, 4])
+    assert np.array_equal(Columns(picked).bucket_rows(names),
+                          default_buckets(Columns(picked).float_rows(names)))
+    second = [prediction(i, prediction="yes", scores={"1": 0.5, "0": 0.5})
+              for i in range(9, 12)]
+    second[0]["features"]["n"] = None  # n: no floats, no buckets
+    assert set(block(second).buckets) == {"x", "@scores.1", "@scores.0"}  # a text class
+    joined = concat([b, block(second)])
+    assert set(joined.buckets) == {"x", "@scores.1", "@scores.0"}
+    assert joined.buckets["x"].tolist() == b.buckets["x"].tolist() + block(
+        second).buckets["x"].tolist()
+    assert Columns(decoded(events)).bucket_rows(names) is None  # dicts: none
+    assert block_of(decoded(events), "prediction").buckets == {}  # not asked for
 
 
 def test_outcomes_as_a_block() -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.errors import StateError
 from app.sketches import QuantileSketch
-from app.sketches.quantile import aligned
+from app.sketches.quantile import aligned, default_buckets
 
 ALPHA = 0.01
 ORIGINAL_UPDATE = QuantileSketch.update
@@ -262,10 +262,30 @@ def test_update_rows_counts_what_row_by_row_updates_count(rows, width, data, lim
     x = x.reshape(rows, width)
     together = [sketch(before, max_buckets=limit) for _ in range(rows)]
     apart = [sketch(before, max_buckets=limit) for _ in range(rows)]
+    given = [sketch(before, max_buckets=limit) for _ in range(rows)]
     QuantileSketch.update_rows(together, x)
     for q, row in zip(apart, x, strict=True):
         q.update(row)
     assert together == apart
+    # with the bucket indices computed elsewhere (a decode process), the same
+    QuantileSketch.update_rows(given, x, default_buckets(x))
+    assert given == apart
+
+
+def test_bucket_indices_given_are_used_on_the_default_grid_only():
+    x = np.array([[0.5, -3.0, np.nan, 0.0, 1e-12], [2.0, 2.0, 7.5, -np.inf, 4.0]])
+    wrong = default_buckets(x) + 3  # indices of other values: believed on that grid
+    on_default = [QuantileSketch(), QuantileSketch()]
+    QuantileSketch.update_rows(on_default, x, wrong)
+    assert on_default != [sketch(row) for row in x]
+    assert sum(q.missing + q.nonfinite + q.zero for q in on_default) == 4  # from x itself
+    coarser = [QuantileSketch(alpha=0.05), QuantileSketch(alpha=0.05)]
+    QuantileSketch.update_rows(coarser, x, wrong)  # another grid: computed here
+    plain = [QuantileSketch(alpha=0.05), QuantileSketch(alpha=0.05)]
+    for q, row in zip(plain, x, strict=True):
+        q.update(row)
+    assert coarser == plain
+    assert default_buckets(np.zeros((2, 0))).shape == (2, 0)
 
 
 def test_update_rows_on_values_too_far_apart_for_one_count_array(monkeypatch):
