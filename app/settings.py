@@ -111,8 +111,19 @@ class WorkerSettings(_Frozen):
     # memory when messages are large arrays.
     stream_buffer: int = Field(256, ge=1, le=100_000)
     # Processes decoding array messages into columns beside the worker's thread
-    # (app.events.decode_pool); 0: the worker's thread decodes them.
-    decode_processes: int = Field(0, ge=0, le=64)
+    # (app.events.decode_pool); 0: the worker's thread decodes them; "auto": one when the
+    # worker may run on two CPUs or more (decode_process_count).
+    decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+
+    def decode_process_count(self, cpus: int | None = None) -> int:
+        """``decode_processes``, with ``"auto"`` resolved for a worker that may run on
+        ``cpus`` CPUs (default: those this process may run on)."""
+        if self.decode_processes != "auto":
+            return self.decode_processes
+        if cpus is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else os.cpu_count() or 1
+        return 1 if cpus >= 2 else 0
 
 
 class Defaults(_Frozen):

@@ -611,7 +611,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
                       topics.name("model_events"): "model_event"}
     engine.on_state_error = pipeline.on_state_error
     pipeline.decodes = DecodePool(
-        settings.worker.decode_processes, max_bytes=settings.worker.max_message_bytes,
+        settings.worker.decode_process_count(), max_bytes=settings.worker.max_message_bytes,
         max_elements=settings.worker.max_array_elements)
     if pipeline.decodes.processes:
         app.batch_prepare = pipeline.prepare

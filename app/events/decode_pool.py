@@ -2,8 +2,8 @@
 
 A worker's batch path is one Python thread; decoding array messages into dicts and
 reading those back into columns is a third of its work. With ``worker.decode_processes``
-(opt-in; 0 by default) that part runs in separate processes, while the worker's thread
-monitors the batches before:
+(by default one process where the worker may run on two CPUs or more) that part runs in
+separate processes, while the worker's thread monitors the batches before:
 
 1. When a fetch's batches are formed, :meth:`DecodePool.submit` hands every prediction
    and outcome message of at least ``MIN_BYTES`` to the pool (smaller ones cost more to
@@ -27,11 +27,12 @@ the benchmark, and results lagged behind it.
 
 The pool only ever changes where the work runs: what the worker does with a message is
 the same, decoded here or there (``tests/unit/events/test_block.py`` runs both on the
-same messages). It pays where the worker has a core to spare: the worker's thread then
-spends about a third less per event, the columns being built in the decode process. On
-the 2-core benchmark machine, which also runs the broker, one worker read 45.5 to
-51.8 % of the raw-consumer ceiling with it (``load-tests/README.md``); as the extra CPU
-is only worth it with a spare core, it is opt-in.
+same messages). The worker's thread then spends about a third less per event, the
+columns (and the quantile sketches' bucket indices) being computed in the decode
+process, for about the same CPU in all. It pays where the worker has a core to spare:
+on the 2-core benchmark machine, which also runs the broker, one worker reads about
+half of the raw-consumer ceiling with a decode process and about a third without
+(``load-tests/README.md``).
 """
 
 from __future__ import annotations

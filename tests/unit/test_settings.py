@@ -1,3 +1,4 @@
+import os
 import textwrap
 
 import pytest
@@ -128,11 +129,17 @@ def test_default_concept_detectors_are_valid_and_importing_settings_stays_light(
     assert out == "[]"  # heavy imports happen only for models that use them
 
 
-def test_decode_processes_are_opted_into():
+def test_decode_processes_are_one_where_a_worker_has_two_cpus_unless_set():
     base = {"models": {"m": {"features": {"a": {"type": "numeric"}},
                              "reference": {"warmup": 100}}}}
-    assert settings_from_mapping(base, env={}).worker.decode_processes == 0
-    assert settings_from_mapping({**base, "worker": {"decode_processes": 2}},
-                                 env={}).worker.decode_processes == 2
-    with pytest.raises(ConfigError, match=r"worker\.decode_processes"):
-        settings_from_mapping({**base, "worker": {"decode_processes": -1}}, env={})
+    worker = settings_from_mapping(base, env={}).worker
+    assert worker.decode_processes == "auto"
+    assert [worker.decode_process_count(cpus) for cpus in (1, 2, 16)] == [0, 1, 1]
+    assert worker.decode_process_count() == (1 if len(os.sched_getaffinity(0)) > 1 else 0)
+    for value in (0, 2):
+        set_ = settings_from_mapping({**base, "worker": {"decode_processes": value}},
+                                     env={}).worker
+        assert set_.decode_processes == value and set_.decode_process_count(16) == value
+    for bad in (-1, 65, "many"):
+        with pytest.raises(ConfigError, match=r"worker\.decode_processes"):
+            settings_from_mapping({**base, "worker": {"decode_processes": bad}}, env={})
