@@ -61,6 +61,9 @@ MIN_BYTES = 16 * 1024
 KINDS = frozenset({"prediction", "outcome"})
 #: Decodes waiting to be asked for beyond which something is amiss (never in order).
 MAX_WAITING = 100_000
+#: Seconds the batch path waits for its messages' decodes: a decode process that
+#: answers nothing for that long is taken for hung, and the pool breaks.
+WAIT_TIMEOUT = 30.0
 
 Key = tuple[str, int, int]  # topic, partition, offset
 
@@ -366,11 +369,15 @@ class DecodePool:
         except Exception as exc:
             self._break(exc)
 
-    async def wait(self, keys: Iterable[Key]) -> None:
-        """Until the messages of ``keys`` that the pool decodes are decoded."""
+    async def wait(self, keys: Iterable[Key], timeout: float = WAIT_TIMEOUT) -> None:
+        """Until the messages of ``keys`` that the pool decodes are decoded; after
+        ``timeout`` seconds without them the pool breaks (a hung decode process is
+        killed), and the worker decodes them, and everything after, itself."""
         pending = [f for k in keys if (f := self._futures.get(k)) is not None and not f.done()]
         if pending:
-            await asyncio.wait(pending)
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                self._break(TimeoutError(f"{len(late)} decode(s) not answered in {timeout} s"))
 
     def decoded(self, key: Key, value: bytes, kind: str) -> Decoded | None:
         """The message's ``Decoded`` from the pool, or ``None``: the caller decodes it."""

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -551,6 +552,42 @@ def test_a_message_the_decode_process_fails_on_is_decoded_by_the_worker(
         server.join(10)
         theirs.close()
     assert not server.is_alive()  # its end of the socket closed: it stopped
+
+
+def test_a_hung_decode_process_breaks_the_pool_and_the_worker_decodes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A decode process that reads its requests and answers nothing: the batch path
+    waits no longer than its timeout, then decodes the messages itself."""
+    ours, theirs = socket.socketpair()
+
+    def hung() -> None:
+        while theirs.recv(1 << 16):
+            pass  # read, never answered
+
+    server = threading.Thread(target=hung)
+    server.start()
+    pool = DecodePool(1, **LIMITS, min_bytes=0)
+    pool._channels = [decode_pool.Channel(None, ours, pool._break)]
+    key, value = ("predictions", 0, 1), orjson.dumps([prediction(i) for i in range(5)])
+
+    async def go() -> None:
+        pool.submit([(key, value, "prediction")])
+        with caplog.at_level(logging.ERROR, logger="driftwarden"):
+            started = time.monotonic()
+            await pool.wait([key], timeout=0.3)
+            assert time.monotonic() - started < 5
+        assert pool.broken and not pool._channels
+        assert pool.decoded(key, value, "prediction") is None  # the worker decodes it
+        assert ["decode pool broke" in r.message and "not answered" in r.message
+                for r in caplog.records] == [True]
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.close()
+        server.join(10)
+        theirs.close()
+    assert not server.is_alive()  # its socket closed by the pool
 
 
 def test_no_decode_processes_no_pool() -> None:
