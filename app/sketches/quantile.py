@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from typing import Any, overload
@@ -76,7 +77,7 @@ class QuantileSketch:
     """
 
     KIND = "quantile"
-    VERSION = 1
+    VERSION = 2  # 2: bucket counts packed (see _Store.to_state); 1 (lists) still read
     __slots__ = ("_gamma", "_log_gamma", "alpha", "max_buckets", "min_positive",
                  "missing", "negative", "nonfinite", "positive", "zero")
 
@@ -299,7 +300,7 @@ class QuantileSketch:
 
     @classmethod
     def from_state(cls, state: Any) -> QuantileSketch:
-        state = check_state(state, cls.KIND, frozenset({cls.VERSION}))
+        state = check_state(state, cls.KIND, frozenset({1, cls.VERSION}))
         try:
             out = cls(state["alpha"], state["max_buckets"], state["min_positive"])
             out.positive = _Store.from_state(state["positive"], out.max_buckets)
@@ -554,7 +555,12 @@ class _Store:
         return idx, out_a, out_b
 
     def to_state(self) -> dict[str, Any]:
-        return {"offset": self.offset, "counts": self.counts.tolist(),
+        """The counts packed: ``"u1:"``, ``"u2:"`` or ``"u4:"`` and the base64 of them as
+        little-endian unsigned integers of the fewest bytes that hold the largest, a
+        JSON list only past ``2**32``. A window's buckets hold small counts: a byte or
+        two each, against two to five characters in a list, and no Python int each to
+        build and write."""
+        return {"offset": self.offset, "counts": _packed(self.counts),
                 "collapsed": self.collapsed}
 
     @classmethod
@@ -565,10 +571,13 @@ class _Store:
         if not isinstance(collapsed, bool):
             raise TypeError(f"collapsed must be a boolean, got {collapsed!r}")
         raw = state["counts"]
-        if not isinstance(raw, list) or not all(
+        if isinstance(raw, str):
+            counts = _unpacked(raw)
+        elif not isinstance(raw, list) or not all(
                 isinstance(c, int) and not isinstance(c, bool) for c in raw):
-            raise TypeError("counts must be a list of integers")
-        counts = np.asarray(raw, dtype=np.int64)
+            raise TypeError("counts must be packed or a list of integers")
+        else:
+            counts = np.asarray(raw, dtype=np.int64)
         if (counts < 0).any() or counts.size > limit or (
                 counts.size and (counts[0] == 0 or counts[-1] == 0)):
             raise ValueError(f"{counts.size} bucket counts are negative, untrimmed or "
@@ -579,6 +588,32 @@ class _Store:
         return (isinstance(other, _Store) and self.offset == other.offset
                 and self.collapsed == other.collapsed
                 and np.array_equal(self.counts, other.counts))
+
+
+_PACKINGS: dict[str, np.dtype[Any]] = {"u1": np.dtype("<u1"), "u2": np.dtype("<u2"),
+                                       "u4": np.dtype("<u4")}
+
+
+def _packed(counts: IntArray) -> str | list[int]:
+    """Bucket counts (never negative) as :meth:`_Store.to_state` writes them."""
+    if not counts.size:
+        return []
+    top = int(counts.max())
+    code = "u1" if top < 1 << 8 else "u2" if top < 1 << 16 else "u4" if top < 1 << 32 \
+        else None
+    if code is None:
+        out: list[int] = counts.tolist()  # (more than four billion values in one bucket)
+        return out
+    return f"{code}:{base64.b64encode(counts.astype(_PACKINGS[code]).tobytes()).decode()}"
+
+
+def _unpacked(text: str) -> IntArray:
+    """:func:`_packed` counts read back (``ValueError`` for anything else)."""
+    code, sep, data = text.partition(":")
+    dtype = _PACKINGS.get(code)
+    if not sep or dtype is None:
+        raise ValueError(f"unknown packing {code[:8]!r} of bucket counts")
+    return np.frombuffer(base64.b64decode(data, validate=True), dtype=dtype).astype(np.int64)
 
 
 _DEFAULT = QuantileSketch()  # the default grid (a sketch is only read for it)

@@ -159,11 +159,41 @@ def test_state_round_trips_through_json_including_a_collapse():
     assert again.n == s.n + 1
 
 
+def test_bucket_counts_are_packed_and_version_1_lists_still_read():
+    s = sketch([1.0, -2.0, 0.0, 3.0, 3.0])
+    s.positive.add(np.full(300, s.positive.offset), s.max_buckets)  # a count past 255
+    state = json.loads(json.dumps(s.to_state()))
+    assert state["v"] == 2 and state["positive"]["counts"].startswith("u2:")
+    assert state["negative"]["counts"].startswith("u1:")
+    assert QuantileSketch.from_state(state) == s
+    big = QuantileSketch()
+    big.positive = type(s.positive)(np.array([1 << 40, 0, 1 << 20]), 3)
+    packed = big.to_state()["positive"]["counts"]
+    assert packed == [1 << 40, 0, 1 << 20]  # past four bytes: a list
+    assert QuantileSketch.from_state(big.to_state()) == big
+    middle = QuantileSketch()
+    middle.positive = type(s.positive)(np.array([1 << 31, 7]), -2)
+    assert middle.to_state()["positive"]["counts"].startswith("u4:")
+    assert QuantileSketch.from_state(middle.to_state()) == middle
+    # what version 1 wrote (lists) reads as it did
+    v1 = {**state, "v": 1, "positive": s.positive.to_state() | {
+        "counts": s.positive.counts.tolist()}, "negative": {
+        "offset": s.negative.offset, "counts": s.negative.counts.tolist(), "collapsed": False}}
+    assert QuantileSketch.from_state(json.loads(json.dumps(v1))) == s
+    assert QuantileSketch().to_state()["positive"]["counts"] == []
+
+
 def test_unknown_version_and_corrupt_states_fail_clearly():
     state = sketch([1.0, -2.0, 0.0]).to_state()
-    with pytest.raises(StateError, match="quantile state version 2 is not supported"):
-        QuantileSketch.from_state({**state, "v": 2})
+    with pytest.raises(StateError, match="quantile state version 3 is not supported"):
+        QuantileSketch.from_state({**state, "v": 3})
     bad_stores = [{"offset": 0, "counts": [-1], "collapsed": False},
+                  {"offset": 0, "counts": "u1:AAE=", "collapsed": False},  # [0, 1]
+                  {"offset": 0, "counts": "u3:AQ==", "collapsed": False},
+                  {"offset": 0, "counts": "u2:AQ==", "collapsed": False},  # one byte
+                  {"offset": 0, "counts": "u1:!!", "collapsed": False},
+                  {"offset": 0, "counts": "AQ==", "collapsed": False},
+                  {"offset": 0, "counts": "u1:" + "AQ" * 4000 + "==", "collapsed": False},
                   {"offset": 0, "counts": [0, 1], "collapsed": False},
                   {"offset": 0, "counts": [1] * 5000, "collapsed": False},
                   {"offset": 0.5, "counts": [1], "collapsed": False},
