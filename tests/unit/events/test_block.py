@@ -10,6 +10,7 @@ rejected elements), so both paths and their hand-overs are exercised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -19,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -516,6 +518,24 @@ def test_messages_larger_than_the_socket_holds_and_many_in_flight() -> None:
     assert not pool._channels
 
 
+@contextlib.contextmanager
+def threaded_pool(serve: Callable[[socket.socket], None]) -> Iterator[DecodePool]:
+    """A pool whose one decode "process" is ``serve`` in a thread, on its end of a
+    socket pair; the thread must stop once the pool has closed the socket."""
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=serve, args=(theirs,))
+    server.start()
+    pool = DecodePool(1, **LIMITS, min_bytes=0)
+    pool._channels = [decode_pool.Channel(None, ours, pool._break)]
+    try:
+        yield pool
+    finally:
+        pool.close()
+        server.join(10)
+        theirs.close()
+    assert not server.is_alive()  # its end of the socket closed: it stopped
+
+
 def test_a_message_the_decode_process_fails_on_is_decoded_by_the_worker(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The process answers with the error's text; the worker logs it and decodes the
@@ -526,15 +546,10 @@ def test_a_message_the_decode_process_fails_on_is_decoded_by_the_worker(
         return decode_payload(value, kind, max_bytes, max_elements)
 
     monkeypatch.setattr(decode_pool, "decode_payload", failing)
-    ours, theirs = socket.socketpair()
-    server = threading.Thread(target=decode_pool.serve, args=(theirs, *LIMITS.values()))
-    server.start()
-    pool = DecodePool(1, **LIMITS, min_bytes=0)
-    pool._channels = [decode_pool.Channel(None, ours, pool._break)]
     values = {("predictions", 0, k): orjson.dumps([prediction(10 * k + i) for i in range(5)])
               for k in range(3)}
 
-    async def go() -> None:
+    async def go(pool: DecodePool) -> None:
         pool.submit((key, value, "prediction") for key, value in values.items())
         await asyncio.wait_for(pool.wait(values), 30)
         with caplog.at_level(logging.WARNING, logger="driftwarden"):
@@ -545,32 +560,21 @@ def test_a_message_the_decode_process_fails_on_is_decoded_by_the_worker(
             "MemoryError('no room')"]
         assert not pool.broken
 
-    try:
-        asyncio.run(go())
-    finally:
-        pool.close()
-        server.join(10)
-        theirs.close()
-    assert not server.is_alive()  # its end of the socket closed: it stopped
+    with threaded_pool(lambda sock: decode_pool.serve(sock, *LIMITS.values())) as pool:
+        asyncio.run(go(pool))
 
 
 def test_a_hung_decode_process_breaks_the_pool_and_the_worker_decodes(
         caplog: pytest.LogCaptureFixture) -> None:
     """A decode process that reads its requests and answers nothing: the batch path
     waits no longer than its timeout, then decodes the messages itself."""
-    ours, theirs = socket.socketpair()
-
-    def hung() -> None:
-        while theirs.recv(1 << 16):
+    def hung(sock: socket.socket) -> None:
+        while sock.recv(1 << 16):
             pass  # read, never answered
 
-    server = threading.Thread(target=hung)
-    server.start()
-    pool = DecodePool(1, **LIMITS, min_bytes=0)
-    pool._channels = [decode_pool.Channel(None, ours, pool._break)]
     key, value = ("predictions", 0, 1), orjson.dumps([prediction(i) for i in range(5)])
 
-    async def go() -> None:
+    async def go(pool: DecodePool) -> None:
         pool.submit([(key, value, "prediction")])
         with caplog.at_level(logging.ERROR, logger="driftwarden"):
             started = time.monotonic()
@@ -581,13 +585,8 @@ def test_a_hung_decode_process_breaks_the_pool_and_the_worker_decodes(
         assert ["decode pool broke" in r.message and "not answered" in r.message
                 for r in caplog.records] == [True]
 
-    try:
-        asyncio.run(go())
-    finally:
-        pool.close()
-        server.join(10)
-        theirs.close()
-    assert not server.is_alive()  # its socket closed by the pool
+    with threaded_pool(hung) as pool:
+        asyncio.run(go(pool))
 
 
 def test_no_decode_processes_no_pool() -> None:
