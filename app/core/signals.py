@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from app.events.block import PREDICTION as PREDICTION  # (signal names: defined with blocks)
+# Monitored signals that are not input features carry a prefix: ``PREDICTION``
+# (``@prediction``, the predicted class or value) and ``SCORES`` (``@scores.<class>``, a
+# class probability), defined with the event blocks, which carry their bucket indices
+from app.events.block import PREDICTION as PREDICTION
 from app.events.block import SCORES as SCORES
 from app.events.block import EventBlock, number_table, rows_of
 from app.events.fields import field_values, score_values, version_indices
-
-#: Monitored signals that are not input features carry this prefix: ``@prediction``
-#: (the predicted class or value) and ``@scores.<class>`` (a class probability).
 
 
 def is_output_signal(name: str) -> bool:
