@@ -159,7 +159,8 @@ class QuantileSketch:
 
         ``buckets``: :func:`default_buckets` of ``x``, computed elsewhere (a decode
         process); used when the sketches are on the default grid, instead of computing
-        the indices here.
+        the indices here. (What they hold where a value is not inserted is never
+        counted: it only sets how wide the count array is.)
 
         >>> a, b = QuantileSketch.empty(), QuantileSketch.empty()
         >>> QuantileSketch.update_rows([a, b], np.array([[1.0, -2.0, 0.0], [3.0, np.nan, 4.0]]))
@@ -177,21 +178,9 @@ class QuantileSketch:
             for q, row in zip(sketches, x, strict=True):
                 q.update(row)
             return
-        mag = np.abs(x)
-        valid = mag >= first.min_positive  # False for NaN, zeros and tiny values
-        finite = math.isfinite(float(mag.max()))  # max propagates NaN
-        if not finite:
-            valid &= np.isfinite(mag)
-        all_valid = bool(valid.all())
-        if not all_valid:
-            if not valid.any():
-                mag = np.ones_like(mag)
-            else:
-                mag = np.where(valid, mag, float(mag[valid][0]))
+        mag, valid, finite, all_valid = _magnitudes(x, first.min_positive)
         if buckets is not None and buckets.shape == x.shape and first.same_grid(_DEFAULT):
             k = buckets
-            if not all_valid and valid.any():  # (any bucket of the range will do there)
-                k = np.where(valid, k, k[valid][0])
         else:
             k = first._index(mag)
         lo = int(k.min())
@@ -619,22 +608,36 @@ def _unpacked(text: str) -> IntArray:
 _DEFAULT = QuantileSketch()  # the default grid (a sketch is only read for it)
 
 
+def _magnitudes(x: FloatArray, min_positive: float
+                ) -> tuple[FloatArray, npt.NDArray[np.bool_], bool, bool]:
+    """``(mag, valid, finite, all_valid)``: ``|x|`` with each value that is not inserted
+    (NaN, infinite, zero or below ``min_positive``) replaced by the first one that is (1
+    when none is), so that bucket indices can be computed for the whole array at once;
+    which values are inserted; whether every value is finite; whether every one is
+    inserted."""
+    mag = np.abs(x)
+    valid = mag >= min_positive  # False for NaN, zeros and tiny values
+    finite = math.isfinite(float(mag.max(initial=0.0)))  # max propagates NaN
+    if not finite:
+        valid &= np.isfinite(mag)
+    all_valid = bool(valid.all())
+    if not all_valid:
+        mag = np.where(valid, mag, float(mag[valid][0])) if valid.any() else np.ones_like(mag)
+    return mag, valid, finite, all_valid
+
+
 def default_buckets(x: FloatArray) -> npt.NDArray[np.int32]:
     """Bucket indices of ``|x|`` on the default grid (``alpha`` 0.01, ``min_positive``
-    1e-9), as :meth:`QuantileSketch.update_rows` takes them: exact for the finite values
-    of magnitude ``>= min_positive``, unspecified for the others (missing, non-finite or
-    zero values are counted from ``x`` itself).
+    1e-9), as :meth:`QuantileSketch.update_rows` computes them: where a value is not
+    inserted (missing, non-finite or zero values are counted from ``x`` itself), the
+    first inserted value's.
 
     >>> default_buckets(np.array([[1.0, -2.0, np.nan, 0.0]])).tolist()
     [[0, 35, 0, 0]]
     """
-    mag = np.abs(x)
-    valid = mag >= _DEFAULT.min_positive
-    if not math.isfinite(float(mag.max(initial=0.0))):
-        valid &= np.isfinite(mag)
-    if not valid.all():
-        mag = np.where(valid, mag, 1.0)
-    return _DEFAULT._index(mag).astype(np.int32) if mag.size else np.zeros(x.shape, np.int32)
+    if not x.size:
+        return np.zeros(x.shape, np.int32)
+    return _DEFAULT._index(_magnitudes(x, _DEFAULT.min_positive)[0]).astype(np.int32)
 
 
 # update_rows counts (row, sign, bucket) keys in one array of at most this many cells
