@@ -122,7 +122,7 @@ def from_payload(payload: dict[str, Any], value: bytes, kind: str, max_bytes: in
 Result = tuple[int, bytes | bytearray]  # a decode process's answer: (status, body)
 OK, NOT_MINE, FAILED = 0, 1, 2  # statuses: a payload; the worker's to decode; an error
 _HEAD = struct.Struct("!IB")  # every frame's head: its body's length, then a code
-_KIND_CODES = {"prediction": 0, "outcome": 1}
+_KIND_CODES = {kind: code for code, kind in enumerate(sorted(KINDS))}
 _KIND_NAMES = {code: kind for kind, code in _KIND_CODES.items()}
 _SOCKET_BUFFER = 4 << 20  # bytes each side of a decode process's socket may hold
 _IOV_MAX = 64  # buffers per ``sendmsg``
@@ -197,9 +197,9 @@ class Channel:
                  broken: Callable[[BaseException], None]) -> None:
         self.process, self.sock, self._broken = process, sock, broken
         sock.setblocking(False)
-        self.waiting: deque[asyncio.Future[Result]] = deque()  # sent, not yet answered
+        # requests sent, not yet answered: each one's future and value's size
+        self.waiting: deque[tuple[asyncio.Future[Result], int]] = deque()
         self.outstanding = 0  # bytes of the requests not yet answered (for balancing)
-        self._sizes: deque[int] = deque()
         self._out: list[memoryview] = []  # what the socket would not take yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._head = bytearray(_HEAD.size)
@@ -225,8 +225,7 @@ class Channel:
 
     def send(self, future: asyncio.Future[Result], value: bytes, kind: str) -> None:
         """Ask the process to decode ``value``; its answer settles ``future``."""
-        self.waiting.append(future)
-        self._sizes.append(len(value))
+        self.waiting.append((future, len(value)))
         self.outstanding += len(value)
         parts = [memoryview(_HEAD.pack(len(value), _KIND_CODES[kind])), memoryview(value)]
         if self._out:  # behind what is already waiting for the socket
@@ -281,15 +280,15 @@ class Channel:
                 body = bytearray()
             else:
                 body, self._body = self._body, None
-            future = self.waiting.popleft()
-            self.outstanding -= self._sizes.popleft()
+            future, asked = self.waiting.popleft()
+            self.outstanding -= asked
             if not future.done() and not future.get_loop().is_closed():
                 future.set_result((self._status, body))
 
     def close(self) -> None:
         """Close the socket: the process, reading its end, stops."""
         self.detach()
-        for future in self.waiting:
+        for future, _ in self.waiting:
             future.cancel()
         self.waiting.clear()
         self.sock.close()
