@@ -24,8 +24,12 @@ its handler returned, or, when the handler returns what the batch still waits fo
 state records on their way to the broker: ``Settle``), once that is done too. The
 consumer then first hands the handler the fetch's next batch, whose work overlaps the
 broker's round trip (the handler waits for the previous batch's records before it
-sends its own), and settles the batch after it; the last batch of a fetch is settled
-before the next fetch. A batch whose handler, or what it waits for, raised or was
+sends its own), and settles the batch after it. A handler that saves its state only now
+and then (a checkpoint) returns :class:`Later` for a batch whose state it has not saved
+yet: that batch is acknowledged with the next batch of the same handler that waits for
+a save of its own (which covers it), or, when the turn ends first, once the handler's
+checkpoint (``Later.checkpoint``) is done. Every batch of a turn is settled before the
+next fetch. A batch whose handler, or what it waits for, raised or was
 cancelled stays unacknowledged, so its offsets and every later one of its partitions
 are never committed: it is read again after a restart or a rebalance, where the state's applied
 positions skip what had reached the changelog. Records fetched before a rebalance
@@ -41,12 +45,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from aiokafka import AIOKafkaConsumer as AIOKafkaConsumerClient
+from aiokafka import TopicPartition
+from faust.transport.drivers.aiokafka import (
+    AIOKafkaConsumerThread,
+    credentials_to_aiokafka_auth,
+    server_list,
+)
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
@@ -54,7 +64,20 @@ log = logging.getLogger("driftwarden")
 
 #: What a handled batch still waits for before it may be acknowledged (see the module).
 Settle = Callable[[], Awaitable[None]]
-Handler = Callable[[list[Message]], Awaitable["Settle | None"]]
+
+
+@dataclass(frozen=True)
+class Later:
+    """What a handler returns for a batch whose state it saves later (see the module):
+    ``checkpoint()`` saves it now and returns what the batch then waits for."""
+
+    checkpoint: Callable[[], Awaitable[Settle]]
+
+
+Handler = Callable[[list[Message]], Awaitable["Settle | Later | None"]]
+#: Handled batches not acknowledged yet, in order: their handler, what each waits for,
+#: its messages.
+Waiting = list[tuple[Handler, "Settle | Later | None", list[Message]]]
 #: Event-loop turns given to the producer after a batch was handled, once faust's
 #: producer buffer has handed its records to aiokafka: they are sent (and earlier
 #: acknowledgements read) before the next batch's work, which holds the loop, begins.
@@ -143,7 +166,60 @@ class FetchThread(AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = max(1, round(self.app.fetch_max_wait * 1000))
+        self._transport = transport
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """The partitions' end offsets, checked against their last record batch (see
+        :func:`true_ends`): table recovery reads a changelog up to them."""
+        ends = await super()._highwaters(partitions)
+        if getattr(self.consumer, "in_transaction", False):
+            return ends
+        conf, transport = self.app.conf, self._transport
+        return await true_ends(
+            ends, bootstrap_servers=server_list(transport.url, transport.default_port),
+            client_id=conf.broker_client_id,
+            request_timeout_ms=int(conf.broker_request_timeout * 1000),
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+
+
+async def true_ends(ends: Mapping[TP, int], *, timeout: float = 10.0,
+                    **client: Any) -> dict[TP, int]:
+    """``ends`` (end offsets, as a broker lists them) checked against each partition's
+    last record batch: the end is one past that batch's last record.
+
+    The embedded broker lists a partition's end as one past its last record batch's
+    *first* offset. faust reads a changelog up to the end offset at recovery and drops
+    what comes after, so a last batch of several records (a checkpoint's records of one
+    partition travel in one) would lose all but its first record. A broker that lists
+    the end right, as Kafka does, returns its last record from that batch, and the end
+    stays. One fetch per non-empty partition, by a consumer of its own (``client``:
+    its connection settings), at each recovery; a partition that returns nothing
+    within ``timeout`` keeps its listed end.
+    """
+    out = dict(ends)
+    last = {tp: end - 1 for tp, end in ends.items() if end}
+    if not last:
+        return out
+    consumer = AIOKafkaConsumerClient(enable_auto_commit=False, group_id=None,
+                                      max_partition_fetch_bytes=64 * 1024 * 1024, **client)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(tp.topic, tp.partition) for tp in last])
+        for tp, offset in last.items():
+            consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+        waiting = set(last)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=200)
+            for tp, records in fetched.items():
+                key = TP(tp.topic, tp.partition)
+                if records and key in waiting:
+                    out[key] = max(out[key], records[-1].offset + 1)
+                    waiting.discard(key)
+    finally:
+        await consumer.stop()
+    return out
 
 
 class BatchConsumer(AIOKafkaConsumer):
@@ -200,12 +276,12 @@ class BatchConsumer(AIOKafkaConsumer):
             if now >= deadline:
                 break
             wait = deadline - now
-        waiting: list[tuple[Settle | None, list[Message]]] = []  # handled, not acknowledged
+        waiting: Waiting = []  # handled, not acknowledged
         batches = deque(self._batches(pending))
         while batches:
             handler, batch = batches.popleft()
             if app.consumer_generation_id != generation or not self.flow_active:
-                await self._settle(waiting)
+                await self._settle(waiting, final=True)
                 return  # a rebalance began: the rest is read again after it
             if not batches and not others and app.batch_prepare is not None:
                 # the turn's last batch: what was fetched meanwhile is prepared now, and
@@ -214,12 +290,12 @@ class BatchConsumer(AIOKafkaConsumer):
             self._note_inbound(batch)
             settle = await handler(batch)
             await self._settle(waiting)  # the one before: its round trip had this work
-            waiting.append((settle, batch))
+            waiting.append((handler, settle, batch))
             if settle is None:
                 await self._settle(waiting)
             else:
                 await self._let_producer_send()
-        await self._settle(waiting)
+        await self._settle(waiting, final=True)
         if others:
             to_message = self._to_message
             for tp, record in self.scheduler.iterate(others):
@@ -282,14 +358,38 @@ class BatchConsumer(AIOKafkaConsumer):
         for _ in range(PRODUCER_TURNS):
             await asyncio.sleep(0)
 
-    async def _settle(self, waiting: list[tuple[Settle | None, list[Message]]]) -> None:
+    async def _settle(self, waiting: Waiting, *, final: bool = False) -> None:
         """Acknowledge handled batches, in order, once what each waits for is done; they
-        leave ``waiting`` (one that raised stays, unacknowledged)."""
-        while waiting:
-            settle, batch = waiting[0]
-            if settle is not None:
+        leave ``waiting`` (one that raised stays, unacknowledged). A batch that waits for
+        a later save (:class:`Later`) waits for what the next batch of its handler that
+        saved waits for; without one it stays, unless ``final`` (the turn ends): each
+        handler's last such batch then has its checkpoint made."""
+        if final:
+            last: dict[Handler, int] = {}  # each handler's last batch that waits for a save
+            for i, (handler, settle, _) in enumerate(waiting):
+                if isinstance(settle, Later):
+                    last[handler] = i
+                elif settle is not None:
+                    last.pop(handler, None)  # (saved after the ones before)
+            for i in sorted(last.values()):
+                handler, later, batch = waiting[i]
+                assert isinstance(later, Later)
+                waiting[i] = (handler, await later.checkpoint(), batch)
+        i = 0
+        done: list[Settle] = []  # what was waited for already
+        while i < len(waiting):
+            handler, settle, batch = waiting[i]
+            if isinstance(settle, Later):
+                settle = next((s for h, s, _ in waiting[i + 1:]
+                               if h is handler and s is not None and not isinstance(s, Later)),
+                              settle)
+                if isinstance(settle, Later):  # not saved yet
+                    i += 1
+                    continue
+            if settle is not None and not any(settle is d for d in done):
                 await settle()
-            del waiting[0]
+                done.append(settle)
+            del waiting[i]
             ack = self.ack
             for message in batch:
                 ack(message)

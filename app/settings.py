@@ -107,6 +107,10 @@ class WorkerSettings(_Frozen):
     deadletter_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_array_elements: int = Field(100_000, ge=1)
     tick_interval: Duration = 1.0
+    # How often the model states are written to the changelog while batches keep coming
+    # (Pipeline.checkpoint): a batch's offsets are committable only once a checkpoint
+    # after it is on the broker. 0: after every batch.
+    checkpoint_interval: Duration = Field(1.0, ge=0, le=600)
     # Messages a worker may hold fetched but unprocessed (faust's stream buffer): bounds
     # memory when messages are large arrays.
     stream_buffer: int = Field(256, ge=1, le=100_000)

@@ -5,10 +5,12 @@ batches straight from the consumer's fetches (:mod:`app.batch_consumer`: a messa
 count, a byte size or a wait; no faust stream, event or channel per record). A batch's
 messages are decoded and validated (msgspec in C, the precise checks when it refuses),
 each message's events routed to their model at once, each model's window sketches
-updated with numpy over the batch, and each touched model's state written to the table
-**once per batch**; the batch is acknowledged only once the broker has those records
-and the outputs. Windows close by watermark plus lateness, or by wall clock when a
-stream is idle: a timer checks every ``worker.tick_interval``; faust's
+updated with numpy over the batch, and the changed models' states written to the table
+at checkpoints, **at most once per batch** (every ``worker.checkpoint_interval`` while a
+backlog is read, after every batch when events trickle in); a batch is acknowledged
+only once the broker has its outputs and a checkpoint after it. Windows close by
+watermark plus lateness, or by wall clock when a stream is idle: a timer checks every
+``worker.tick_interval``; faust's
 ``on_window_close`` is not used (it does not fire for windows restored from the
 changelog).
 
@@ -23,6 +25,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,7 +37,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from faust.types import Message
 
-from app.batch_consumer import BatchApp, BatchLimits, Settle
+from app.batch_consumer import BatchApp, BatchLimits, Later, Settle
 from app.core.engine import ClosedWindow, Engine
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
@@ -94,6 +97,7 @@ async def rewind_states(pipeline: Any, topic: str, name_of: Any, configured: Any
     pipeline.engine.rewind(topic)
     for name in list(pipeline.engine.monitors):
         pipeline.save(name)
+    await pipeline.checkpoint()
     await pipeline.flush_state()
 
 
@@ -143,8 +147,12 @@ class Pipeline:
     """The faust side of prediction monitoring: Kafka records in, Kafka records out.
 
     Decisions are the engine's (``app.core.engine``); this adapter decodes messages,
-    saves each touched model's state to the table once per batch, dead-letters what the
-    engine refuses, and publishes what it produces.
+    dead-letters what the engine refuses, publishes what it produces, and writes the
+    changed models' states to the table's changelog: at a checkpoint (:meth:`checkpoint`),
+    once every ``worker.checkpoint_interval`` while batches keep coming, and at every
+    tick. A model's state is then one record however many batches changed it since the
+    last checkpoint, and a batch is acknowledged once a checkpoint after it is on the
+    broker (:class:`~app.batch_consumer.Later`).
     """
 
     settings: MonitorSettings
@@ -199,8 +207,26 @@ class Pipeline:
         log.error("cannot restore the state of model %r, starting afresh: %s", model, exc)
 
     def save(self, model: str) -> None:
-        """One changelog record for this model, and its side records (once per batch,
-        never per event); :meth:`flush_state` waits until the broker has them."""
+        """The model's state changed: the next checkpoint writes it."""
+        self.changed[model] = None
+
+    async def checkpoint(self) -> list[Any]:
+        """Write the state of every model changed since the last checkpoint (see
+        :meth:`write`), once the broker has every record sent before (so records reach
+        the changelog in order); returns the sends in flight."""
+        await self.flush_state()
+        self.checkpointed = time.monotonic()
+        changed, self.changed = self.changed, {}
+        for model in changed:
+            self.write(model)
+        return list(self.unflushed)
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self.checkpointed >= self.settings.worker.checkpoint_interval
+
+    def write(self, model: str) -> None:
+        """One changelog record for this model, and its side records (never per event);
+        :meth:`flush_state` waits until the broker has them."""
         m = self.engine.monitor(model)
         if m.partition is None:
             return
@@ -223,15 +249,20 @@ class Pipeline:
         self.unflushed.append(self.table.send_changelog(m.partition, key, value))
 
     async def flush_state(self) -> None:
-        """Wait until the broker has every state record saved so far: a batch is
+        """Wait until the broker has every state record written so far: a batch is
         acknowledged (its offsets committable) only after its state is on the changelog,
         or a restart would restore an older state and skip the batch."""
-        while self.unflushed:  # (what another task saves meanwhile is waited for too)
-            pending, self.unflushed = self.unflushed, []
+        while self.unflushed:  # (what another task writes meanwhile is waited for too)
+            pending = list(self.unflushed)
             await wait_all(pending)
+            # (records another task waits for as well stay listed until confirmed)
+            sent = set(map(id, pending))
+            self.unflushed = [f for f in self.unflushed if id(f) not in sent]
 
     assigned: Any = None  # () -> set of predictions partitions this worker holds
     unflushed: list[Any] = field(default_factory=list)  # state records being sent
+    changed: dict[str, None] = field(default_factory=dict)  # models to write, in order
+    checkpointed: float = -math.inf  # time.monotonic() of the last checkpoint
 
     def local_models(self) -> list[str]:
         """Models whose state this worker holds for a partition it is assigned."""
@@ -245,7 +276,7 @@ class Pipeline:
             if owned is not None and self.engine.monitor(name).partition not in owned:
                 # Another worker owns it now: never close its windows or write its state
                 # from here. (Its local copy stays: faust may hand the partition back.)
-                self.engine.forget([name])
+                self.forget([name])
                 continue
             out.append(name)
         return out
@@ -256,25 +287,41 @@ class Pipeline:
         await rewind_states(self, topic, lambda key: key.partition("/")[0],
                             self.settings.models)
 
+    async def revoke(self, partitions: set[int]) -> None:
+        """The partitions are revoked: a checkpoint first (their models' states changed
+        by batches that will be acknowledged are written while this worker still owns
+        them), then their states are forgotten here."""
+        await self.checkpoint()
+        self.forget_partitions(partitions)
+
     def forget_partitions(self, partitions: set[int]) -> None:
         if self.decodes is not None:
             self.decodes.forget()  # what was fetched is fetched again after the rebalance
-        self.engine.forget(n for n, m in self.engine.monitors.items()
-                           if m.partition in partitions)
+        self.forget([n for n, m in self.engine.monitors.items() if m.partition in partitions])
+
+    def forget(self, models: list[str]) -> None:
+        """Drop the models' states held here, with what was not written of them (no
+        acknowledged batch is among what is lost: a batch is acknowledged only once a
+        checkpoint after it is on the broker)."""
+        self.engine.forget(models)
+        for model in models:
+            self.changed.pop(model, None)
 
     # -- the batch path ----------------------------------------------------------------
     async def process_batch(self, messages: list[Message], now: float | None = None, *,
-                            wait: bool = True) -> list[Any]:
+                            wait: bool = True) -> list[Any] | None:
         """Process one batch of input messages: decode, dead-letter, monitor, save the
         states and publish what is due.
 
-        With ``wait`` it returns once the broker has the batch's state records
-        (:meth:`flush_state`). Without, it returns their sends, left in flight: the
-        caller waits for them (:func:`wait_all`) before it acknowledges the batch, and
+        With ``wait`` it makes a checkpoint and returns once the broker has its records
+        (:meth:`flush_state`). Without, it makes a checkpoint only when one is due
+        (``worker.checkpoint_interval``) and returns its sends, left in flight, or
+        ``None`` when it made none (a later checkpoint covers the batch). The caller
+        waits for the sends (:func:`wait_all`) before it acknowledges the batch, and
         the next batch (:meth:`flush_state`) before it sends anything of its own, once
         its events are monitored. The broker's round trip then overlaps the next
-        batch's work, and the records still reach the broker in batch order, each
-        batch's after the previous one's are confirmed.
+        batch's work, and the records still reach the broker in order, each
+        checkpoint's after the previous one's are confirmed.
         """
         started = time.perf_counter()
         now = time.time() if now is None else now
@@ -353,10 +400,12 @@ class Pipeline:
         for model in batch.models:
             await self.publish_detections(model)
             await self.close_due(model, now)
+        sends = await self.checkpoint() if wait or self.checkpoint_due() else None
         if wait:
             await self.flush_state()
+            sends = []
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return list(self.unflushed)
+        return sends
 
     def _model_label(self, rej: Rejection) -> str:
         """The configured model a refused record names, or "" (unparseable, unnamed, or a
@@ -460,6 +509,7 @@ class Pipeline:
                     self.save(model)
             await self.publish_detections(model)  # also what was left before a restart
             await self.close_due(model, now)
+        await self.checkpoint()
         await self.flush_state()
 
     async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -543,8 +593,10 @@ def _credentials(settings: MonitorSettings) -> Any:
     return faust.SSLCredentials(kw["ssl_context"])
 
 
-async def guarded(app: faust.App, name: str, process: Any, messages: list[Message]) -> Any:
-    """Run one batch (or wait for what it sent); returns what ``process`` returns. The
+async def guarded(app: faust.App, name: str, process: Any, messages: list[Message], *,
+                  what: str | None = None) -> Any:
+    """Run one batch (or wait for what it sent, or a checkpoint: ``what`` names it in the
+    log); returns what ``process`` returns. The
     consumer acknowledges a batch only once this returned (:mod:`app.batch_consumer`):
     a batch that raised or was cancelled (a stop, a rebalance) is never committed, nor is
     any later offset of its partitions.
@@ -557,9 +609,10 @@ async def guarded(app: faust.App, name: str, process: Any, messages: list[Messag
     try:
         return await process(messages)
     except Exception as exc:
-        log.critical("%s batch of %d messages failed (%s: %s); its offsets stay "
-                     "uncommitted and the worker stops, to start again from the last commit",
-                     name, len(messages), type(exc).__name__, exc)
+        log.critical("%s failed (%s: %s); its offsets stay uncommitted and the worker "
+                     "stops, to start again from the last commit",
+                     what or f"{name} batch of {len(messages)} messages",
+                     type(exc).__name__, exc)
         await app.crash(exc)
         raise
 
@@ -621,19 +674,33 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     lag = ConsumerLag(metrics, {topics.name(t) for t in
                                 ("predictions", "outcomes", "model_events", "inputs")})
 
-    async def predictions(messages: list[Message]) -> Settle:
+    async def predictions(messages: list[Message]) -> Settle | Later:
         # The consumer acknowledges a batch once process_batch has published its outputs
-        # and the broker has its state records (settle), which it waits for after
-        # handing over the next batch of the fetch, if any.
+        # and the broker has a checkpoint's records made with or after it (settle),
+        # which it waits for after handing over the next batch of the fetch, if any.
         sends = await guarded(app, "predictions", process_in_flight, messages)
         lag.processed(messages)
+        return later if sends is None else settle_when_sent(sends, messages)
 
+    async def process_in_flight(messages: list[Message]) -> list[Any] | None:
+        return await pipeline.process_batch(messages, wait=False)
+
+    def settle_when_sent(sends: list[Any], messages: list[Message]) -> Settle:
         async def settle() -> None:
             await guarded(app, "predictions", lambda _: wait_all(sends), messages)
         return settle
 
-    async def process_in_flight(messages: list[Message]) -> list[Any]:
-        return await pipeline.process_batch(messages, wait=False)
+    async def checkpoint() -> Settle:
+        """A checkpoint for batches not covered by one yet (the consumer's turn ends)."""
+        what = "the checkpoint of the predictions batches"
+        sends = await guarded(app, "predictions", lambda _: pipeline.checkpoint(), [],
+                              what=what)
+
+        async def settle() -> None:
+            await guarded(app, "predictions", lambda _: wait_all(sends), [], what=what)
+        return settle
+
+    later = Later(checkpoint)
 
     app.route_batches(streams, predictions)
 
@@ -705,7 +772,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
-        pipeline.forget_partitions({tp.partition for tp in revoked
+        await pipeline.revoke({tp.partition for tp in revoked
                                     if tp.topic == topics.name("predictions")})
 
     return app, pipeline

@@ -149,9 +149,10 @@ def main() -> int:
             pipeline.decodes = _Decoded(settings, stream)
         now = 1_700_000_000.0  # after every event: windows close as their data completes
 
-        async def run() -> None:
+        async def run() -> None:  # as the worker: checkpoints when due, and at the end
             for batch in batches:
-                await pipeline.process_batch(batch, now)
+                await pipeline.process_batch(batch, now, wait=False)
+            await pipeline.checkpoint()
 
         tune_gc()  # as the worker does after start-up
         began = time.process_time()

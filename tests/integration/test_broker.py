@@ -1,5 +1,6 @@
 """The embedded broker answers Kafka metadata requests and never outlives its parent."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -8,7 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.types import TP
 
+from app.batch_consumer import true_ends
 from app.broker import EmbeddedBroker, metadata_answers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,3 +81,31 @@ def test_busy_port_is_a_clear_error():
 
     with EmbeddedBroker() as b, pytest.raises(BrokerError, match="is in use"):
         EmbeddedBroker(port=b.port, startup_timeout=5).start()
+
+
+def test_true_ends_are_one_past_the_last_record_of_a_batch_of_several(broker):
+    """The embedded broker lists a partition's end as one past its last record batch's
+    first offset; ``true_ends`` (what table recovery reads the changelogs up to) reads
+    that batch and gives one past its last record. Without it, recovery drops the tail
+    of a checkpoint's records."""
+    async def go() -> dict:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("ends", 3, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        for batch in (17, 5):  # two record batches on partition 1
+            sent = [await producer.send("ends", b"v", partition=1) for _ in range(batch)]
+            await asyncio.gather(*sent)
+        await (await producer.send("ends", b"v", partition=2))  # one record
+        await producer.stop()
+        tps = [TP("ends", p) for p in range(3)]
+        listing = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await listing.start()
+        listed = await listing.end_offsets(tps)
+        await listing.stop()
+        return await true_ends(listed, bootstrap_servers=broker.bootstrap)
+
+    ends = asyncio.run(go())
+    assert ends == {TP("ends", 0): 0, TP("ends", 1): 22, TP("ends", 2): 1}

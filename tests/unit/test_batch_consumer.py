@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP, Message
 
-from app.batch_consumer import BatchApp, BatchConsumer, BatchLimits
+from app.batch_consumer import BatchApp, BatchConsumer, BatchLimits, Later
 
 ROUTED = ("t.predictions", "t.outcomes")
 OTHER = "t.model-state-changelog"
@@ -198,6 +198,77 @@ def test_a_batch_that_waits_for_its_records_is_acknowledged_after_the_next_is_ha
                      "settle 0 (acked so far: [])", "handle 4 (acked so far: [0, 1])",
                      "settle 2 (acked so far: [0, 1])", "settle 4 (acked so far: [0, 1, 2, 3])"]
     assert h.acked() == list(range(6))
+
+
+class Checkpointing(Harness):
+    """A handler that saves its state only at some batches (``saves_at``, by call) and
+    returns ``Later`` for the others; a log of handling, checkpoints and settling."""
+
+    def __init__(self, limits: BatchLimits, saves_at: set[int],
+                 fail_checkpoint: bool = False) -> None:
+        super().__init__(limits)
+        self.saves_at = saves_at
+        self.log: list[str] = []
+        self.fail_checkpoint = fail_checkpoint
+        self.later = Later(self.checkpoint)
+
+    def settled(self, name: str) -> Any:
+        async def settle() -> None:
+            await asyncio.sleep(0)
+            self.log.append(f"settle {name} (acked so far: {self.acked()})")
+        return settle
+
+    async def checkpoint(self) -> Any:
+        self.log.append(f"checkpoint (acked so far: {self.acked()})")
+        if self.fail_checkpoint:
+            raise RuntimeError("the broker never took the checkpoint")
+        return self.settled("checkpoint")
+
+    async def handle(self, messages: list[Message]) -> Any:
+        call = len(self.handled)
+        await super().handle(messages)
+        first = messages[0].offset
+        self.log.append(f"handle {first}")
+        return self.settled(str(first)) if call in self.saves_at else self.later
+
+
+def test_a_batch_saved_later_is_acknowledged_with_the_next_batch_that_saved():
+    """Batches whose state is saved by a later batch's checkpoint wait for that batch's
+    records; the turn's last batches, saved by none, have a checkpoint made for them."""
+    h = Checkpointing(BatchLimits(messages=2, size=10**6, within=0.0), saves_at={2})
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(10)]})))
+    assert h.log == [
+        "handle 0", "handle 2", "handle 4", "handle 6",
+        "settle 4 (acked so far: [])",  # 0 and 2 waited for what 4 saved, once
+        "handle 8",  # 6 is saved by nothing yet
+        "checkpoint (acked so far: [0, 1, 2, 3, 4, 5])",  # the turn ends: 6 and 8 saved
+        "settle checkpoint (acked so far: [0, 1, 2, 3, 4, 5])"]
+    assert h.acked() == list(range(10))
+
+
+def test_batches_saved_later_stay_unacknowledged_when_their_checkpoint_fails():
+    h = Checkpointing(BatchLimits(messages=2, size=10**6, within=0.0), saves_at={1},
+                      fail_checkpoint=True)
+    with pytest.raises(RuntimeError, match="never took the checkpoint"):
+        run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(8)]})))
+    assert h.acked() == [0, 1, 2, 3]  # saved with 2; 4 and 6 were saved by no checkpoint
+
+
+def test_a_rebalance_makes_the_checkpoint_of_what_was_handled():
+    """A rebalance during a batch: what was handled is saved and acknowledged (the
+    records not handled yet are read again from the committed offsets)."""
+    h = Checkpointing(BatchLimits(messages=2, size=10**6, within=0.0), saves_at=set())
+
+    def rebalance(call: int) -> None:
+        if call == 1:
+            h.app.consumer_generation_id += 1
+
+    h.on_call = rebalance
+    run(h.fetch(Script({P0: [record(ROUTED[0], o) for o in range(6)]})))
+    assert h.handled == [[(ROUTED[0], 0), (ROUTED[0], 1)], [(ROUTED[0], 2), (ROUTED[0], 3)]]
+    assert h.log[-2:] == ["checkpoint (acked so far: [])",
+                          "settle checkpoint (acked so far: [])"]
+    assert h.acked() == [0, 1, 2, 3]
 
 
 def test_a_batch_whose_records_failed_stays_unacknowledged():

@@ -84,3 +84,92 @@ def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
         assert await second == []  # waited for: nothing left in flight
 
     asyncio.run(go())
+
+
+def _pipeline(checkpoint_interval: str) -> tuple[Pipeline, Table]:
+    settings = settings_from_mapping(
+        {"worker": {"checkpoint_interval": checkpoint_interval},
+         "defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
+         "models": {"m": {"features": {"x": {"type": "numeric"}},
+                          "reference": {"warmup": 10}}}}, env={})
+    engine = Engine(settings, {}, source="urn:test")
+    table = Table()
+    pipeline = Pipeline(settings, engine, Metrics(CollectorRegistry()), table, Topic(),
+                        Topic(), Topic(), Topic())
+    engine.load_state, engine.load_records = pipeline.load_state, pipeline.load_records
+    pipeline.kinds = {"predictions": "prediction"}
+    return pipeline, table
+
+
+def _confirm(table: Table) -> None:
+    for _, fut in table.sent:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def test_batches_between_checkpoints_write_nothing_and_a_checkpoint_writes_each_state_once():
+    pipeline, table = _pipeline("10m")
+
+    async def go() -> None:
+        first = await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        assert first  # the worker's first batch: a checkpoint was due
+        _confirm(table)
+        written = len(table.sent)
+        for k in range(1, 4):  # within the interval: written by no batch
+            assert await pipeline.process_batch([message(k, events(50 * k, 50))],
+                                                wait=False) is None
+        assert len(table.sent) == written and pipeline.changed == {"m": None}
+        sends = await pipeline.checkpoint()
+        assert [key for key, _ in table.sent[written:]] == [b"m"]  # once, for three batches
+        assert sends == [fut for _, fut in table.sent[written:]]
+        assert orjson.loads(table.data[b"m"])["positions"] == {"predictions:0": 3}
+        assert pipeline.changed == {}
+
+    asyncio.run(go())
+
+
+def test_a_zero_interval_makes_a_checkpoint_after_every_batch():
+    pipeline, table = _pipeline("0s")
+
+    async def go() -> None:
+        for k in range(3):
+            sends = await pipeline.process_batch([message(k, events(50 * k, 50))], wait=False)
+            assert sends and [key for key, f in table.sent if f in sends] == [b"m"]
+            _confirm(table)
+
+    asyncio.run(go())
+
+
+def test_forgotten_models_are_not_written_by_the_next_checkpoint():
+    """A revoked partition's model: the batches since its last checkpoint are read
+    again by its next owner, from the committed offsets; nothing of them is written."""
+    pipeline, table = _pipeline("10m")
+
+    async def go() -> None:
+        await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        _confirm(table)
+        written = len(table.sent)
+        assert await pipeline.process_batch([message(1, events(50, 50))], wait=False) is None
+        pipeline.forget_partitions({0})
+        assert await pipeline.checkpoint() == [] and len(table.sent) == written
+
+    asyncio.run(go())
+
+
+def test_a_revoked_partition_has_its_models_written_before_they_are_forgotten():
+    """Batches handled before a rebalance are acknowledged when the consumer's turn
+    ends: what they changed of a revoked partition's models is written first, while
+    this worker still owns them."""
+    pipeline, table = _pipeline("10m")
+
+    async def go() -> None:
+        await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        _confirm(table)
+        written = len(table.sent)
+        assert await pipeline.process_batch([message(1, events(50, 50))], wait=False) is None
+        await pipeline.revoke({0})
+        assert [key for key, _ in table.sent[written:]] == [b"m"]
+        assert orjson.loads(table.data[b"m"])["positions"] == {"predictions:0": 1}
+        assert "m" not in pipeline.engine.monitors and pipeline.changed == {}
+
+    asyncio.run(go())

@@ -143,3 +143,16 @@ def test_decode_processes_are_one_where_a_worker_has_two_cpus_unless_set():
     for bad in (-1, 65, "many"):
         with pytest.raises(ConfigError, match=r"worker\.decode_processes"):
             settings_from_mapping({**base, "worker": {"decode_processes": bad}}, env={})
+
+
+def test_the_checkpoint_interval_is_a_duration_from_zero_to_ten_minutes():
+    base = {"models": {"m": {"features": {"a": {"type": "numeric"}},
+                             "reference": {"warmup": 100}}}}
+    assert settings_from_mapping(base, env={}).worker.checkpoint_interval == 1.0
+    for value, seconds in (("0s", 0.0), ("250ms", 0.25), ("10m", 600.0), (5, 5.0)):
+        worker = settings_from_mapping({**base, "worker": {"checkpoint_interval": value}},
+                                       env={}).worker
+        assert worker.checkpoint_interval == seconds
+    for bad in ("-1s", "11m", "often"):
+        with pytest.raises(ConfigError, match=r"worker\.checkpoint_interval"):
+            settings_from_mapping({**base, "worker": {"checkpoint_interval": bad}}, env={})
