@@ -160,10 +160,7 @@ class LabelJoin:
             # the usual batch: no id twice, none late; only the ids either map knows
             # (redelivered, or awaited by an outcome) need a look of their own
             if known:
-                keep = [True] * len(pids)
-                for i in itertools.compress(range(len(pids)), map(known.__contains__, pids)):
-                    keep[i] = self._known_prediction(
-                        pids[i], (cols[0][i], cols[1][i], cols[2][i], cols[3][i]), out)
+                keep = self._known_predictions(pids, known, cols, out)
                 pids = list(itertools.compress(pids, keep))
                 cols = [list(itertools.compress(c, keep)) for c in cols]
             self.pending.add_columns(pids, cols)
@@ -188,6 +185,43 @@ class LabelJoin:
         """Whether a batch of predictions has no id twice and none late."""
         wm = self._watermark
         return len(unique) == len(pids) and (wm is None or min(times) + self.horizon_ms >= wm)
+
+    def _known_predictions(self, pids: list[str], known: set[str],
+                           cols: Sequence[Sequence[Any]], out: JoinResult) -> list[bool]:
+        """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids,
+        none late) whose id is in ``known``; whether each of ``pids`` is to wait. Those
+        whose outcome waited leave the orphans together."""
+        pending, orphans, horizon = self.pending, self.orphans, self.horizon_ms
+        keep = [True] * len(pids)
+        early: list[int] = []  # predictions whose outcome waits for them
+        for i in itertools.compress(range(len(pids)), map(known.__contains__, pids)):
+            pid = pids[i]
+            if (pid in pending or pending.removed(pid) is not None
+                    or orphans.removed(pid) in (JOINED, LATE)):
+                keep[i] = False  # redelivered
+            elif pid in orphans:
+                keep[i] = False
+                early.append(i)
+        if not early:
+            return keep
+        ids = [pids[i] for i in early]
+        label_ms, labels, seen_ms = orphans.columns(ids)
+        reasons = []
+        remember = 0
+        for i, pid, lm, label, seen in zip(early, ids, label_ms, labels, seen_ms, strict=True):
+            event_ms = cols[0][i]
+            # remembered until the prediction's own time is past the horizon too, so that
+            # a redelivery is never pending again
+            remember = max(remember, lm, event_ms)
+            if lm - event_ms > horizon:
+                reasons.append(LATE)
+                out.too_late += 1
+            else:
+                reasons.append(JOINED)
+                out.labelled.append(Labelled(pid, event_ms, cols[1][i], cols[2][i], cols[3][i],
+                                             label, lm, seen))
+        orphans.pop_each(ids, reasons, remember)
+        return keep
 
     def _known_prediction(self, pid: str, entry: Entry, out: JoinResult) -> bool:
         """A prediction whose id either map knows: ``True`` when it is to wait (neither

@@ -303,6 +303,16 @@ class SegmentedMap:
         self._remove_found(list(map(divmod, sorted(map(self._at.__getitem__, keys)),
                                     itertools.repeat(_STRIDE))), reason, entries=False)
 
+    def pop_each(self, keys: Sequence[str], reasons: Sequence[str], t_ms: int) -> None:
+        """:meth:`pop` of each of ``keys`` (distinct, present) in turn, for its reason in
+        ``reasons``, each remembered by ``t_ms`` (a removal is remembered by the latest
+        time of its batch: popping them one by one, each by its own time, is the same
+        when ``t_ms`` is the latest of those). No entry is built."""
+        at, segs = self._at, self._segs
+        for key, reason in zip(keys, reasons, strict=True):
+            seq, i = divmod(at[key], _STRIDE)
+            self._leave(segs[seq], [i], [key], reason, t_ms)
+
     def pop_older_than(self, t_ms: int, reason: str) -> list[tuple[str, Entry]]:
         """Remove and return the entries with time ``< t_ms``, oldest inserted first.
 

@@ -278,6 +278,22 @@ def test_add_columns_refuses_what_add_refuses():
         m.add_columns(["b"], [["late"], ["v"]])
 
 
+def test_pop_each_leaves_what_pop_one_by_one_leaves_with_the_latest_time():
+    one, each = SegmentedMap("x/", segment_size=3), SegmentedMap("x/", segment_size=3)
+    for m in (one, each):
+        m.add([(f"k{i}", (i, f"v{i}")) for i in range(8)])
+        m.drain_records()
+    keys, reasons, times = ["k5", "k1", "k2", "k7"], ["j", "l", "j", "j"], [40, 90, 10, 60]
+    for k, r, t in zip(keys, reasons, times, strict=True):
+        one.pop(k, r, t)
+    each.pop_each(keys, reasons, max(times))
+    assert list(one.items()) == list(each.items())
+    assert {k: one.removed(k) for k in IDS} == {k: each.removed(k) for k in IDS}
+    assert one.drain_records() == each.drain_records()  # the same records, in the same order
+    each.forget_before(91)
+    assert each.removed("k1") is None
+
+
 def test_pop_many_leaves_what_pop_one_by_one_leaves():
     one, many = SegmentedMap("x/", segment_size=3), SegmentedMap("x/", segment_size=3)
     for m in (one, many):
