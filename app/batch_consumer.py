@@ -289,6 +289,9 @@ class BatchConsumer(AIOKafkaConsumer):
                 batches.extend(await self._fetched_meanwhile(generation, others))
             self._note_inbound(batch)
             settle = await handler(batch)
+            if isinstance(settle, Later):
+                for message in batch:  # waiting for a checkpoint: only its offsets count
+                    message.value = None
             await self._settle(waiting)  # the one before: its round trip had this work
             waiting.append((handler, settle, batch))
             if settle is None:
