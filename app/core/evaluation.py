@@ -11,11 +11,12 @@ from app.core.serving import ServingStats
 from app.core.signals import is_output_signal, public_name
 from app.core.windows import Sketch, Slice, Window
 from app.detectors import STATISTICS, bh_adjusted, choose_statistic, p_value
-from app.detectors.statistics import counts_statistics
+from app.detectors.significance import ks_p_value_of
+from app.detectors.statistics import counts_statistics, quantile_statistics
 from app.quality import QualityFinding
 from app.reference import CategoricalReference, FeatureReference, NumericReference, Reference
 from app.settings import DriftSettings
-from app.sketches import BinnedHistogram, CategoryCounts, QuantileSketch
+from app.sketches import BinnedHistogram, CategoryCounts
 from app.sketches.categorical import OTHER
 
 
@@ -120,17 +121,23 @@ def _counts_figures(reference: Reference, sl: Slice) -> dict[str, dict[str, floa
     return out
 
 
-def _figures(ftype: str, ref: FeatureReference, counts: dict[str, float],
-             quantiles: QuantileSketch | None) -> dict[str, float]:
-    """Every registered statistic that applies to the feature, on this window (the
-    ``"counts"`` ones given)."""
-    out = dict(counts)
-    ref_q = ref.quantile_sketch() if isinstance(ref, NumericReference) else None
-    for name, spec in STATISTICS.items():
-        if spec.input == "quantiles" and ftype in spec.feature_types and ref_q is not None \
-                and quantiles is not None:
-            out[name] = spec(ref_q, quantiles)
-    return out
+def _quantile_figures(reference: Reference, sl: Slice) -> dict[str, dict[str, float]]:
+    """Every registered ``"quantiles"`` statistic of each comparable numeric feature with
+    values, computed for the features together (``quantile_statistics``)."""
+    names, pairs = [], []
+    for name, ref in reference.features.items():
+        sketch, window = sl.sketches.get(name), sl.quantiles.get(name)
+        if isinstance(ref, NumericReference) and sketch is not None and sketch.n \
+                and window is not None and _kind(ref, sketch) == ("numeric", True):
+            names.append(name)
+            pairs.append((ref.quantile_sketch(), window))
+    stats = [n for n, spec in STATISTICS.items()
+             if spec.input == "quantiles" and "numeric" in spec.feature_types]
+    if not pairs or not stats:
+        return {}
+    values = quantile_statistics(pairs, stats)
+    return {name: {stat: float(values[stat][i]) for stat in stats}
+            for i, name in enumerate(names)}
 
 
 def chosen_statistic(drift: DriftSettings, ftype: str, n: int) -> str:
@@ -160,8 +167,9 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
         return WindowEvaluation(model, version, window.versions, window.start_ms,
                                 window.end_ms, sl.n, min_samples, late_events, "unavailable",
                                 ref_key, fallback, feats, sl.segment)
-    counts = _counts_figures(reference, sl)
-    feats = [_evaluate_feature(name, ref, sl, drift, counts.get(name, {}))
+    counts, quantiles = _counts_figures(reference, sl), _quantile_figures(reference, sl)
+    feats = [_evaluate_feature(name, ref, sl, drift,
+                               {**counts.get(name, {}), **quantiles.get(name, {})})
              for name, ref in reference.features.items()]
     feats += [FeatureEvaluation(name, "unknown", "n/a", None, 0, 0, 0, "", "",
                                 f"no reference: {why}")
@@ -177,7 +185,9 @@ def evaluate_window(model: str, window: Window, version: str, sl: Slice,
 
 
 def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice, drift: DriftSettings,
-                      counts: dict[str, float]) -> FeatureEvaluation:
+                      figures: dict[str, float]) -> FeatureEvaluation:
+    """One feature's evaluation; ``figures``: every statistic that applies to it (see
+    ``_counts_figures`` and ``_quantile_figures``)."""
     sketch = sl.sketches.get(name)
     ref_n = int(sum(ref.counts))
     if sketch is None:
@@ -197,13 +207,12 @@ def _evaluate_feature(name: str, ref: FeatureReference, sl: Slice, drift: DriftS
     if not sketch.n:
         return FeatureEvaluation(name, ftype, statistic, None, 0, sketch.missing, ref_n,
                                  *evidence, "no values in this window")
-    quantiles = sl.quantiles.get(name)
-    figures = _figures(ftype, ref, counts, quantiles)
     if STATISTICS[statistic].input == "counts":
         p = p_value(statistic, np.asarray(ref.counts), sketch.counts)
-    else:
+    else:  # the Kolmogorov-Smirnov test, of the KS figure
+        quantiles = sl.quantiles.get(name)
         assert isinstance(ref, NumericReference) and quantiles is not None
-        p = p_value(statistic, ref.quantile_sketch(), quantiles)
+        p = ks_p_value_of(figures["ks"], ref.quantile_sketch().n, quantiles.n)
     return FeatureEvaluation(name, ftype, statistic, figures[statistic], sketch.n,
                              sketch.missing, ref_n, *evidence, None,
                              None if p != p else p, None, figures)

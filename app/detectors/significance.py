@@ -156,7 +156,20 @@ def ks_p_value(reference: QuantileSketch, window: QuantileSketch) -> float:
     n1, n2 = reference.n, window.n
     if n1 == 0 or n2 == 0:
         return 1.0
-    return kolmogorov_sf(math.sqrt(n1 * n2 / (n1 + n2)) * ks(reference, window))
+    return ks_p_value_of(ks(reference, window), n1, n2)
+
+
+def ks_p_value_of(d: float, n1: int, n2: int) -> float:
+    """:func:`ks_p_value` of a KS ``d`` between samples of ``n1`` and ``n2`` values.
+
+    >>> ks_p_value_of(0.0, 100, 100), ks_p_value_of(0.5, 0, 9)
+    (1.0, 1.0)
+    >>> round(ks_p_value_of(0.05, 1000, 1000), 4)
+    0.1641
+    """
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    return kolmogorov_sf(math.sqrt(n1 * n2 / (n1 + n2)) * d)
 
 
 def p_value(stat_name: str, reference: Any, window: Any) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -375,6 +376,51 @@ def aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:
         array.flags.writeable = False
     _last[:] = [a, b, (a.n, b.n), result]
     return result
+
+
+#: Widest dense grid :func:`dense_pairs` builds (buckets of one sign): values many
+#: orders of magnitude apart are left to :func:`aligned`, pair by pair.
+DENSE_MAX = 4096
+
+
+def dense_pairs(pairs: Sequence[tuple[QuantileSketch, QuantileSketch]]
+                ) -> tuple[FloatArray, FloatArray, FloatArray, IntArray, IntArray] | None:
+    """Many pairs of sketches on one grid of cells: ``(lower, upper, value, a, b)``, the
+    cells' edges and representatives in increasing value order (every bucket from the
+    lowest to the highest occupied one of any sketch, and the zero bucket), and each
+    pair's counts on them as rows of ``a`` and ``b``.
+
+    Cells empty on both sides of a pair change nothing its CDFs say at the others, so
+    statistics of the two CDFs read off these rows are those of :func:`aligned` (up to
+    the rounding of sums over more cells). ``None`` when the pairs are not all on one
+    grid, a sketch collapsed a sign (folding is pair by pair), or the grid would be
+    wider than :data:`DENSE_MAX` buckets of a sign.
+    """
+    if not pairs:
+        return None
+    first = pairs[0][0]
+    sketches = [q for pair in pairs for q in pair]
+    if any(not first.same_grid(q) or q.positive.collapsed or q.negative.collapsed
+           for q in sketches):
+        return None
+    grids = []
+    for sign in ("positive", "negative"):
+        stores = [getattr(q, sign) for q in sketches]
+        used = [st for st in stores if st.counts.size]
+        lo = min((st.offset for st in used), default=0)
+        width = max(st.top for st in used) - lo + 1 if used else 0
+        if width > DENSE_MAX:
+            return None
+        dense = np.zeros((len(stores), width), dtype=np.int64)
+        for row, st in zip(dense, stores, strict=True):
+            if st.counts.size:
+                row[st.offset - lo:st.offset - lo + st.counts.size] = st.counts
+        grids.append((np.arange(lo, lo + width, dtype=np.int64), dense))
+    (pk, pos), (nk, neg) = grids
+    zero = np.array([[q.zero] for q in sketches], dtype=np.int64)
+    counts = np.concatenate([neg[:, ::-1], zero, pos], axis=1)
+    lower, upper, value = _geometry(first, nk, True, pk, (False, False))
+    return lower, upper, value, counts[0::2], counts[1::2]
 
 
 def _aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:

@@ -17,6 +17,7 @@ from app.detectors.statistics import (
     ks,
     ks_with_bound,
     psi,
+    quantile_statistics,
     reference_spread,
     unseen_rate,
     wasserstein,
@@ -278,3 +279,28 @@ def test_counts_statistics_refuse_mismatched_bins_and_unknown_names():
         counts_statistics(np.ones((2, 3)), np.ones((2, 4)), ["psi"])
     with pytest.raises(ValueError, match="not a counts statistic"):
         counts_statistics(np.ones((1, 3)), np.ones((1, 3)), ["ks"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), pairs=st.integers(1, 6), max_buckets=st.sampled_from([2048, 8]),
+       scale=st.sampled_from([1.0, 1e-3, 1e6]))
+def test_quantile_statistics_of_many_pairs_are_each_pairs(data, pairs, max_buckets, scale):
+    """All pairs on one grid of cells give each pair's KS exactly and its W1 up to
+    rounding; pairs that cannot share a grid (a folded sign) go pair by pair."""
+    value = st.one_of(st.floats(-5, 5), st.just(0.0), st.floats(-1e-9, 1e-9))
+    out = []
+    for _ in range(pairs):
+        ref, win = QuantileSketch(max_buckets=max_buckets), QuantileSketch(max_buckets=max_buckets)
+        ref.update(np.array(data.draw(st.lists(value, min_size=1, max_size=40))) * scale)
+        win.update(np.array(data.draw(st.lists(value, max_size=40))) * scale)
+        out.append((ref, win))
+    together = quantile_statistics(out, ["ks", "wasserstein"])
+    for i, (ref, win) in enumerate(out):
+        assert together["ks"][i] == ks(ref, win)
+        assert together["wasserstein"][i] == pytest.approx(wasserstein(ref, win), rel=1e-9,
+                                                           abs=1e-12)
+
+
+def test_quantile_statistics_know_only_the_quantile_statistics():
+    with pytest.raises(ValueError, match="'psi' is not a quantiles statistic"):
+        quantile_statistics([(QuantileSketch(), QuantileSketch())], ["psi"])
