@@ -218,16 +218,10 @@ class EventBlock(Sequence[dict[str, Any]]):
     def to_payload(self) -> dict[str, Any]:
         """Plain data (what a decode process sends; the events stay behind). The floats
         and the buckets go as one 2-D array each, a row per feature: one array to
-        unpickle instead of one per feature. The columns that repeat a few values (the
-        versions, the categorical features) hold each value as one object: pickled once
-        and referenced after, unpickled once, and hashed once where it is counted."""
-        fields = self.fields
-        if "model_version" in fields:
-            fields = {**fields, "model_version": _shared(fields["model_version"])}
-        return {"kind": self.kind, "model": self.model, "n": self.n, "fields": fields,
+        unpickle instead of one per feature."""
+        return {"kind": self.kind, "model": self.model, "n": self.n, "fields": self.fields,
                 "feature_names": self.feature_names, "floats": _table(self.floats),
-                "buckets": _table(self.buckets),
-                "raw": {k: _shared(c) for k, c in self.raw.items()}, "scores": self.scores}
+                "buckets": _table(self.buckets), "raw": self.raw, "scores": self.scores}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], load: Loader) -> EventBlock:
@@ -238,17 +232,6 @@ class EventBlock(Sequence[dict[str, Any]]):
 
 
 Table = tuple[tuple[str, ...], np.ndarray[Any, Any]] | None
-
-
-def _shared(column: list[Any]) -> list[Any]:
-    """``column`` with equal strings as one object each (only strings: ``True == 1``).
-
-    >>> a, b, c, d = _shared(["v" + "1", "v" + "1", 1, True])
-    >>> a is b, c, d
-    (True, 1, True)
-    """
-    seen: dict[str, str] = {}
-    return [seen.setdefault(v, v) if type(v) is str else v for v in column]
 
 
 def _table(arrays: dict[str, np.ndarray[Any, Any]]) -> Table:
