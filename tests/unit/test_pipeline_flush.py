@@ -1,6 +1,8 @@
 """A batch left with its state records in flight (``process_batch(wait=False)``): the
 next batch is monitored meanwhile, but sends nothing of its own before the broker has
-the previous batch's records, so they reach the changelog in batch order."""
+the previous batch's records, so they reach the changelog in batch order. State is
+written at checkpoints (``worker.checkpoint_interval``): once per changed model however
+many batches changed it, and before a revoked partition's models are forgotten."""
 
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ def events(first: int, n: int) -> list[dict[str, Any]]:
             for i in range(first, first + n)]
 
 
-def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
+def _pipeline(checkpoint_interval: str) -> tuple[Pipeline, Table]:
     settings = settings_from_mapping(
-        {"defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
+        {"worker": {"checkpoint_interval": checkpoint_interval},
+         "defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
          "models": {"m": {"features": {"x": {"type": "numeric"}},
                           "reference": {"warmup": 10}}}}, env={})
     engine = Engine(settings, {}, source="urn:test")
@@ -61,6 +64,12 @@ def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
                         Topic(), Topic(), Topic())
     engine.load_state, engine.load_records = pipeline.load_state, pipeline.load_records
     pipeline.kinds = {"predictions": "prediction"}
+    return pipeline, table
+
+
+def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
+    pipeline, table = _pipeline("1s")
+    engine = pipeline.engine
 
     async def go() -> None:
         first = await pipeline.process_batch([message(0, events(0, 50))], wait=False)
@@ -84,21 +93,6 @@ def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
         assert await second == []  # waited for: nothing left in flight
 
     asyncio.run(go())
-
-
-def _pipeline(checkpoint_interval: str) -> tuple[Pipeline, Table]:
-    settings = settings_from_mapping(
-        {"worker": {"checkpoint_interval": checkpoint_interval},
-         "defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
-         "models": {"m": {"features": {"x": {"type": "numeric"}},
-                          "reference": {"warmup": 10}}}}, env={})
-    engine = Engine(settings, {}, source="urn:test")
-    table = Table()
-    pipeline = Pipeline(settings, engine, Metrics(CollectorRegistry()), table, Topic(),
-                        Topic(), Topic(), Topic())
-    engine.load_state, engine.load_records = pipeline.load_state, pipeline.load_records
-    pipeline.kinds = {"predictions": "prediction"}
-    return pipeline, table
 
 
 def _confirm(table: Table) -> None:
