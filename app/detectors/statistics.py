@@ -257,7 +257,7 @@ def quantile_statistics(pairs: Sequence[tuple[QuantileSketch, QuantileSketch]],
         raise ValueError(f"{unknown[0]!r} is not a quantiles statistic")
     out = {name: np.zeros(len(pairs)) for name in names}
     dense = dense_pairs(pairs)
-    if dense is None:
+    if dense is None or not np.isfinite(dense[2]).all():  # (a bucket's value past floats)
         for i, (ref, win) in enumerate(pairs):
             for name in names:
                 out[name][i] = ks(ref, win) if name == "ks" else wasserstein(ref, win)

@@ -207,12 +207,11 @@ class LabelJoin:
         ids = [pids[i] for i in early]
         label_ms, labels, seen_ms = orphans.columns(ids)
         reasons = []
-        remember = 0
+        # remembered until the prediction's own time is past the horizon too, so that a
+        # redelivery is never pending again
+        remember = max(max(label_ms), max(cols[0][i] for i in early))
         for i, pid, lm, label, seen in zip(early, ids, label_ms, labels, seen_ms, strict=True):
             event_ms = cols[0][i]
-            # remembered until the prediction's own time is past the horizon too, so that
-            # a redelivery is never pending again
-            remember = max(remember, lm, event_ms)
             if lm - event_ms > horizon:
                 reasons.append(LATE)
                 out.too_late += 1

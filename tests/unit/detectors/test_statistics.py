@@ -304,3 +304,16 @@ def test_quantile_statistics_of_many_pairs_are_each_pairs(data, pairs, max_bucke
 def test_quantile_statistics_know_only_the_quantile_statistics():
     with pytest.raises(ValueError, match="'psi' is not a quantiles statistic"):
         quantile_statistics([(QuantileSketch(), QuantileSketch())], ["psi"])
+
+
+def test_quantile_statistics_near_the_largest_floats_go_pair_by_pair():
+    """A bucket whose representative is past the floats (inf) would turn every other
+    pair's W1 on the shared grid into NaN (0 * inf): such pairs go pair by pair."""
+    huge, huge_w, near, near_w = (QuantileSketch() for _ in range(4))
+    huge.update(np.array([1.79e308, 1.7e308]))
+    huge_w.update(np.array([1.78e308]))
+    near.update(np.array([1e306, 3e306]))
+    near_w.update(np.array([2e306]))
+    out = quantile_statistics([(huge, huge_w), (near, near_w)], ["ks", "wasserstein"])
+    assert out["wasserstein"][1] == wasserstein(near, near_w) and np.isfinite(out["wasserstein"][1])
+    assert out["ks"].tolist() == [ks(huge, huge_w), ks(near, near_w)]
