@@ -88,8 +88,10 @@ def state_bytes(value: Any) -> bytes:
 
 async def rewind_states(pipeline: Any, topic: str, name_of: Any, configured: Any) -> None:
     """Forget every applied position of ``topic`` (recreated empty: its offsets start
-    from 0 again) in each state a pipeline holds, and write those states to the (new)
-    changelog. ``name_of(table key)`` names the model or source a record belongs to."""
+    from 0 again) in each state a pipeline holds, and save those states
+    (``pipeline.save``: the sources' pipeline writes them to the (new) changelog at once,
+    the predictions' pipeline at the checkpoint its ``rewind`` makes next).
+    ``name_of(table key)`` names the model or source a record belongs to."""
     for key in list(pipeline.table.data.keys()):  # the local copies hold positions too
         name = name_of(key.decode() if isinstance(key, bytes) else str(key))
         if name in configured:
@@ -97,7 +99,6 @@ async def rewind_states(pipeline: Any, topic: str, name_of: Any, configured: Any
     pipeline.engine.rewind(topic)
     for name in list(pipeline.engine.monitors):
         pipeline.save(name)
-    await pipeline.checkpoint()
     await pipeline.flush_state()
 
 
@@ -286,6 +287,8 @@ class Pipeline:
         (a table key is ``<model>`` or ``<model>/<side record>``)."""
         await rewind_states(self, topic, lambda key: key.partition("/")[0],
                             self.settings.models)
+        await self.checkpoint()  # (save only marks a model's state to be written)
+        await self.flush_state()
 
     async def revoke(self, partitions: set[int]) -> None:
         """The partitions are revoked: a checkpoint first (their models' states changed

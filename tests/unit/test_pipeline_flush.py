@@ -16,7 +16,9 @@ from prometheus_client import CollectorRegistry
 from app.core.engine import Engine
 from app.observability.metrics import Metrics
 from app.settings import settings_from_mapping
+from app.sources.engine import SourcesEngine
 from app.streaming import Pipeline
+from app.streaming_sources import SourcePipeline
 
 T0 = 1_700_000_000_000 // 60_000 * 60_000
 
@@ -165,5 +167,55 @@ def test_a_revoked_partition_has_its_models_written_before_they_are_forgotten():
         assert [key for key, _ in table.sent[written:]] == [b"m"]
         assert orjson.loads(table.data[b"m"])["positions"] == {"predictions:0": 1}
         assert "m" not in pipeline.engine.monitors and pipeline.changed == {}
+
+    asyncio.run(go())
+
+
+def test_a_recreated_topic_is_rewound_in_every_state_and_written_at_once():
+    """A topic the guard had to recreate numbers its offsets from 0 again: the states
+    drop their positions for it and are written to the changelog at once, for the
+    models (a checkpoint) as for the sources."""
+    pipeline, table = _pipeline("10m")
+    settings = settings_from_mapping(
+        {"defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
+         "sources": {"crm": {"freshness": "5m"}},
+         "models": {"m": {"features": {"x": {"type": "numeric", "source": "crm"}},
+                          "reference": {"warmup": 10}}}}, env={})
+    source_table = Table()
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    sources = SourcePipeline(settings, SourcesEngine(settings, source_uri="urn:test"),
+                             Metrics(CollectorRegistry()), source_table, {}, nothing, nothing)
+    sources.engine.load_state = sources.load_state
+
+    def confirmed(t: Table) -> None:
+        for _, fut in t.sent:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def go() -> None:
+        await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        _confirm(table)
+        inputs = [{"source": "crm", "timestamp": T0 + i, "record": {"x": i}} for i in range(5)]
+        asyncio.get_running_loop().call_soon(confirmed, source_table)
+        await sources.process_batch([SimpleNamespace(
+            topic="inputs", partition=0, offset=7, key=b"crm", value=orjson.dumps(inputs),
+            timestamp=T0 / 1000)])
+        written, source_written = len(table.sent), len(source_table.sent)
+        assert orjson.loads(source_table.data[b"crm"])["monitor"]["positions"] == {
+            "inputs:0": 7}
+        for p in (pipeline, sources):
+            task = asyncio.ensure_future(p.rewind("predictions" if p is pipeline else "inputs"))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            confirmed(table)
+            confirmed(source_table)
+            await task
+        assert [key for key, _ in table.sent[written:]] == [b"m"]
+        assert "predictions:0" not in orjson.loads(table.data[b"m"])["positions"]
+        assert [key for key, _ in source_table.sent[source_written:]] == [b"crm"]
+        assert "inputs:0" not in orjson.loads(source_table.data[b"crm"])["monitor"]["positions"]
 
     asyncio.run(go())
