@@ -378,24 +378,32 @@ class BatchConsumer(AIOKafkaConsumer):
                 handler, later, batch = waiting[i]
                 assert isinstance(later, Later)
                 waiting[i] = (handler, await later.checkpoint(), batch)
-        i = 0
-        done: list[Settle] = []  # what was waited for already
-        while i < len(waiting):
-            handler, settle, batch = waiting[i]
+        # what each batch waits for: its own, or (Later) its handler's next save's, if any
+        covers: list[Settle | Later | None] = [None] * len(waiting)
+        saved: dict[Handler, Settle] = {}
+        for i in range(len(waiting) - 1, -1, -1):
+            handler, settle, _ = waiting[i]
             if isinstance(settle, Later):
-                settle = next((s for h, s, _ in waiting[i + 1:]
-                               if h is handler and s is not None and not isinstance(s, Later)),
-                              settle)
-                if isinstance(settle, Later):  # not saved yet
-                    i += 1
+                covers[i] = saved.get(handler, settle)
+            else:
+                covers[i] = settle
+                if settle is not None:
+                    saved[handler] = settle
+        entries, acked = list(waiting), [False] * len(waiting)
+        done: list[Settle] = []  # what was waited for already
+        ack = self.ack
+        try:
+            for i, ((_, _, batch), cover) in enumerate(zip(entries, covers, strict=True)):
+                if isinstance(cover, Later):  # not saved yet
                     continue
-            if settle is not None and not any(settle is d for d in done):
-                await settle()
-                done.append(settle)
-            del waiting[i]
-            ack = self.ack
-            for message in batch:
-                ack(message)
+                if cover is not None and not any(cover is d for d in done):
+                    await cover()
+                    done.append(cover)
+                for message in batch:
+                    ack(message)
+                acked[i] = True
+        finally:
+            waiting[:] = [e for e, a in zip(entries, acked, strict=True) if not a]
 
     async def _accept(self, tp: TP, records: list[Any], out: list[Message],
                       counts: list[int]) -> None:
