@@ -136,16 +136,23 @@ def test_a_zero_interval_makes_a_checkpoint_after_every_batch():
     asyncio.run(go())
 
 
+async def _checkpoint_then_not(pipeline: Pipeline, table: Table) -> int:
+    """Two batches: the first makes the worker's first checkpoint (confirmed), the second
+    none (the interval has not passed); returns the records sent so far."""
+    await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+    _confirm(table)
+    assert await pipeline.process_batch([message(1, events(50, 50))], wait=False) is None
+    return len(table.sent)
+
+
 def test_forgotten_models_are_not_written_by_the_next_checkpoint():
-    """A revoked partition's model: the batches since its last checkpoint are read
-    again by its next owner, from the committed offsets; nothing of them is written."""
+    """A model forgotten without a checkpoint (another worker owns it now): nothing of
+    it is written; its batches since the last checkpoint, never acknowledged, are read
+    again by its owner from the committed offsets."""
     pipeline, table = _pipeline("10m")
 
     async def go() -> None:
-        await pipeline.process_batch([message(0, events(0, 50))], wait=False)
-        _confirm(table)
-        written = len(table.sent)
-        assert await pipeline.process_batch([message(1, events(50, 50))], wait=False) is None
+        written = await _checkpoint_then_not(pipeline, table)
         pipeline.forget_partitions({0})
         assert await pipeline.checkpoint() == [] and len(table.sent) == written
 
@@ -159,10 +166,7 @@ def test_a_revoked_partition_has_its_models_written_before_they_are_forgotten():
     pipeline, table = _pipeline("10m")
 
     async def go() -> None:
-        await pipeline.process_batch([message(0, events(0, 50))], wait=False)
-        _confirm(table)
-        written = len(table.sent)
-        assert await pipeline.process_batch([message(1, events(50, 50))], wait=False) is None
+        written = await _checkpoint_then_not(pipeline, table)
         await pipeline.revoke({0})
         assert [key for key, _ in table.sent[written:]] == [b"m"]
         assert orjson.loads(table.data[b"m"])["positions"] == {"predictions:0": 1}
