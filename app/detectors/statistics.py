@@ -257,12 +257,12 @@ def quantile_statistics(pairs: Sequence[tuple[QuantileSketch, QuantileSketch]],
         raise ValueError(f"{unknown[0]!r} is not a quantiles statistic")
     out = {name: np.zeros(len(pairs)) for name in names}
     dense = dense_pairs(pairs)
-    if dense is None or not np.isfinite(dense[2]).all():  # (a bucket's value past floats)
+    if dense is None or not np.isfinite(dense[0]).all():  # (a bucket's value past floats)
         for i, (ref, win) in enumerate(pairs):
             for name in names:
-                out[name][i] = ks(ref, win) if name == "ks" else wasserstein(ref, win)
+                out[name][i] = STATISTICS[name](ref, win)
         return out
-    _, _, value, rc, wc = dense
+    value, rc, wc = dense
     r_n, w_n = rc.sum(axis=1), wc.sum(axis=1)
     both = (r_n > 0) & (w_n > 0)  # a statistic is 0 when either side is empty
     with np.errstate(divide="ignore", invalid="ignore"):

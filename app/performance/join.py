@@ -191,14 +191,13 @@ class LabelJoin:
         """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids,
         none late) whose id is in ``known``; whether each of ``pids`` is to wait. Those
         whose outcome waited leave the orphans together."""
-        pending, orphans, horizon = self.pending, self.orphans, self.horizon_ms
+        orphans, horizon = self.orphans, self.horizon_ms
         keep = [True] * len(pids)
         early: list[int] = []  # predictions whose outcome waits for them
         for i in itertools.compress(range(len(pids)), map(known.__contains__, pids)):
             pid = pids[i]
-            if (pid in pending or pending.removed(pid) is not None
-                    or orphans.removed(pid) in (JOINED, LATE)):
-                keep[i] = False  # redelivered
+            if self._redelivered(pid):
+                keep[i] = False
             elif pid in orphans:
                 keep[i] = False
                 early.append(i)
@@ -222,12 +221,17 @@ class LabelJoin:
         orphans.pop_each(ids, reasons, remember)
         return keep
 
+    def _redelivered(self, pid: str) -> bool:
+        """Whether a prediction's id was seen before: pending, remembered as removed, or
+        joined (or too late) to an outcome that had waited for it."""
+        return (pid in self.pending or self.pending.removed(pid) is not None
+                or self.orphans.removed(pid) in (JOINED, LATE))
+
     def _known_prediction(self, pid: str, entry: Entry, out: JoinResult) -> bool:
         """A prediction whose id either map knows: ``True`` when it is to wait (neither
         redelivered, nor late, nor joined at once to an outcome that waited for it)."""
-        if (pid in self.pending or self.pending.removed(pid) is not None
-                or self.orphans.removed(pid) in (JOINED, LATE)):
-            return False  # redelivered
+        if self._redelivered(pid):
+            return False
         event_ms, version, predicted, score = entry
         if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
             out.expired += 1  # late data (its outcome, if any, stays to be an orphan)

@@ -384,11 +384,11 @@ DENSE_MAX = 4096
 
 
 def dense_pairs(pairs: Sequence[tuple[QuantileSketch, QuantileSketch]]
-                ) -> tuple[FloatArray, FloatArray, FloatArray, IntArray, IntArray] | None:
-    """Many pairs of sketches on one grid of cells: ``(lower, upper, value, a, b)``, the
-    cells' edges and representatives in increasing value order (every bucket from the
-    lowest to the highest occupied one of any sketch, and the zero bucket), and each
-    pair's counts on them as rows of ``a`` and ``b``.
+                ) -> tuple[FloatArray, IntArray, IntArray] | None:
+    """Many pairs of sketches on one grid of cells: ``(value, a, b)``, the cells'
+    representatives in increasing value order (every bucket from the lowest to the
+    highest occupied one of any sketch, and the zero bucket), and each pair's counts on
+    them as rows of ``a`` and ``b``.
 
     Cells empty on both sides of a pair change nothing its CDFs say at the others, so
     statistics of the two CDFs read off these rows are those of :func:`aligned` (up to
@@ -419,8 +419,8 @@ def dense_pairs(pairs: Sequence[tuple[QuantileSketch, QuantileSketch]]
     (pk, pos), (nk, neg) = grids
     zero = np.array([[q.zero] for q in sketches], dtype=np.int64)
     counts = np.concatenate([neg[:, ::-1], zero, pos], axis=1)
-    lower, upper, value = _geometry(first, nk, True, pk, (False, False))
-    return lower, upper, value, counts[0::2], counts[1::2]
+    value = _geometry(first, nk, True, pk, (False, False))[2]
+    return value, counts[0::2], counts[1::2]
 
 
 def _aligned(a: QuantileSketch, b: QuantileSketch) -> tuple[Cells, IntArray]:

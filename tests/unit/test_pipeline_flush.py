@@ -194,16 +194,11 @@ def test_a_recreated_topic_is_rewound_in_every_state_and_written_at_once():
                              Metrics(CollectorRegistry()), source_table, {}, nothing, nothing)
     sources.engine.load_state = sources.load_state
 
-    def confirmed(t: Table) -> None:
-        for _, fut in t.sent:
-            if not fut.done():
-                fut.set_result(None)
-
     async def go() -> None:
         await pipeline.process_batch([message(0, events(0, 50))], wait=False)
         _confirm(table)
         inputs = [{"source": "crm", "timestamp": T0 + i, "record": {"x": i}} for i in range(5)]
-        asyncio.get_running_loop().call_soon(confirmed, source_table)
+        asyncio.get_running_loop().call_soon(_confirm, source_table)
         await sources.process_batch([SimpleNamespace(
             topic="inputs", partition=0, offset=7, key=b"crm", value=orjson.dumps(inputs),
             timestamp=T0 / 1000)])
@@ -214,8 +209,8 @@ def test_a_recreated_topic_is_rewound_in_every_state_and_written_at_once():
             task = asyncio.ensure_future(p.rewind("predictions" if p is pipeline else "inputs"))
             for _ in range(20):
                 await asyncio.sleep(0)
-            confirmed(table)
-            confirmed(source_table)
+            _confirm(table)
+            _confirm(source_table)
             await task
         assert [key for key, _ in table.sent[written:]] == [b"m"]
         assert "predictions:0" not in orjson.loads(table.data[b"m"])["positions"]
