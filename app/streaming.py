@@ -69,6 +69,18 @@ async def wait_all(futures: list[Any]) -> None:
         await fut
 
 
+async def flush_sends(pipeline: Any) -> None:
+    """Wait until the broker has every record in ``pipeline.unflushed`` (state records
+    being sent), and what other tasks add meanwhile. Records leave the list only once
+    confirmed: a task that finds records another task already waits for waits for them
+    too, never returning before the broker has them."""
+    while pipeline.unflushed:
+        pending = list(pipeline.unflushed)
+        await wait_all(pending)
+        sent = set(map(id, pending))
+        pipeline.unflushed = [f for f in pipeline.unflushed if id(f) not in sent]
+
+
 def state_bytes(value: Any) -> bytes:
     """A state record's JSON, in a buffer of its own size, to keep in a table.
 
@@ -253,12 +265,7 @@ class Pipeline:
         """Wait until the broker has every state record written so far: a batch is
         acknowledged (its offsets committable) only after its state is on the changelog,
         or a restart would restore an older state and skip the batch."""
-        while self.unflushed:  # (what another task writes meanwhile is waited for too)
-            pending = list(self.unflushed)
-            await wait_all(pending)
-            # (records another task waits for as well stay listed until confirmed)
-            sent = set(map(id, pending))
-            self.unflushed = [f for f in self.unflushed if id(f) not in sent]
+        await flush_sends(self)
 
     assigned: Any = None  # () -> set of predictions partitions this worker holds
     unflushed: list[Any] = field(default_factory=list)  # state records being sent

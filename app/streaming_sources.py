@@ -25,7 +25,7 @@ from app.events.decode import Rejection, decode_message, element_bytes
 from app.observability import Metrics
 from app.settings import MonitorSettings
 from app.sources.engine import SourcesEngine
-from app.streaming import rewind_states, state_bytes, wait_all
+from app.streaming import flush_sends, rewind_states, state_bytes
 
 log = logging.getLogger("driftwarden")
 
@@ -77,8 +77,7 @@ class SourcePipeline:
 
     async def flush_state(self) -> None:
         """Every state record saved so far on the broker (see ``Pipeline.flush_state``)."""
-        pending, self.unflushed = self.unflushed, []
-        await wait_all(pending)
+        await flush_sends(self)
 
     async def process_batch(self, messages: list[Message], now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -175,24 +175,50 @@ def test_a_revoked_partition_has_its_models_written_before_they_are_forgotten():
     asyncio.run(go())
 
 
-def test_a_recreated_topic_is_rewound_in_every_state_and_written_at_once():
-    """A topic the guard had to recreate numbers its offsets from 0 again: the states
-    drop their positions for it and are written to the changelog at once, for the
-    models (a checkpoint) as for the sources."""
-    pipeline, table = _pipeline("10m")
+def _sources() -> tuple[SourcePipeline, Table]:
     settings = settings_from_mapping(
         {"defaults": {"window": "1m", "lateness": "0s", "min_samples": 10},
          "sources": {"crm": {"freshness": "5m"}},
          "models": {"m": {"features": {"x": {"type": "numeric", "source": "crm"}},
                           "reference": {"warmup": 10}}}}, env={})
-    source_table = Table()
+    table = Table()
 
     async def nothing(*_: Any) -> None:
         return None
 
     sources = SourcePipeline(settings, SourcesEngine(settings, source_uri="urn:test"),
-                             Metrics(CollectorRegistry()), source_table, {}, nothing, nothing)
+                             Metrics(CollectorRegistry()), table, {}, nothing, nothing)
     sources.engine.load_state = sources.load_state
+    return sources, table
+
+
+def test_a_flush_returns_only_once_the_broker_has_the_records_another_task_waits_for():
+    """The timer and the batch path both flush: the second to flush, finding the records
+    the first already waits for, waits for them too (it returned at once, and its batch
+    was acknowledged before its state was on the broker), for both pipelines."""
+    for pipeline, table in (_pipeline("10m"), _sources()):
+
+        async def go(p: Any = pipeline, t: Table = table) -> None:
+            p.unflushed.append(t.send_changelog(0, b"k", b"v"))
+            first = asyncio.ensure_future(p.flush_state())
+            await asyncio.sleep(0)
+            second = asyncio.ensure_future(p.flush_state())
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not first.done() and not second.done()
+            _confirm(t)
+            await asyncio.gather(first, second)
+            assert p.unflushed == []
+
+        asyncio.run(go())
+
+
+def test_a_recreated_topic_is_rewound_in_every_state_and_written_at_once():
+    """A topic the guard had to recreate numbers its offsets from 0 again: the states
+    drop their positions for it and are written to the changelog at once, for the
+    models (a checkpoint) as for the sources."""
+    pipeline, table = _pipeline("10m")
+    sources, source_table = _sources()
 
     async def go() -> None:
         await pipeline.process_batch([message(0, events(0, 50))], wait=False)
