@@ -207,10 +207,9 @@ class QuantileSketch:
             slot[~valid] = width - 1
         keys = (np.arange(rows, dtype=np.int64)[:, None] * 2 + (x < 0)) * width + slot
         counts = np.bincount(keys.ravel(), minlength=rows * 2 * width).reshape(
-            rows, 2, width)[:, :, :width - 1]
-        for q, c in zip(sketches, counts, strict=True):
-            q.positive.add_counts(c[0], lo, q.max_buckets)
-            q.negative.add_counts(c[1], lo, q.max_buckets)
+            rows * 2, width)[:, :width - 1]
+        stores = [s for q in sketches for s in (q.positive, q.negative)]
+        _Store.add_rows(stores, counts, lo, first.max_buckets)
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
         """A new sketch of both multisets; exact (integer counts add)."""
@@ -529,6 +528,26 @@ class _Store:
             batch = _Store(counts.astype(np.int64), lo, False)
         merged = self.merged(batch, limit)
         self.counts, self.offset, self.collapsed = merged.counts, merged.offset, merged.collapsed
+
+    @staticmethod
+    def add_rows(stores: Sequence[_Store], counts: IntArray, low: int, limit: int) -> None:
+        """``stores[i].add_counts(counts[i], low, limit)`` for every row of the 2-D
+        ``counts``, with the rows' occupied spans found for all at once: a batch's counts
+        mostly fall within what each store holds already, and are then added in place,
+        one slice each."""
+        used = counts != 0
+        occupied = used.any(axis=1).tolist()
+        firsts = used.argmax(axis=1).tolist()
+        lasts = (counts.shape[1] - 1 - used[:, ::-1].argmax(axis=1)).tolist()
+        for store, row, busy, first, last in zip(stores, counts, occupied, firsts, lasts,
+                                                 strict=True):
+            if not busy:
+                continue
+            start = low + first - store.offset
+            if store.counts.size and start >= 0 and low + last <= store.top:
+                store.counts[start:start + last - first + 1] += row[first:last + 1]
+            else:
+                store.add_counts(row, low, limit)
 
     def merged(self, other: _Store, limit: int | None) -> _Store:
         """Counts of both, folded to ``limit`` buckets below the top (no fold if ``None``)."""
