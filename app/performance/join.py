@@ -24,6 +24,7 @@ are still recognised after a restore) and ``j/m``, the format version and waterm
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -39,6 +40,14 @@ META = "j/m"
 PENDING = "j/p/"
 ORPHANS = "j/o/"
 JOINED, LATE, EXPIRED, ORPHANED = "j", "l", "x", "o"  # why an id left a map
+
+
+def _picker(idx: list[int]) -> Any:
+    """A function of a list: its items at ``idx`` (at least one), as a list, in C."""
+    get = operator.itemgetter(*idx)
+    if len(idx) == 1:
+        return lambda values: [get(values)]
+    return lambda values: list(get(values))
 
 
 class Labelled(NamedTuple):
@@ -189,36 +198,36 @@ class LabelJoin:
     def _known_predictions(self, pids: list[str], known: set[str],
                            cols: Sequence[Sequence[Any]], out: JoinResult) -> list[bool]:
         """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids,
-        none late) whose id is in ``known``; whether each of ``pids`` is to wait. Those
-        whose outcome waited leave the orphans together."""
+        none late) whose id is in ``known``; whether each of ``pids`` is to wait. Which
+        are redelivered and whose outcome waited is found with set operations over the
+        batch (the outcomes of a backlog read from both topics at once mostly come first:
+        then most of a batch's ids are known); those whose outcome waited leave the
+        orphans together."""
         orphans, horizon = self.orphans, self.horizon_ms
-        keep = [True] * len(pids)
-        early: list[int] = []  # predictions whose outcome waits for them
-        for i in itertools.compress(range(len(pids)), map(known.__contains__, pids)):
-            pid = pids[i]
-            if self._redelivered(pid):
-                keep[i] = False
-            elif pid in orphans:
-                keep[i] = False
-                early.append(i)
+        redelivered = self.pending.known(known)
+        redelivered.update(pid for pid in orphans.removed_among(known)
+                           if orphans.removed(pid) in (JOINED, LATE))
+        waited = orphans.present(known) - redelivered  # outcomes waiting for these
+        dropped = waited | redelivered
+        keep = list(map(operator.not_, map(dropped.__contains__, pids)))
+        # predictions whose outcome waits for them
+        early = list(itertools.compress(range(len(pids)), map(waited.__contains__, pids)))
         if not early:
             return keep
-        ids = [pids[i] for i in early]
+        pick = _picker(early)
+        ids, event_ms = pick(pids), pick(cols[0])
         label_ms, labels, seen_ms = orphans.columns(ids)
-        reasons = []
         # remembered until the prediction's own time is past the horizon too, so that a
         # redelivery is never pending again
-        remember = max(max(label_ms), max(cols[0][i] for i in early))
-        for i, pid, lm, label, seen in zip(early, ids, label_ms, labels, seen_ms, strict=True):
-            event_ms = cols[0][i]
-            if lm - event_ms > horizon:
-                reasons.append(LATE)
-                out.too_late += 1
-            else:
-                reasons.append(JOINED)
-                out.labelled.append(Labelled(pid, event_ms, cols[1][i], cols[2][i], cols[3][i],
-                                             label, lm, seen))
-        orphans.pop_each(ids, reasons, remember)
+        remember = max(max(label_ms), max(event_ms))
+        joined = [lm - em <= horizon for lm, em in zip(label_ms, event_ms, strict=True)]
+        rows = zip(ids, event_ms, pick(cols[1]), pick(cols[2]), pick(cols[3]), labels,
+                   label_ms, seen_ms, strict=True)
+        # as named tuples, built in C (tuple.__new__: the fields are in order)
+        out.labelled += map(tuple.__new__, itertools.repeat(Labelled),
+                            itertools.compress(rows, joined))
+        out.too_late += joined.count(False)
+        orphans.pop_each(ids, [JOINED if j else LATE for j in joined], remember)
         return keep
 
     def _redelivered(self, pid: str) -> bool:

@@ -294,6 +294,39 @@ def test_pop_each_leaves_what_pop_one_by_one_leaves_with_the_latest_time():
     assert each.removed("k1") is None
 
 
+@settings(max_examples=150, deadline=None)
+@given(order=st.permutations(range(10)), data=st.data())
+def test_pop_each_of_runs_and_mixed_reasons_leaves_what_one_by_one_leaves(order, data):
+    """Ids in any order, across segments, with reasons that change or not (runs of one
+    segment and reason leave together), some removed once before and added again."""
+    count = data.draw(st.integers(1, 10))
+    keys = [f"k{i}" for i in order[:count]]
+    reasons = data.draw(st.lists(st.sampled_from("jlxo"), min_size=count, max_size=count))
+    again = data.draw(st.sets(st.sampled_from(keys)))
+    one, each = SegmentedMap("x/", segment_size=3), SegmentedMap("x/", segment_size=3)
+    for m in (one, each):
+        m.add([(f"k{i}", (i, f"v{i}")) for i in range(10)])
+        for k in sorted(again):  # removed before, and back
+            m.pop(k, "x", 5)
+        m.add([(k, (int(k[1:]) + 20, "again")) for k in sorted(again)])
+        m.drain_records()
+    for k, r in zip(keys, reasons, strict=True):
+        one.pop(k, r, 70)
+    each.pop_each(keys, reasons, 70)
+    assert list(one.items()) == list(each.items())
+    assert {k: one.removed(k) for k in IDS} == {k: each.removed(k) for k in IDS}
+    assert one.drain_records() == each.drain_records()
+
+
+def test_pop_each_needs_a_reason_per_id():
+    m = SegmentedMap("x/")
+    m.add([("a", (1, "v"))])
+    with pytest.raises(ValueError, match="1 reasons for 0 ids"):
+        m.pop_each([], ["j"], 1)
+    m.pop_each([], [], 1)
+    assert "a" in m
+
+
 def test_pop_many_leaves_what_pop_one_by_one_leaves():
     one, many = SegmentedMap("x/", segment_size=3), SegmentedMap("x/", segment_size=3)
     for m in (one, many):
