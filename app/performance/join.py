@@ -284,8 +284,11 @@ class LabelJoin:
         if rows and len(ids) == len(rows) and self.pending.has_all(ids):
             self._join_pending(rows, out)  # the usual batch: each labels a pending prediction
             return out
-        fresh: dict[str, Entry] = {}
         known = self._known(ids)
+        if self._all_new(rows, ids, known):
+            self._add_orphans(rows, out)  # outcomes before their predictions (a backlog)
+            return out
+        fresh: dict[str, Entry] = {}
         wm = self._watermark
         # distinct ids (the usual batch): the labelled predictions leave together below;
         # otherwise each leaves at once, before a later row of the batch asks for it
@@ -325,10 +328,36 @@ class LabelJoin:
             if pids:
                 self.pending.pop_many(pids, reason)
         self.orphans.add(fresh.items())
-        while len(self.orphans) > self.max_orphans:
+        self._budget_orphans(out)
+        return out
+
+    @staticmethod
+    def _all_new(rows: Sequence[Any], ids: set[str], known: set[str]) -> bool:
+        """Whether a batch of outcomes has no id twice and none either map knows."""
+        return bool(rows) and len(ids) == len(rows) and not known
+
+    def _add_orphans(self, rows: Sequence[tuple[str, Any, int, int]], out: JoinResult
+                     ) -> None:
+        """:meth:`add_outcomes` of distinct ids neither map knows, as columns: each waits
+        for its prediction, unless already past the orphan horizon at the watermark."""
+        pids, labels, label_ms, seen_ms = (list(c) for c in zip(*rows, strict=True))
+        cols = [label_ms, labels, seen_ms]
+        if self._watermark is not None:
+            # kept: label_ms + orphan_horizon_ms >= watermark
+            keep = list(map(operator.ge, label_ms,
+                            itertools.repeat(self._watermark - self.orphan_horizon_ms)))
+            dropped = keep.count(False)
+            if dropped:
+                out.orphans += dropped
+                pids = list(itertools.compress(pids, keep))
+                cols = [list(itertools.compress(c, keep)) for c in cols]
+        self.orphans.add_columns(pids, cols)
+        self._budget_orphans(out)
+
+    def _budget_orphans(self, out: JoinResult) -> None:
+        while len(self.orphans) > self.max_orphans:  # over budget: the oldest go
             self.orphans.pop_oldest(ORPHANED)
             out.orphans += 1
-        return out
 
     def _join_pending(self, rows: Sequence[tuple[str, Any, int, int]], out: JoinResult
                       ) -> None:

@@ -420,6 +420,45 @@ def test_a_batch_of_distinct_predictions_joins_as_row_by_row(steps):
     assert fast.records() == general.records()
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("p"), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60)),
+                                     max_size=8, unique_by=lambda r: r[0])),
+    st.tuples(st.just("o"), st.lists(st.tuples(st.integers(0, 30), st.integers(-30, 40)),
+                                     max_size=8)),
+    st.tuples(st.just("e"), st.integers(0, 90))), max_size=25))
+def test_a_batch_of_early_outcomes_waits_as_row_by_row(steps):
+    """The orphans' path of add_outcomes (distinct ids neither map knows: outcomes before
+    their predictions), against the general one: the same orphans, counts and records,
+    outcomes already past the orphan horizon included."""
+    fast = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
+    general = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
+    general._all_new = lambda *_: False  # every batch takes the general path
+    for kind, arg in steps:
+        results = []
+        for j in (fast, general):
+            if kind == "p":
+                results.append(j.add_predictions([(f"id{i}", t, f"v{i % 2}", i % 3, i / 31)
+                                                  for i, t in arg]))
+            elif kind == "o":
+                rows = {f"id{i}": (f"id{i}", i % 2, i + d, i) for i, d in arg}
+                results.append(j.add_outcomes(list(rows.values())))
+            else:
+                results.append(j.expire(arg))
+        assert results[0] == results[1]
+        assert fast.drain_records() == general.drain_records()
+    assert fast.records() == general.records()
+    assert fast.orphan_count == general.orphan_count
+
+
+def test_early_outcomes_past_the_orphan_horizon_are_orphans_at_once():
+    j = join(horizon_ms=20, orphan_horizon_ms=15)
+    j.expire(100)  # the watermark: outcomes older than 85 no longer wait
+    r = j.add_outcomes([("a", 1, 84, 0), ("b", 0, 85, 0), ("c", 1, 99, 0)])
+    assert r.orphans == 1 and j.orphan_count == 2
+    assert "a" not in j.orphans and "b" in j.orphans
+
+
 def test_a_batch_with_an_awaited_and_a_redelivered_prediction_keeps_its_order():
     j = join(horizon_ms=1_000)
     j.add_predictions([("a", 10, "v1", 1, None)])
