@@ -126,7 +126,9 @@ class BatchApp(faust.App):
         self.batch_routes: dict[str, Handler] = {}  # topic name -> its batch handler
         self.batch_limits = BatchLimits()
         self.fetch_max_wait = 1.5  # seconds; faust's fixed value (see FetchThread)
-        # Told each fetch's batches, in order, before the first is handled
+        # Told each fetch's batches, in order, before the first is handled; the records
+        # fetched while a turn's batches are handled are taken before each batch, so
+        # that what it starts (decoding in other processes) never waits for the turn's end
         self.batch_prepare: Callable[[list[list[Message]]], None] | None = None
 
     def route_batches(self, topic: Any, handler: Handler) -> None:
@@ -145,6 +147,7 @@ class BatchApp(faust.App):
             beacon=self.beacon,
             loop=self.transport.loop,
         )
+
 
 
 class FetchThread(AIOKafkaConsumerThread):
@@ -283,9 +286,10 @@ class BatchConsumer(AIOKafkaConsumer):
             if app.consumer_generation_id != generation or not self.flow_active:
                 await self._settle(waiting, final=True)
                 return  # a rebalance began: the rest is read again after it
-            if not batches and not others and app.batch_prepare is not None:
-                # the turn's last batch: what was fetched meanwhile is prepared now, and
-                # handled after it, in this turn (see BatchApp.batch_prepare)
+            if not others and app.batch_prepare is not None:
+                # what was fetched meanwhile is prepared before each batch (its decoding
+                # starts at once: see BatchApp.batch_prepare), and handled after the
+                # turn's batches, in this turn
                 batches.extend(await self._fetched_meanwhile(generation, others))
             self._note_inbound(batch)
             settle = await handler(batch)

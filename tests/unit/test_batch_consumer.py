@@ -374,16 +374,28 @@ def _preparing(h: Harness) -> list[list[list[tuple[str, int]]]]:
 
 def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
     """With a decode pool, a turn's batches are told to it before the first is handled;
-    before its last, what was fetched meanwhile is fetched (without waiting), told, and
-    handled in the same turn, so the pool is never idle behind the handler."""
+    before each batch, what was fetched meanwhile is fetched (without waiting), told, and
+    handled after the turn's batches, in the same turn: the pool is never idle behind the
+    handler, not even in the middle of a long turn."""
     h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
     told = _preparing(h)
+    handled_when_told: list[int] = []
+    tell = h.app.batch_prepare
+    assert tell is not None
+
+    def prepare(batches: list[Any]) -> None:
+        handled_when_told.append(len(h.handled))
+        tell(batches)
+
+    h.app.batch_prepare = prepare
     script = Script({P0: [record(ROUTED[0], o) for o in range(10)]},
                     {P0: [record(ROUTED[0], o) for o in range(10, 13)]})
     assert run(h.fetch(script)) == []
     assert [len(b) for b in h.handled] == [4, 4, 2, 3]
     assert told == [h.handled[:3], h.handled[3:]]
-    assert script.waits == [1.0, 0, 0]  # the turn's fetch, then two that did not wait
+    assert handled_when_told == [0, 0]  # fetched meanwhile: told before the first batch
+    # the turn's fetch, then one before each of its four batches, none waiting
+    assert script.waits == [1.0, 0, 0, 0, 0]
     assert h.acked() == list(range(13))
 
 
