@@ -7,10 +7,11 @@ separate processes, while the worker's thread monitors the batches before:
 
 1. When a fetch's batches are formed, :meth:`DecodePool.submit` hands every prediction
    and outcome message of at least ``MIN_BYTES`` to the pool (smaller ones cost more to
-   send than to decode). Before each batch is handled, what was fetched meanwhile is
-   handed over too (``BatchConsumer``), so the pool works ahead. (Handed over only
-   before a turn's last batch, the pool ran dry in the middle of long turns and the batch
-   path then waited for it: 0.12-0.16 s of a 2.2 s backlog, against 0.01-0.02 s.)
+   send than to decode). Once fewer than ``READ_AHEAD`` (3) of a turn's batches wait,
+   what was fetched meanwhile is handed over too, before each batch
+   (``app.batch_consumer``), so the pool works ahead. (Handed over only before a turn's
+   last batch, the pool ran dry in the middle of long turns and the batch path then
+   waited for it: 0.12-0.16 s of a 2.2 s backlog, against 0.01-0.04 s.)
 2. :meth:`DecodePool.decoded` gives a message's :class:`~app.events.decode.Decoded`:
    its events as an :class:`~app.events.block.EventBlock`, or ``None``, and the worker
    decodes the message itself, as without a pool. ``None`` comes for a message with a

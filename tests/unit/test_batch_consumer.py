@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP, Message
 
-from app.batch_consumer import BatchApp, BatchConsumer, BatchLimits, Later
+from app.batch_consumer import READ_AHEAD, BatchApp, BatchConsumer, BatchLimits, Later
 
 ROUTED = ("t.predictions", "t.outcomes")
 OTHER = "t.model-state-changelog"
@@ -374,9 +374,10 @@ def _preparing(h: Harness) -> list[list[list[tuple[str, int]]]]:
 
 def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
     """With a decode pool, a turn's batches are told to it before the first is handled;
-    before each batch, what was fetched meanwhile is fetched (without waiting), told, and
-    handled after the turn's batches, in the same turn: the pool is never idle behind the
-    handler, not even in the middle of a long turn."""
+    once fewer than READ_AHEAD of them wait, what was fetched meanwhile is fetched
+    (without waiting) before each batch, told, and handled after the turn's batches, in
+    the same turn: the pool is never idle behind the handler, not even in the middle of
+    a long turn."""
     h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
     told = _preparing(h)
     handled_when_told: list[int] = []
@@ -397,6 +398,30 @@ def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
     # the turn's fetch, then one before each of its four batches, none waiting
     assert script.waits == [1.0, 0, 0, 0, 0]
     assert h.acked() == list(range(13))
+
+
+def test_what_was_fetched_meanwhile_is_taken_only_when_few_batches_wait():
+    """The read-ahead is bounded: what was fetched meanwhile joins the turn only once
+    fewer than READ_AHEAD of its batches wait (else a backlog is read ahead into memory
+    as fast as the broker gives it)."""
+    assert READ_AHEAD == 3
+    h = Harness(BatchLimits(messages=1, size=10**6, within=0.0))
+    _preparing(h)
+    handled_when_told: list[int] = []
+    tell = h.app.batch_prepare
+    assert tell is not None
+
+    def prepare(batches: list[Any]) -> None:
+        handled_when_told.append(len(h.handled))
+        tell(batches)
+
+    h.app.batch_prepare = prepare
+    script = Script({P0: [record(ROUTED[0], o) for o in range(6)]},
+                    {P0: [record(ROUTED[0], o) for o in range(6, 8)]})
+    assert run(h.fetch(script)) == []
+    assert len(h.handled) == 8
+    assert handled_when_told == [0, 3]  # six batches: taken before the fourth
+    assert h.acked() == list(range(8))
 
 
 def test_without_a_pool_a_turn_is_its_fetch():
