@@ -372,6 +372,20 @@ def _preparing(h: Harness) -> list[list[list[tuple[str, int]]]]:
     return told
 
 
+def _told_when(h: Harness) -> list[int]:
+    """How many batches were handled each time ``batch_prepare`` was told."""
+    when: list[int] = []
+    tell = h.app.batch_prepare
+    assert tell is not None
+
+    def prepare(batches: list[Any]) -> None:
+        when.append(len(h.handled))
+        tell(batches)
+
+    h.app.batch_prepare = prepare
+    return when
+
+
 def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
     """With a decode pool, a turn's batches are told to it before the first is handled;
     once fewer than READ_AHEAD of them wait, what was fetched meanwhile is fetched
@@ -380,15 +394,7 @@ def test_prepared_batches_and_what_was_fetched_meanwhile_in_the_same_turn():
     a long turn."""
     h = Harness(BatchLimits(messages=4, size=10**6, within=0.0))
     told = _preparing(h)
-    handled_when_told: list[int] = []
-    tell = h.app.batch_prepare
-    assert tell is not None
-
-    def prepare(batches: list[Any]) -> None:
-        handled_when_told.append(len(h.handled))
-        tell(batches)
-
-    h.app.batch_prepare = prepare
+    handled_when_told = _told_when(h)
     script = Script({P0: [record(ROUTED[0], o) for o in range(10)]},
                     {P0: [record(ROUTED[0], o) for o in range(10, 13)]})
     assert run(h.fetch(script)) == []
@@ -407,15 +413,7 @@ def test_what_was_fetched_meanwhile_is_taken_only_when_few_batches_wait():
     assert READ_AHEAD == 3
     h = Harness(BatchLimits(messages=1, size=10**6, within=0.0))
     _preparing(h)
-    handled_when_told: list[int] = []
-    tell = h.app.batch_prepare
-    assert tell is not None
-
-    def prepare(batches: list[Any]) -> None:
-        handled_when_told.append(len(h.handled))
-        tell(batches)
-
-    h.app.batch_prepare = prepare
+    handled_when_told = _told_when(h)
     script = Script({P0: [record(ROUTED[0], o) for o in range(6)]},
                     {P0: [record(ROUTED[0], o) for o in range(6, 8)]})
     assert run(h.fetch(script)) == []

@@ -404,10 +404,16 @@ def test_a_batch_of_distinct_predictions_joins_as_row_by_row(steps):
     the same labelled predictions, counts and records."""
     fast, general = join(horizon_ms=20, segment_size=3), join(horizon_ms=20, segment_size=3)
     general._usual = lambda *_: False  # every batch takes the general path
+    _same_steps(fast, general, steps)
+
+
+def _same_steps(fast, general, steps):
+    """Predictions (``p``: distinct ids; ``d``: any), outcomes (``o``) and expiries
+    (``e``) on both joins: the same results after every step, the same records."""
     for kind, arg in steps:
         results = []
         for j in (fast, general):
-            if kind in "pd":  # distinct ids, or any
+            if kind in "pd":
                 results.append(j.add_predictions([(f"id{i}", t, f"v{i % 2}", i % 3, i / 31)
                                                   for i, t in arg]))
             elif kind == "o":
@@ -434,20 +440,7 @@ def test_a_batch_of_early_outcomes_waits_as_row_by_row(steps):
     fast = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
     general = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
     general._all_new = lambda *_: False  # every batch takes the general path
-    for kind, arg in steps:
-        results = []
-        for j in (fast, general):
-            if kind == "p":
-                results.append(j.add_predictions([(f"id{i}", t, f"v{i % 2}", i % 3, i / 31)
-                                                  for i, t in arg]))
-            elif kind == "o":
-                rows = {f"id{i}": (f"id{i}", i % 2, i + d, i) for i, d in arg}
-                results.append(j.add_outcomes(list(rows.values())))
-            else:
-                results.append(j.expire(arg))
-        assert results[0] == results[1]
-        assert fast.drain_records() == general.drain_records()
-    assert fast.records() == general.records()
+    _same_steps(fast, general, steps)
     assert fast.orphan_count == general.orphan_count
 
 
