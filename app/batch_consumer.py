@@ -150,7 +150,6 @@ class BatchApp(faust.App):
         )
 
 
-
 #: Batches of a turn still to handle below which what was fetched meanwhile is taken
 #: into the turn (with a decode pool): it then decodes while they are handled. Taking
 #: it before every batch read the whole backlog ahead into memory (peak RSS 350 -> 440
