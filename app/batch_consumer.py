@@ -126,11 +126,12 @@ class BatchApp(faust.App):
         self.batch_routes: dict[str, Handler] = {}  # topic name -> its batch handler
         self.batch_limits = BatchLimits()
         self.fetch_max_wait = 1.5  # seconds; faust's fixed value (see FetchThread)
-        # Told each fetch's batches, in order, before the first is handled; the records
-        # fetched while a turn's batches are handled are taken once few of them wait
-        # (READ_AHEAD), so that what it starts (decoding in other processes) never waits
-        # for the turn's end
-        self.batch_prepare: Callable[[list[list[Message]]], None] | None = None
+        # Told each fetch's batches, in order, before the first is handled; returns
+        # whether it started work on any (decoding in other processes). The records
+        # fetched while a turn's batches are handled are taken before its last batch,
+        # or, while the last call started work, once few of them wait (READ_AHEAD): that
+        # work then never waits for the turn's end
+        self.batch_prepare: Callable[[list[list[Message]]], bool] | None = None
 
     def route_batches(self, topic: Any, handler: Handler) -> None:
         """Deliver the records of ``topic`` (a faust topic, possibly of several names) to
@@ -151,9 +152,11 @@ class BatchApp(faust.App):
 
 
 #: Batches of a turn still to handle below which what was fetched meanwhile is taken
-#: into the turn (with a decode pool): it then decodes while they are handled. Taking
-#: it before every batch read the whole backlog ahead into memory (peak RSS 350 -> 440
-#: MiB on the benchmark); only before the last, the pool ran dry behind long turns.
+#: into the turn, while ``batch_prepare`` starts work on what it is told (a decode
+#: pool's): it then decodes while they are handled. Taking it before every batch read
+#: the whole backlog ahead into memory (peak RSS 350 -> 440 MiB on the benchmark); only
+#: before the last, the pool ran dry behind long turns. Messages no one works on ahead
+#: (single events, too small for the pool) are taken before the turn's last batch only.
 READ_AHEAD = 3
 
 
@@ -238,6 +241,7 @@ class BatchConsumer(AIOKafkaConsumer):
     the records it is handed one by one are those of the other topics."""
 
     app: BatchApp
+    _ahead = False  # whether batch_prepare started work on the last batches it was told
 
     def _new_consumer_thread(self) -> FetchThread:
         return FetchThread(self, loop=self.loop, beacon=self.beacon)
@@ -293,10 +297,10 @@ class BatchConsumer(AIOKafkaConsumer):
             if app.consumer_generation_id != generation or not self.flow_active:
                 await self._settle(waiting, final=True)
                 return  # a rebalance began: the rest is read again after it
-            if len(batches) < READ_AHEAD and not others and app.batch_prepare is not None:
-                # what was fetched meanwhile is prepared once fewer batches than
-                # READ_AHEAD wait (its decoding starts at once: see
-                # BatchApp.batch_prepare), and handled after them, in this turn
+            if len(batches) < (READ_AHEAD if self._ahead else 1) and not others \
+                    and app.batch_prepare is not None:
+                # what was fetched meanwhile is prepared (see BatchApp.batch_prepare),
+                # and handled after the turn's batches, in this turn
                 batches.extend(await self._fetched_meanwhile(generation, others))
             self._note_inbound(batch)
             settle = await handler(batch)
@@ -323,7 +327,7 @@ class BatchConsumer(AIOKafkaConsumer):
         out = [(handler, batch) for handler, messages in pending.items()
                for batch in chunks(messages, self.app.batch_limits)]
         if out and self.app.batch_prepare is not None:
-            self.app.batch_prepare([batch for _, batch in out])
+            self._ahead = self.app.batch_prepare([batch for _, batch in out])
         return out
 
     async def _fetched_meanwhile(self, generation: int, others: dict[TP, list[Any]]

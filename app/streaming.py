@@ -180,13 +180,15 @@ class Pipeline:
     kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
     decodes: DecodePool | None = None  # array messages decoded on other cores
 
-    def prepare(self, batches: list[list[Message]]) -> None:
+    def prepare(self, batches: list[list[Message]]) -> bool:
         """The next batches to process, in order: their large messages start decoding in
-        the decode pool now, while the batches before them are processed."""
-        if self.decodes is not None:
-            self.decodes.submit(((m.topic, m.partition, m.offset), m.value,
-                                 self.kinds.get(m.topic, "prediction"))
-                                for batch in batches for m in batch)
+        the decode pool now, while the batches before them are processed. Whether any
+        did."""
+        if self.decodes is None:
+            return False
+        return self.decodes.submit(((m.topic, m.partition, m.offset), m.value,
+                                    self.kinds.get(m.topic, "prediction"))
+                                   for batch in batches for m in batch) > 0
 
     # -- state ------------------------------------------------------------------------
     def load_state(self, model: str) -> Any:

@@ -33,9 +33,9 @@ the same, decoded here or there (``tests/unit/events/test_block.py`` runs both o
 same messages). The worker's thread then spends about a third less per event, the
 columns (and the quantile sketches' bucket indices) being computed in the decode
 process, for about the same CPU in all. It pays where the worker has a core to spare:
-on the 2-core benchmark machine, which also runs the broker, one worker reads 39 to
-56 % of the raw-consumer ceiling with a decode process (46 % on average) and 28 to 34 %
-without (``load-tests/README.md``).
+on the 2-core benchmark machine, which also runs the broker, one worker reads 53 to
+57 % of the raw-consumer ceiling with a decode process (55 % on average) and read 28 to
+34 % without when last measured (``load-tests/README.md``).
 """
 
 from __future__ import annotations
@@ -344,12 +344,14 @@ class DecodePool:
                 self._channels.append(Channel(process, ours, self._break))
         return self._channels
 
-    def submit(self, messages: Iterable[tuple[Key, bytes | None, str]]) -> None:
+    def submit(self, messages: Iterable[tuple[Key, bytes | None, str]]) -> int:
         """Start decoding these messages (``(key, value, kind)``); a message submitted
         again (read again after a rebalance) replaces its earlier decode. Called on the
-        worker's event loop, which then reads the answers as they come."""
+        worker's event loop, which then reads the answers as they come. Returns how many
+        it started."""
         if self.broken:
-            return
+            return 0
+        before = self.submitted
         loop = asyncio.get_running_loop()
         if len(self._futures) > MAX_WAITING:  # never asked for: (defensive) start afresh
             self.forget()
@@ -367,9 +369,11 @@ class DecodePool:
                     channel.send(future, value, kind)
                     self.submitted += 1
                     if self.broken:  # the send found the process gone
-                        return
+                        return 0
         except Exception as exc:
             self._break(exc)
+            return 0
+        return self.submitted - before
 
     async def wait(self, keys: Iterable[Key], timeout: float = WAIT_TIMEOUT) -> None:
         """Until the messages of ``keys`` that the pool decodes are decoded; after

@@ -364,10 +364,15 @@ def test_handled_partitions_count_as_processing_for_fausts_stall_check():
 
 
 def _preparing(h: Harness) -> list[list[list[tuple[str, int]]]]:
-    """Record what ``batch_prepare`` is told; every partition active."""
+    """Record what ``batch_prepare`` is told (it starts work on all); every partition
+    active."""
     told: list[list[list[tuple[str, int]]]] = []
-    h.app.batch_prepare = lambda batches: told.append(
-        [[(m.topic, m.offset) for m in b] for b in batches])
+
+    def prepare(batches: list[Any]) -> bool:
+        told.append([[(m.topic, m.offset) for m in b] for b in batches])
+        return True
+
+    h.app.batch_prepare = prepare
     h.consumer._get_active_partitions = lambda: {P0, P1, O0}  # type: ignore[method-assign]
     return told
 
@@ -378,9 +383,9 @@ def _told_when(h: Harness) -> list[int]:
     tell = h.app.batch_prepare
     assert tell is not None
 
-    def prepare(batches: list[Any]) -> None:
+    def prepare(batches: list[Any]) -> bool:
         when.append(len(h.handled))
-        tell(batches)
+        return tell(batches)
 
     h.app.batch_prepare = prepare
     return when
@@ -419,6 +424,26 @@ def test_what_was_fetched_meanwhile_is_taken_only_when_few_batches_wait():
     assert run(h.fetch(script)) == []
     assert len(h.handled) == 8
     assert handled_when_told == [0, 3]  # six batches: taken before the fourth
+    assert h.acked() == list(range(8))
+
+
+def test_batches_no_one_works_on_ahead_take_what_was_fetched_meanwhile_at_the_end():
+    """When batch_prepare started nothing on a turn's batches (messages too small for the
+    decode pool), what was fetched meanwhile is taken before the turn's last batch only:
+    read ahead, it would only wait in memory."""
+    h = Harness(BatchLimits(messages=1, size=10**6, within=0.0))
+    _preparing(h)
+    when: list[int] = []
+
+    def prepare(batches: list[Any]) -> bool:
+        when.append(len(h.handled))
+        return False
+
+    h.app.batch_prepare = prepare
+    script = Script({P0: [record(ROUTED[0], o) for o in range(6)]},
+                    {P0: [record(ROUTED[0], o) for o in range(6, 8)]})
+    assert run(h.fetch(script)) == []
+    assert when == [0, 5]  # six batches: taken before the sixth
     assert h.acked() == list(range(8))
 
 

@@ -458,9 +458,9 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
     value = orjson.dumps(events)
 
     async def go() -> None:
-        pool.submit([(("predictions", 0, 1), value, "prediction"),
-                     (("predictions", 0, 2), b"[1]", "prediction"),
-                     (("model_events", 0, 3), value, "model_event")])
+        assert pool.submit([(("predictions", 0, 1), value, "prediction"),
+                            (("predictions", 0, 2), b"[1]", "prediction"),
+                            (("model_events", 0, 3), value, "model_event")]) == 2
         await asyncio.wait_for(pool.wait([("predictions", 0, 1), ("predictions", 0, 2),
                                           ("model_events", 0, 3)]), 60)
         got = pool.decoded(("predictions", 0, 1), value, "prediction")
@@ -480,7 +480,7 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
         assert pool.broken and not pool._channels
         assert [r.message for r in caplog.records].count(
             next(r.message for r in caplog.records if "decode pool broke" in r.message)) == 1
-        pool.submit([(("predictions", 0, 5), value, "prediction")])
+        assert pool.submit([(("predictions", 0, 5), value, "prediction")]) == 0  # broken
         assert pool.decoded(("predictions", 0, 5), value, "prediction") is None
 
     try:
