@@ -163,13 +163,14 @@ class LabelJoin:
         if not pids:
             return out
         unique = set(pids)
-        known = self._known(unique)
+        parts = self._known_parts(unique)
+        known = set().union(*parts)
         wm, horizon = self._watermark, self.horizon_ms
         if self._usual(pids, unique, cols[0]):
             # the usual batch: no id twice, none late; only the ids either map knows
             # (redelivered, or awaited by an outcome) need a look of their own
             if known:
-                keep = self._known_predictions(pids, known, cols, out)
+                keep = self._known_predictions(pids, parts, cols, out)
                 pids = list(itertools.compress(pids, keep))
                 cols = [list(itertools.compress(c, keep)) for c in cols]
             self.pending.add_columns(pids, cols)
@@ -195,19 +196,20 @@ class LabelJoin:
         wm = self._watermark
         return len(unique) == len(pids) and (wm is None or min(times) + self.horizon_ms >= wm)
 
-    def _known_predictions(self, pids: list[str], known: set[str],
+    def _known_predictions(self, pids: list[str],
+                           parts: tuple[set[str], set[str], set[str]],
                            cols: Sequence[Sequence[Any]], out: JoinResult) -> list[bool]:
         """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids,
-        none late) whose id is in ``known``; whether each of ``pids`` is to wait. Which
-        are redelivered and whose outcome waited is found with set operations over the
-        batch (the outcomes of a backlog read from both topics at once mostly come first:
-        then most of a batch's ids are known); those whose outcome waited leave the
-        orphans together."""
+        none late) whose id either map knows (``parts``: :meth:`_known_parts`); whether
+        each of ``pids`` is to wait. Which are redelivered and whose outcome waited is
+        found with set operations over the batch (the outcomes of a backlog read from both
+        topics at once mostly come first: then most of a batch's ids are known); those
+        whose outcome waited leave the orphans together."""
         orphans, horizon = self.orphans, self.horizon_ms
-        redelivered = self.pending.known(known)
-        redelivered.update(pid for pid in orphans.removed_among(known)
-                           if orphans.removed(pid) in (JOINED, LATE))
-        waited = orphans.present(known) - redelivered  # outcomes waiting for these
+        in_pending, waiting, gone = parts
+        redelivered = in_pending | {pid for pid in gone
+                                    if orphans.removed(pid) in (JOINED, LATE)}
+        waited = waiting - redelivered  # outcomes waiting for these
         dropped = waited | redelivered
         keep = list(map(operator.not_, map(dropped.__contains__, pids)))
         # predictions whose outcome waits for them
@@ -265,6 +267,12 @@ class LabelJoin:
         """The ids of a batch that either map holds or remembers: only these need the
         per-id checks."""
         return self.pending.known(ids) | self.orphans.known(ids)
+
+    def _known_parts(self, ids: set[str]) -> tuple[set[str], set[str], set[str]]:
+        """:meth:`_known` in three parts: the ids the pending map holds or remembers,
+        those the orphans map holds (outcomes waiting), and those it remembers."""
+        return (self.pending.known(ids), self.orphans.present(ids),
+                self.orphans.removed_among(ids))
 
     def _budget_pending(self, out: JoinResult) -> None:
         while len(self.pending) > self.max_pending:  # over budget: the oldest go unlabelled
