@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import operator
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +132,9 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
             key = NAME_KEYS[id(spec)]
             if isinstance(doc, list):
                 if (0 < len(doc) <= max_elements and _names_ok(doc, key)
-                        and _calendar_ok(doc) and _utf8(value)):
+                        and _calendar_ok(doc) and utf8_ok(value)):
                     return Decoded(doc, [], list(range(len(doc))))
-            elif _names_ok((doc,), key) and _calendar_ok((doc,)) and _utf8(value):
+            elif _names_ok((doc,), key) and _calendar_ok((doc,)) and utf8_ok(value):
                 return Decoded([doc], [], None)
     try:
         doc = orjson.loads(value)
@@ -184,7 +185,7 @@ def decode_message(value: bytes | None, spec: Spec, *, max_bytes: int,
     return Decoded(events, rejections, positions)
 
 
-def _utf8(value: bytes) -> bool:
+def utf8_ok(value: bytes) -> bool:
     """UTF-8 text (ASCII, the common case, is checked without decoding)."""
     if value.isascii():
         return True
@@ -201,12 +202,16 @@ _NAMES_OK_MAX = 10_000
 
 
 def _names_ok(events: Any, key: str) -> bool:
-    """Every ``key`` (a model's or a source's name) matches ``NAME_PATTERN``: checked once
-    per distinct name of a message, and remembered."""
-    names = set(map(operator.itemgetter(key), events))
-    if names <= _NAMES_OK:
+    """Every ``key`` (a model's or a source's name) matches ``NAME_PATTERN``."""
+    return names_ok(set(map(operator.itemgetter(key), events)))
+
+
+def names_ok(names: Collection[str]) -> bool:
+    """Every name matches ``NAME_PATTERN``: checked once per distinct name of a message,
+    and remembered."""
+    if _NAMES_OK.issuperset(names):
         return True
-    for name in names - _NAMES_OK:
+    for name in set(names) - _NAMES_OK:
         if not _NAME.search(name):
             return False
         if len(_NAMES_OK) < _NAMES_OK_MAX:
@@ -215,9 +220,12 @@ def _names_ok(events: Any, key: str) -> bool:
 
 
 def _calendar_ok(events: Any) -> bool:
+    return calendar_ok(field_values(events, "timestamp"))
+
+
+def calendar_ok(stamps: Sequence[Any]) -> bool:
     """String timestamps name real instants from 0001-01-01 to 9999-12-31 UTC (what the
     pattern cannot say); epoch milliseconds were bounded by the decoder."""
-    stamps = field_values(events, "timestamp")
     if str not in set(map(type, stamps)):  # epoch milliseconds or none: the usual case
         return True
     for t in stamps:

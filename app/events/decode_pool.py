@@ -53,6 +53,7 @@ from typing import Any
 
 from app.events.block import EventBlock, block_of
 from app.events.checks import SPECS
+from app.events.columnar import Columnar
 from app.events.decode import Decoded, decode_message
 from app.events.fields import share_strings
 
@@ -69,6 +70,8 @@ MAX_WAITING = 100_000
 WAIT_TIMEOUT = 30.0
 
 Key = tuple[str, int, int]  # topic, partition, offset
+#: This process's struct decoders (a decode process's: see decode_payload).
+COLUMNAR = Columnar()
 
 
 def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
@@ -76,19 +79,33 @@ def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
     """In a decode process: a message's events as an event block's payload, pickled, or
     ``None`` (a rejection, or events not alike: the worker decodes such a message itself).
 
+    An array whose feature names were seen before is decoded straight into columns
+    (:mod:`app.events.columnar`); any other message through dicts, as the worker would,
+    and a block made that way teaches its feature names.
+
     Pickled here, unpickled by the worker's thread when it takes the message: the pool's
     result thread then only moves bytes. Unpickling thousands of objects there took the
     interpreter's lock from the worker's thread in many short turns, each costing the
     result thread up to a switch interval's wait, and the results lagged behind."""
-    decoded = decode_message(value, SPECS[kind], max_bytes=max_bytes,
-                             max_elements=max_elements)
-    if decoded.rejections:
-        return None
-    block = block_of(decoded.events, kind, buckets=True)
+    block = None if len(value) > max_bytes else COLUMNAR.block(value, kind, max_elements)
+    array = True
     if block is None:
-        return None
+        decoded = decode_message(value, SPECS[kind], max_bytes=max_bytes,
+                                 max_elements=max_elements)
+        if decoded.rejections:
+            return None
+        block = block_of(decoded.events, kind, buckets=True)
+        if kind == "prediction" and decoded.positions is not None and decoded.events:
+            names = tuple(decoded.events[0]["features"])
+            if block is not None:
+                COLUMNAR.learn(names)
+            else:  # tried in vain, maybe to the last element: not again
+                COLUMNAR.forget(names)
+        if block is None:
+            return None
+        array = decoded.positions is not None
     payload = block.to_payload()
-    payload["array"] = decoded.positions is not None
+    payload["array"] = array
     _share_strings(payload)
     return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
