@@ -18,6 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_block import NOT_ALIKE
 from test_contract_equivalence import mutated_documents, rfc3339
 
 from app.events import columnar, decode_pool
@@ -226,16 +227,7 @@ def test_an_outcome_block_is_the_dict_paths_block(value: bytes) -> None:
         assert ref is None or not fast_takes(value, "outcome")
 
 
-@pytest.mark.parametrize("change", [
-    lambda es: es[3].update(model="other"),
-    lambda es: es[3]["features"].pop("x"),
-    lambda es: es[3]["features"].update(extra=1),
-    lambda es: es[3].update(segment={"region": "eu"}),
-    lambda es: es[3].pop("scores"),
-    lambda es: es[0].pop("scores"),
-    lambda es: es[3].update(scores={"0": 0.5}),
-    lambda es: es[3].update(scores={"1": 0.5, "0": 0.5}),
-])
+@pytest.mark.parametrize("change", NOT_ALIKE)
 def test_events_not_alike_are_no_block(change: Any) -> None:
     events = [{"prediction_id": f"p{i}", "model": "m", "model_version": "v1",
                "features": {"x": i, "c": "u"}, "prediction": True, "scores": {"1": 0.5}}
