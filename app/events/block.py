@@ -297,13 +297,8 @@ def block_of(events: list[dict[str, Any]], kind: str, *, buckets: bool = False
     if absent < n:
         if absent:
             return None
-        classes = tuple(maps[0])
-        if set(map(len, maps)) != {len(classes)}:
-            return None
-        try:
-            scores = dict(zip(classes, map(list, zip(*rows_of(maps, classes), strict=True)),
-                              strict=True)) if classes else {}
-        except KeyError:
+        scores = score_columns(maps)
+        if scores is None:
             return None
     features = _get(events, "features")
     names = tuple(features[0])
@@ -323,6 +318,27 @@ def block_of(events: list[dict[str, Any]], kind: str, *, buckets: bool = False
     return EventBlock(kind, model, n, fields, feature_names=names, floats=floats, raw=raw,
                       scores=scores, buckets=_buckets(floats, fields, scores) if buckets else None,
                       rows=events)
+
+
+def score_columns(maps: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]] | None:
+    """Each score class's values, from every event's scores, or ``None`` when the
+    events' classes differ.
+
+    >>> score_columns([{"1": 0.2, "0": 0.8}, {"0": 0.4, "1": 0.6}])
+    {'1': [0.2, 0.6], '0': [0.8, 0.4]}
+    >>> score_columns([{"1": 0.2}, {"0": 0.4}]), score_columns([{}, {}])
+    (None, {})
+    """
+    classes = tuple(maps[0])
+    if set(map(len, maps)) != {len(classes)}:
+        return None
+    if not classes:
+        return {}
+    try:
+        rows = rows_of(maps, classes)
+    except KeyError:
+        return None
+    return dict(zip(classes, map(list, zip(*rows, strict=True)), strict=True))
 
 
 def _buckets(floats: dict[str, np.ndarray[Any, Any]], fields: dict[str, list[Any]],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import operator
 import struct
 from collections import OrderedDict
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 from msgspec import UNSET, UnsetType
 
 from app.events import fast
-from app.events.block import FIELDS, EventBlock, _buckets
+from app.events.block import FIELDS, EventBlock, _buckets, score_columns
 from app.events.decode import calendar_ok, names_ok, utf8_ok
 
 Decoder = msgspec.json.Decoder[Any]
@@ -199,28 +198,12 @@ def _prediction_block(events: list[Any], names: tuple[str, ...]) -> EventBlock |
     if absent < n:
         if absent:
             return None
-        scores = _scores(scores_col)
+        scores = score_columns(scores_col)
         if scores is None:
             return None
     floats, raw = _feature_columns(features, names, n)
     return EventBlock("prediction", model, n, fields, feature_names=names, floats=floats,
                       raw=raw, scores=scores, buckets=_buckets(floats, fields, scores))
-
-
-def _scores(maps: tuple[dict[str, Any], ...]) -> dict[str, list[Any]] | None:
-    """Each class's scores, or ``None`` when the events' classes differ."""
-    classes = tuple(maps[0])
-    if set(map(len, maps)) != {len(classes)}:
-        return None
-    if not classes:
-        return {}
-    try:
-        values = list(map(operator.itemgetter(*classes), maps))
-    except KeyError:
-        return None
-    if len(classes) == 1:
-        return {classes[0]: values}
-    return dict(zip(classes, map(list, zip(*values, strict=True)), strict=True))
 
 
 def _feature_columns(features: tuple[Any, ...], names: tuple[str, ...], n: int

@@ -164,7 +164,7 @@ class LabelJoin:
             return out
         unique = set(pids)
         parts = self._known_parts(unique)
-        known = set().union(*parts)
+        known = set().union(*parts)  # _known, from its parts (read again below)
         wm, horizon = self._watermark, self.horizon_ms
         if self._usual(pids, unique, cols[0]):
             # the usual batch: no id twice, none late; only the ids either map knows
@@ -266,7 +266,7 @@ class LabelJoin:
     def _known(self, ids: set[str]) -> set[str]:
         """The ids of a batch that either map holds or remembers: only these need the
         per-id checks."""
-        return self.pending.known(ids) | self.orphans.known(ids)
+        return set().union(*self._known_parts(ids))
 
     def _known_parts(self, ids: set[str]) -> tuple[set[str], set[str], set[str]]:
         """:meth:`_known` in three parts: the ids the pending map holds or remembers,

@@ -213,7 +213,7 @@ class SegmentedMap:
     def known(self, keys: set[str]) -> set[str]:
         """The ids of ``keys`` present or remembered as removed (set operations in C: a
         batch of ids is checked at once, and only these need the per-id checks)."""
-        return (self._at.keys() & keys) | (self._gone.keys() & keys)
+        return self.present(keys) | self.removed_among(keys)
 
     def present(self, keys: set[str]) -> set[str]:
         """The ids of ``keys`` present."""
