@@ -108,8 +108,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise DriftwardenError(f"{path}: no such file")
     out = Path(args.out)
     from app.reference import load_reference_json
-    from app.runtime import tune_gc
+    from app.runtime import tune_gc, tune_malloc
 
+    tune_malloc()
     installed = [load_reference_json(Path(p)) for p in args.reference or []]
     tune_gc()
     summary = run_replay(settings, predictions, out, progress=not args.no_progress,

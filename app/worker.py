@@ -20,7 +20,7 @@ from app.kafka import ensure_topics
 from app.observability import Metrics
 from app.reference import Reference, load_references
 from app.references_topic import ReferenceFollower
-from app.runtime import tune_gc
+from app.runtime import tune_gc, tune_malloc
 from app.settings import MonitorSettings
 
 log = logging.getLogger("driftwarden")
@@ -65,6 +65,7 @@ def run_worker(settings: MonitorSettings, *, bootstrap: str | None = None,
                log_level: str = "warn") -> int:
     from app.streaming import build_app
 
+    tune_malloc()  # (before the references and the app take their memory)
     bootstrap, broker = resolve_bootstrap(settings, bootstrap)
     embedded = broker is not None
     try:

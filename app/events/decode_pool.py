@@ -59,6 +59,7 @@ from app.events.checks import SPECS
 from app.events.columnar import Columnar
 from app.events.decode import Decoded, decode_message
 from app.events.fields import share_strings
+from app.runtime import tune_malloc
 
 log = logging.getLogger("driftwarden")
 
@@ -196,6 +197,7 @@ def _process(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # (lowering one's own priority is always allowed)
         os.nice(NICENESS)
+    tune_malloc()  # (its arrays and answers are as large as the worker's batches)
     serve(sock, max_bytes, max_elements)
 
 

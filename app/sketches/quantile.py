@@ -687,7 +687,11 @@ def _magnitudes(x: FloatArray, min_positive: float
         valid &= np.isfinite(mag)
     all_valid = bool(valid.all())
     if not all_valid:
-        mag = np.where(valid, mag, float(mag[valid][0])) if valid.any() else np.ones_like(mag)
+        # the first inserted value: found by argmax (the first True), not by copying out
+        # every inserted value (a boolean index) to read one
+        first = int(np.argmax(valid))
+        mag = np.where(valid, mag, float(mag.flat[first])) if valid.flat[first] \
+            else np.ones_like(mag)
     return mag, valid, finite, all_valid
 
 
