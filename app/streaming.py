@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from faust.types import Message
 
 from app.batch_consumer import BatchApp, BatchLimits, Later, Settle
 from app.core.engine import ClosedWindow, Engine
+from app.core.partials import Binning
 from app.core.signals import public_name
 from app.errors import DriftwardenError, StateError
 from app.events.checks import SPECS
@@ -179,6 +180,24 @@ class Pipeline:
     locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
     decodes: DecodePool | None = None  # array messages decoded on other cores
+    # what the decode processes count each model's numeric values with (share_binnings)
+    binnings: dict[str, tuple[int, dict[str, Binning]]] = field(default_factory=dict)
+
+    def share_binnings(self, models: Iterable[str]) -> None:
+        """Tell the decode processes how these models' versions are binned, so that
+        they count the numeric values of the messages handed over next
+        (:mod:`app.core.partials`); sent only when that changed (a version or a
+        reference came)."""
+        if self.decodes is None or self.decodes.broken:
+            return
+        for model in models:
+            m = self.engine.monitors.get(model)
+            binnings = None if m is None else m.binnings()
+            if m is not None and binnings:
+                self.binnings[model] = (m.hop_ms, binnings)
+            else:
+                self.binnings.pop(model, None)
+        self.decodes.configure(self.binnings)
 
     def prepare(self, batches: list[list[Message]]) -> bool:
         """The next batches to process, in order: their large messages start decoding in
@@ -394,6 +413,7 @@ class Pipeline:
         # broker before the state that skips their positions after a restart is saved.
         await self._dead_letter(dead)
         results = self.engine.apply(batch, now)
+        self.share_binnings(results)
         await self.flush_state()  # the previous batch's records, if still in flight
         for model, result in results.items():
             for problem in result.problems:

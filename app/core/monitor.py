@@ -16,6 +16,7 @@ import orjson
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
+from app.core.partials import Binning
 from app.core.serving import ServingStats
 from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
@@ -110,6 +111,8 @@ class ModelMonitor:
             start_ms=None if retrain.start_within is None
             else round(retrain.start_within * 1000)) if retrain is not None else None
         self.rules: dict[str, QualityRules] = {}  # reference key -> quality rules
+        # id(reference) -> (the reference, its binning): those of the versions in use
+        self._binnings: dict[int, tuple[Reference, Binning | None]] = {}
         self.retrain = RetrainPolicy(retrain) if retrain is not None and retrain.on else None
         self.freshness_ms = None if self.settings.freshness is None \
             else round(self.settings.freshness * 1000)
@@ -151,6 +154,25 @@ class ModelMonitor:
 
     def reference_by_key(self, key: str) -> Reference | None:
         return self.default_reference if key == "*" else self.references.get(key)
+
+    def binnings(self) -> dict[str, Binning]:
+        """How each version seen is binned (:class:`~app.core.partials.Binning`), for
+        decode processes to count its messages' numeric values; the versions whose
+        reference is counted otherwise are left out."""
+        out = {}
+        cache, self._binnings = self._binnings, {}
+        for version in self.versions_seen:
+            found = self.reference_for(version)
+            if found is None:
+                continue
+            ref = found[1]
+            held = cache.get(id(ref))
+            if held is None or held[0] is not ref:
+                held = (ref, Binning.of(ref))
+            self._binnings[id(ref)] = held
+            if held[1] is not None:
+                out[version] = held[1]
+        return out
 
     def install_reference(self, version: str, reference: Reference) -> None:
         """A version's own reference (from a file or the references topic)."""
@@ -243,6 +265,8 @@ class ModelMonitor:
     def _window(self, events: Sequence[Mapping[str, Any]], times: np.ndarray[Any, Any],
                 before: np.ndarray[Any, Any], result: IngestResult) -> None:
         latest = (times // self.hop_ms) * self.hop_ms  # the newest window holding each event
+        # numeric counts made by decode processes: (newest window start, version) -> ...
+        partials = events.partials if type(events) is EventBlock else None
         for back in range(self.window_ms // self.hop_ms):  # 1 pass when tumbling
             starts = latest - back * self.hop_ms
             for ws in np.unique(starts).tolist():
@@ -251,11 +275,14 @@ class ModelMonitor:
                     if back == 0:  # its newest window is closed: so are all the others
                         result.late += idx.size
                     continue
+                counted = None if partials is None else {
+                    version: c for (start, version), c in partials.items()
+                    if start == ws + back * self.hop_ms}  # (all the events of idx)
                 due = before[idx] >= ws + self.window_ms + self.lateness_ms
                 if due.any():  # arrived after the watermark passed the window's close
                     if back == 0:
                         result.late += int(due.sum())
-                    idx = idx[~due]
+                    idx = idx[~due]  # (counted with the late ones: not added, see _fits)
                     if not idx.size:
                         continue
                 window = self.windows.get(ws)
@@ -265,7 +292,7 @@ class ModelMonitor:
                 columns = Columns(rows)  # read once for the sketches and the quality counts
                 added = window.update(rows, times[idx], self.reference_for,
                                       self._segment_labels if self.settings.segments else None,
-                                      columns)
+                                      columns, counted)
                 if not window.slices:
                     del self.windows[ws]
                     continue

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.partials import Binning, Counted, add_counts
 from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
@@ -33,6 +34,8 @@ class Slice:
     quantiles: dict[str, QuantileSketch] = field(default_factory=dict)  # numeric signals
     n: int = 0
     segment: str | None = None  # "region=emea" for a segment's slice
+    # the last binning its sketches were found to fit (not state: checked again after)
+    _fitted: Binning | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, reference_key: str, reference: Reference,
@@ -43,15 +46,21 @@ class Slice:
                     for name, ref in reference.features.items()
                     if isinstance(ref, NumericReference)}, 0, segment)
 
-    def update(self, events: Sequence[Mapping[str, Any]], columns: Columns | None = None
-               ) -> None:
+    def update(self, events: Sequence[Mapping[str, Any]], columns: Columns | None = None,
+               counted: Sequence[Counted] | None = None) -> None:
         """Add events; ``columns``: theirs, when already read (shared with the quality
-        counts)."""
+        counts); ``counted``: their numeric signals' counts, made by decode processes
+        (:mod:`app.core.partials`), added instead of counting the values when the
+        sketches are binned as they were counted."""
         cols = Columns(events) if columns is None else columns
         numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
         cols.read([name for name in self.sketches if name not in numeric])
         self.n += len(events)
-        if numeric:  # as one array: the quantile sketches are updated all at once
+        if numeric and counted and self._fits(numeric, counted, len(events)):
+            add_counts([self.sketches[name] for name in numeric],  # type: ignore[misc]
+                       [self.quantiles[name] for name in numeric], [c.counts for c in counted],
+                       cols.float_rows(numeric))
+        elif numeric:  # as one array: the quantile sketches are updated all at once
             x = cols.float_rows(numeric)
             BinnedHistogram.update_rows(
                 [self.sketches[name] for name in numeric],  # type: ignore[misc]
@@ -67,6 +76,20 @@ class Slice:
         for name, sketch in self.sketches.items():
             if not isinstance(sketch, BinnedHistogram):
                 sketch.update(cols.signal(name))
+
+    def _fits(self, numeric: list[str], counted: Sequence[Counted], n: int) -> bool:
+        """Whether counts of ``n`` events fit this slice's numeric sketches."""
+        if sum(c.counts.n for c in counted) != n:
+            return False
+        for c in counted:
+            if c.binning is self._fitted:
+                continue
+            quantiles = [self.quantiles[name] for name in numeric if name in self.quantiles]
+            histograms = [self.sketches[name] for name in numeric]
+            if not c.binning.fits(numeric, histograms, quantiles):  # type: ignore[arg-type]
+                return False
+            self._fitted = c.binning
+        return True
 
     def to_state(self) -> dict[str, Any]:
         return {"reference": self.reference, "n": self.n, "segment": self.segment,
@@ -120,9 +143,11 @@ class Window:
 
     def update(self, events: Sequence[Mapping[str, Any]], times_ms: np.ndarray[Any, Any],
                reference_for: ReferenceLookup, segments: SegmentLabels | None = None,
-               columns: Columns | None = None) -> int:
+               columns: Columns | None = None,
+               counted: Mapping[str, Sequence[Counted]] | None = None) -> int:
         """Add a batch of events; returns how many had a reference to be compared with.
-        ``columns``: the events' columns, when already read.
+        ``columns``: the events' columns, when already read; ``counted``: per version,
+        the numeric counts of all its events here (see :meth:`Slice.update`).
 
         Each event goes to its version's slice and, per configured segment key it is
         tagged with, to that segment's slice: the reference's part for that value, or its
@@ -131,7 +156,7 @@ class Window:
         """
         if segments is None:  # per version, without a per-event loop in the usual batch
             return self._add(version_indices(events) if columns is None else columns.versions(),
-                             events, times_ms, reference_for, columns)
+                             events, times_ms, reference_for, columns, counted)
         groups: dict[str, list[int]] = {}  # keys in order of first appearance
         refs: dict[str, tuple[str, Reference] | None] = {}
         for i, e in enumerate(events):
@@ -152,11 +177,12 @@ class Window:
                     if label not in parts:
                         continue
                 groups.setdefault(version + SEP + label, []).append(i)
-        return self._add(groups, events, times_ms, reference_for, columns)
+        return self._add(groups, events, times_ms, reference_for, columns, counted)
 
     def _add(self, groups: Mapping[str, Sequence[int]], events: Sequence[Mapping[str, Any]],
              times_ms: np.ndarray[Any, Any], reference_for: ReferenceLookup,
-             columns: Columns | None) -> int:
+             columns: Columns | None,
+             counted: Mapping[str, Sequence[Counted]] | None = None) -> int:
         """Add each group of events (its indices) to its slice."""
         added = 0
         for key, idx in groups.items():
@@ -174,10 +200,11 @@ class Window:
                     sl = self.slices[key] = Slice.open(ref_key, segment_ref, label)
                 else:
                     sl = self.slices[key] = Slice.open(ref_key, ref)
+            mine = None if label or counted is None else counted.get(version)
             if len(idx) < len(events):
-                sl.update(take(events, idx))
+                sl.update(take(events, idx), counted=mine)
             else:
-                sl.update(events, columns)
+                sl.update(events, columns, mine)
             if label:
                 continue
             added += len(idx)

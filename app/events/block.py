@@ -82,7 +82,9 @@ class EventBlock(Sequence[dict[str, Any]]):
     ``scores``: each score class's values (``None``: no event has scores); ``buckets``:
     bucket indices of floats features on the quantile sketches' default grid
     (:func:`~app.sketches.quantile.default_buckets`), when a decode process computed
-    them.
+    them; ``partials``: the numeric window sketches' counts of all its events, per
+    (newest window start, version), when a decode process counted them (lists of
+    :class:`~app.core.partials.Counted`, one per message).
 
     >>> b = block_of([{"prediction_id": "a", "model": "m", "model_version": "1",
     ...                "features": {"x": 1, "c": "u"}, "prediction": True},
@@ -95,7 +97,7 @@ class EventBlock(Sequence[dict[str, Any]]):
     """
 
     __slots__ = ("_load", "_rows", "buckets", "feature_names", "fields", "floats", "kind",
-                 "model", "n", "raw", "scores")
+                 "model", "n", "partials", "raw", "scores")
 
     def __init__(self, kind: str, model: str, n: int, fields: dict[str, list[Any]], *,
                  feature_names: tuple[str, ...] = (),
@@ -103,7 +105,8 @@ class EventBlock(Sequence[dict[str, Any]]):
                  raw: dict[str, list[Any]] | None = None,
                  scores: dict[str, list[Any]] | None = None,
                  buckets: dict[str, np.ndarray[Any, Any]] | None = None,
-                 load: Loader | None = None, rows: list[dict[str, Any]] | None = None) -> None:
+                 load: Loader | None = None, rows: list[dict[str, Any]] | None = None,
+                 partials: dict[tuple[int, str], list[Any]] | None = None) -> None:
         self.kind, self.model, self.n = kind, model, n
         self.fields = fields
         self.feature_names = feature_names
@@ -113,6 +116,7 @@ class EventBlock(Sequence[dict[str, Any]]):
         self.scores = scores
         self._load = load
         self._rows = rows
+        self.partials = partials
 
     # -- the events themselves --------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -193,6 +197,13 @@ class EventBlock(Sequence[dict[str, Any]]):
                 return None
         if len(parts) == 1:
             return first
+        partials: dict[tuple[int, str], list[Any]] | None = {}
+        for p in parts:
+            if p.partials is None:  # some events not counted: none are
+                partials = None
+                break
+            for key, counted in p.partials.items():
+                partials.setdefault(key, []).extend(counted)  # type: ignore[union-attr]
 
         def chained(cols: list[Sequence[Any]]) -> list[Any]:
             return list(itertools.chain.from_iterable(cols))
@@ -212,7 +223,7 @@ class EventBlock(Sequence[dict[str, Any]]):
                 for k in first.scores or {}},
             buckets={k: np.concatenate([p.buckets[k] for p in parts]) for k in first.buckets
                      if all(k in p.buckets for p in parts)},
-            load=lambda: [e for p in parts for e in p.rows()])
+            load=lambda: [e for p in parts for e in p.rows()], partials=partials)
 
     # -- between processes ------------------------------------------------------------
     def to_payload(self) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from app.core.partials import Binning, Counted, Counts, WindowKey, message_counts
 from app.events.block import EventBlock, block_of
 from app.events.checks import SPECS
 from app.events.columnar import Columnar
@@ -83,6 +84,10 @@ NICENESS = 5
 Key = tuple[str, int, int]  # topic, partition, offset
 #: This process's struct decoders (a decode process's: see decode_payload).
 COLUMNAR = Columnar()
+#: What a decode process counts messages' numeric values with (DecodePool.configure):
+#: model -> (its windows' hop in ms, version -> (token, binning)).
+Binnings = dict[str, tuple[int, dict[str, tuple[int, Binning]]]]
+BINNINGS: Binnings = {}
 
 
 def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
@@ -117,8 +122,25 @@ def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
         array = decoded.positions is not None
     payload = block.to_payload()
     payload["array"] = array
+    if kind == "prediction":
+        counts = _counts(block)
+        if counts is not None:  # (the buckets were for counting: done)
+            payload["counts"], payload["buckets"] = counts, None
     _share_strings(payload)
     return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _counts(block: EventBlock) -> dict[WindowKey, tuple[int, Counts]] | None:
+    """The block's numeric counts per (newest window start, version), each with its
+    binning's token, when this process knows how its model's versions are binned."""
+    config = BINNINGS.get(block.model)
+    if config is None:
+        return None
+    hop_ms, versions = config
+    counts = message_counts(block, hop_ms, {v: b for v, (_, b) in versions.items()})
+    if counts is None:
+        return None
+    return {key: (versions[key[1]][0], c) for key, c in counts.items()}
 
 
 _UNIQUE = frozenset({"prediction_id", "timestamp"})  # fields whose strings seldom repeat
@@ -153,8 +175,12 @@ def from_payload(payload: dict[str, Any], value: bytes, kind: str, max_bytes: in
 Result = tuple[int, bytes | bytearray]  # a decode process's answer: (status, body)
 OK, NOT_MINE, FAILED = 0, 1, 2  # statuses: a payload; the worker's to decode; an error
 _HEAD = struct.Struct("!IB")  # every frame's head: its body's length, then a code
-_KIND_CODES = {kind: code for code, kind in enumerate(sorted(KINDS))}
+CONFIG = "binnings"  # a request that is no message: what to count with (BINNINGS)
+_KIND_CODES = {kind: code for code, kind in enumerate(sorted(KINDS | {CONFIG}))}
 _KIND_NAMES = {code: kind for kind, code in _KIND_CODES.items()}
+#: Configurations whose binnings' tokens are still known (counts made with an older
+#: one, if any were still in flight, are made again from the events).
+_CONFIGS_KEPT = 3
 _SOCKET_BUFFER = 4 << 20  # bytes each side of a decode process's socket may hold
 _IOV_MAX = 64  # buffers per ``sendmsg``
 
@@ -168,6 +194,17 @@ def _read_into(sock: socket.socket, buf: bytearray) -> bool:
             return False
         got += n
     return True
+
+
+def handle(body: bytes, kind: str, max_bytes: int, max_elements: int) -> bytes | None:
+    """A decode process's answer to one request: a message's payload
+    (:func:`decode_payload`), or, for a ``CONFIG`` request, nothing, its binnings now
+    this process's (:meth:`DecodePool.configure`)."""
+    if kind == CONFIG:  # (from this process's own worker)
+        BINNINGS.clear()
+        BINNINGS.update(pickle.loads(body))
+        return None
+    return decode_payload(body, kind, max_bytes, max_elements)
 
 
 def serve(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
@@ -185,7 +222,7 @@ def serve(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
         if not _read_into(sock, body):
             return
         try:
-            out = decode_payload(bytes(body), _KIND_NAMES[code], max_bytes, max_elements)
+            out = handle(bytes(body), _KIND_NAMES[code], max_bytes, max_elements)
             status, answer = (NOT_MINE, b"") if out is None else (OK, out)
         except Exception as exc:  # the worker decodes this one itself, and says why
             status, answer = FAILED, repr(exc).encode()
@@ -344,6 +381,12 @@ class DecodePool:
         self._futures: dict[Key, asyncio.Future[Result]] = {}
         self.broken = processes < 1
         self.submitted = self.used = 0  # messages handed to the pool, and decoded by it
+        self.counted = 0  # messages whose numeric values a decode process counted
+        # binnings sent (configure): the last configuration, and each token's binning
+        self._config: dict[str, tuple[int, dict[str, Binning]]] = {}
+        self._tokens: dict[int, Binning] = {}
+        self._recent: deque[set[int]] = deque(maxlen=_CONFIGS_KEPT)  # tokens per config
+        self._next_token = 0
 
     def start(self) -> None:
         """Start the decode processes now (the worker's start), not when the first large
@@ -406,6 +449,48 @@ class DecodePool:
             return 0
         return self.submitted - before
 
+    def configure(self, config: dict[str, tuple[int, dict[str, Binning]]]) -> bool:
+        """Have the decode processes count the numeric values of these models' messages:
+        model -> (its windows' hop in ms, version -> binning). Sent when it differs from
+        the last one sent (binnings compare by identity: a reference's binning is made
+        once); returns whether it was sent.
+
+        Sent before the messages handed over after it, on the same sockets: each
+        process counts those with it. Counts made with an older binning still come back
+        with its token, and the worker's slices check they fit before adding them
+        (:meth:`~app.core.windows.Slice.update`): a binning changes only with a
+        reference, and a count that does not fit is made again from the events."""
+        if self.broken or config == self._config:
+            return False
+        tokens: dict[int, int] = {id(b): t for t, b in self._tokens.items()}
+        wire: Binnings = {}
+        used = set()
+        for model, (hop_ms, versions) in config.items():
+            wire[model] = (hop_ms, {})
+            for version, binning in versions.items():
+                token = tokens.get(id(binning))
+                if token is None:
+                    token = tokens[id(binning)] = self._next_token
+                    self._tokens[token] = binning
+                    self._next_token += 1
+                wire[model][1][version] = (token, binning)
+                used.add(token)
+        self._recent.append(used)
+        kept = set().union(*self._recent)
+        self._tokens = {t: b for t, b in self._tokens.items() if t in kept}
+        self._config = {model: (hop, dict(versions)) for model, (hop, versions) in config.items()}
+        body = pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            channels = self._start()
+            loop = asyncio.get_running_loop()
+            for channel in channels:
+                channel.attach(loop)
+                channel.send(loop.create_future(), body, CONFIG)
+        except Exception as exc:
+            self._break(exc)
+            return False
+        return True
+
     async def wait(self, keys: Iterable[Key], timeout: float = WAIT_TIMEOUT) -> None:
         """Until the messages of ``keys`` that the pool decodes are decoded; after
         ``timeout`` seconds without them the pool breaks (a hung decode process is
@@ -430,8 +515,14 @@ class DecodePool:
             return None
         self.used += 1
         # (bytes this worker's own decode process pickled: never anything from outside)
-        return from_payload(pickle.loads(body), value, kind, self.max_bytes,
-                            self.max_elements)
+        payload = pickle.loads(body)
+        decoded = from_payload(payload, value, kind, self.max_bytes, self.max_elements)
+        counts = payload.get("counts")
+        if counts is not None and all(token in self._tokens for token, _ in counts.values()):
+            decoded.events.partials = {  # type: ignore[attr-defined]
+                key: [Counted(self._tokens[token], c)] for key, (token, c) in counts.items()}
+            self.counted += 1
+        return decoded
 
     def forget(self) -> None:
         """Drop every decode not asked for yet (partitions were revoked: the messages of

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +16,14 @@ FloatArray = npt.NDArray[np.float64]
 # Below this magnitude no sum of squares of a batch overflows (batches are far shorter
 # than 1e8 values).
 _SAFE = 1e150
+
+
+class RowCounts(NamedTuple):
+    """Histogram counts of rows of values (:meth:`BinnedHistogram.row_counts`)."""
+
+    counts: npt.NDArray[np.integer[Any]]  # a row per histogram
+    totals: list[float]
+    squares: list[float]
 
 
 class BinnedHistogram:
@@ -99,28 +108,55 @@ class BinnedHistogram:
             raise ValueError(f"{rows} rows for {len(histograms)} histograms")
         if not rows or not x.shape[1]:
             return
-        lo, hi = float(x.min()), float(x.max())  # NaN propagates in both
-        if not (lo > -_SAFE and hi < _SAFE):  # NaN, infinities or huge values: row by row
+        counted = BinnedHistogram.row_counts([h.edges for h in histograms], x)
+        if counted is None:  # NaN, infinities or huge values: row by row
             for h, row in zip(histograms, x, strict=True):
                 h.update(row)
             return
-        totals = x.sum(axis=1).tolist()
-        squares = np.einsum("ij,ij->i", x, x).tolist()
+        BinnedHistogram.add_row_counts(histograms, counted)
+
+    @staticmethod
+    def row_counts(edges: Sequence[FloatArray], x: FloatArray) -> RowCounts | None:
+        """What :meth:`update_rows` adds to histograms of these ``edges`` for the rows of
+        ``x`` (one per histogram, at least one value each): each row's bin counts (as
+        wide as the most edges + 1; a shorter histogram's counts are the first ones), sum
+        and sum of squares. ``None`` where a row holds NaN, an infinity or a huge value:
+        those go row by row (:meth:`update`). Computed where the values are (a decode
+        process counts a message's values), added where the histograms are.
+
+        >>> BinnedHistogram.row_counts([np.array([0.0])], np.array([[-1.0, 2.0, 3.0]]))
+        RowCounts(counts=array([[1, 2]]), totals=[4.0], squares=[14.0])
+        >>> BinnedHistogram.row_counts([np.array([0.0])], np.array([[np.nan]])) is None
+        True
+        """
+        lo, hi = float(x.min()), float(x.max())  # NaN propagates in both
+        if not (lo > -_SAFE and hi < _SAFE):
+            return None
+        rows, n = x.shape
+        totals, squares = BinnedHistogram.row_sums(x)
         # A value's bin is the number of its row's edges below it (searchsorted, side
         # "left"): bin k holds the values in (edge k-1, edge k], so its count is how many
         # are at most edge k less how many are at most edge k-1. Those are read off each
         # row sorted (one sort of all the rows: numpy's vectorised sort beats comparing
         # every value with every edge, twice over at a batch's sizes).
-        n = x.shape[1]
         ordered = np.sort(x, axis=1)
-        width = max(h.edges.size for h in histograms)
+        width = max(e.size for e in edges)
         at_most = np.full((rows, width + 2), n, dtype=np.intp)  # bracketed by 0 and n
         at_most[:, 0] = 0
-        for i, h in enumerate(histograms):
-            at_most[i, 1:h.edges.size + 1] = np.searchsorted(ordered[i], h.edges, side="right")
-        counts = np.diff(at_most, axis=1)
-        for h, row_counts, total, square in zip(histograms, counts, totals, squares,
-                                                strict=True):
+        for i, e in enumerate(edges):
+            at_most[i, 1:e.size + 1] = np.searchsorted(ordered[i], e, side="right")
+        return RowCounts(np.diff(at_most, axis=1), totals, squares)
+
+    @staticmethod
+    def row_sums(x: FloatArray) -> tuple[list[float], list[float]]:
+        """Each row's sum and sum of squares, as :meth:`row_counts` takes them."""
+        return x.sum(axis=1).tolist(), np.einsum("ij,ij->i", x, x).tolist()
+
+    @staticmethod
+    def add_row_counts(histograms: Sequence[BinnedHistogram], counted: RowCounts) -> None:
+        """Add :meth:`row_counts` (row ``i`` to ``histograms[i]``)."""
+        for h, row_counts, total, square in zip(histograms, counted.counts, counted.totals,
+                                                counted.squares, strict=True):
             h.counts += row_counts[:h.counts.size]
             h.total += total
             h.total_sq += square

@@ -6,7 +6,7 @@ import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -179,37 +179,63 @@ class QuantileSketch:
             for q, row in zip(sketches, x, strict=True):
                 q.update(row)
             return
-        mag, valid, finite, all_valid = _magnitudes(x, first.min_positive)
-        if buckets is not None and buckets.shape == x.shape and first.same_grid(_DEFAULT):
-            k = buckets
-        else:
-            k = first._index(mag)
-        lo = int(k.min())
-        width = int(k.max()) - lo + 2  # the last slot: values not inserted
-        if rows * 2 * width > _ROWS_LIMIT:  # values orders of magnitude apart: per row
+        counted = QuantileSketch.row_counts(
+            x, buckets if buckets is not None and buckets.shape == x.shape else None, first)
+        if counted is None:  # values orders of magnitude apart: per row
             for q, row in zip(sketches, x, strict=True):
                 q.update(row)
             return
+        QuantileSketch.add_row_counts(sketches, counted)
+
+    @staticmethod
+    def row_counts(x: FloatArray, buckets: npt.NDArray[np.integer[Any]] | None,
+                   grid: QuantileSketch) -> BucketCounts | None:
+        """What :meth:`update_rows` adds to sketches on ``grid``'s grid for the rows of
+        ``x`` (at least one value each): ``None`` where their buckets span too wide a
+        range for one count array (those go row by row). ``buckets``: as for
+        :meth:`update_rows`. Computed where the values are (a decode process counts a
+        message's values), added where the sketches are.
+
+        >>> c = QuantileSketch.row_counts(np.array([[1.0, -1.0, 0.0]]), None, QuantileSketch())
+        >>> c.counts.tolist(), c.low, c.zero
+        ([[1], [1]], 0, [1])
+        """
+        rows = x.shape[0]
+        mag, valid, finite, all_valid = _magnitudes(x, grid.min_positive)
+        k = buckets if buckets is not None and grid.same_grid(_DEFAULT) else grid._index(mag)
+        lo = int(k.min())
+        width = int(k.max()) - lo + 2  # the last slot: values not inserted
+        if rows * 2 * width > _ROWS_LIMIT:
+            return None
+        zero = missing = nonfinite = None
         if not all_valid:
             tiny = (~valid).sum(axis=1)
             if finite:
-                for q, t in zip(sketches, tiny.tolist(), strict=True):
-                    q.zero += t
+                zero = tiny.tolist()
             else:
-                nan = np.isnan(x).sum(axis=1).tolist()
-                bad = (~np.isfinite(x)).sum(axis=1).tolist()
-                for q, t, a, f in zip(sketches, tiny.tolist(), nan, bad, strict=True):
-                    q.missing += a
-                    q.nonfinite += f - a
-                    q.zero += t - f
+                nan = np.isnan(x).sum(axis=1)
+                bad = (~np.isfinite(x)).sum(axis=1)
+                zero, missing, nonfinite = (tiny - bad).tolist(), nan.tolist(), \
+                    (bad - nan).tolist()
         slot = k - lo
         if not all_valid:
             slot[~valid] = width - 1
         keys = (np.arange(rows, dtype=np.int64)[:, None] * 2 + (x < 0)) * width + slot
         counts = np.bincount(keys.ravel(), minlength=rows * 2 * width).reshape(
             rows * 2, width)[:, :width - 1]
+        return BucketCounts(counts, lo, zero, missing, nonfinite)
+
+    @staticmethod
+    def add_row_counts(sketches: Sequence[QuantileSketch], counted: BucketCounts) -> None:
+        """Add :meth:`row_counts` (row ``i`` to ``sketches[i]``, all on one grid with the
+        same ``max_buckets``)."""
+        for attr, col in (("zero", counted.zero), ("missing", counted.missing),
+                          ("nonfinite", counted.nonfinite)):
+            if col is not None:
+                for q, c in zip(sketches, col, strict=True):
+                    setattr(q, attr, getattr(q, attr) + c)
         stores = [s for q in sketches for s in (q.positive, q.negative)]
-        _Store.add_rows(stores, counts, lo, first.max_buckets)
+        _Store.add_rows(stores, counted.counts, counted.low, sketches[0].max_buckets)
 
     def merge(self, other: QuantileSketch) -> QuantileSketch:
         """A new sketch of both multisets; exact (integer counts add)."""
@@ -464,6 +490,19 @@ def _geometry(s: QuantileSketch, neg: IntArray, has_zero: bool, pos: IntArray,
             np.concatenate([-nv[::-1], zv, pv]))
 
 
+class BucketCounts(NamedTuple):
+    """Quantile-sketch counts of rows of values (:meth:`QuantileSketch.row_counts`):
+    ``counts`` row ``2 i`` holds row ``i``'s positive values per bucket ``low + j``, row
+    ``2 i + 1`` its negative ones; then each row's zeros, missing and non-finite values
+    (``None``: none of either)."""
+
+    counts: npt.NDArray[np.integer[Any]]
+    low: int
+    zero: list[int] | None
+    missing: list[int] | None
+    nonfinite: list[int] | None
+
+
 class _Store:
     """Dense counts of one sign: ``counts[i]`` is bucket ``offset + i``; ends non-zero."""
 
@@ -505,7 +544,7 @@ class _Store:
         merged = self.merged(batch, limit)
         self.counts, self.offset, self.collapsed = merged.counts, merged.offset, merged.collapsed
 
-    def add_counts(self, counts: IntArray, low: int, limit: int) -> None:
+    def add_counts(self, counts: npt.NDArray[np.integer[Any]], low: int, limit: int) -> None:
         """Count ``counts[j]`` values in bucket ``low + j``: what :meth:`add` does with
         their indices, folding likewise."""
         nz = np.flatnonzero(counts)
@@ -530,7 +569,8 @@ class _Store:
         self.counts, self.offset, self.collapsed = merged.counts, merged.offset, merged.collapsed
 
     @staticmethod
-    def add_rows(stores: Sequence[_Store], counts: IntArray, low: int, limit: int) -> None:
+    def add_rows(stores: Sequence[_Store], counts: npt.NDArray[np.integer[Any]], low: int,
+                 limit: int) -> None:
         """``stores[i].add_counts(counts[i], low, limit)`` for every row of the 2-D
         ``counts``, with the rows' occupied spans found for all at once: a batch's counts
         mostly fall within what each store holds already, and are then added in place,

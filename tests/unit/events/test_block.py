@@ -31,6 +31,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app.core.engine import Engine
+from app.core.partials import Binning, message_counts
 from app.core.signals import Columns
 from app.events import decode_pool
 from app.events.block import EventBlock, block_of
@@ -42,6 +43,7 @@ from app.events.decode_pool import (
     DecodePool,
     decode_payload,
     from_payload,
+    handle,
 )
 from app.events.fields import concat, field_values, score_values, take, version_indices
 from app.observability.metrics import Metrics
@@ -245,7 +247,7 @@ class _Now:
         pass
 
     def send(self, future: Any, value: bytes, kind: str) -> None:
-        out = decode_payload(value, kind, **LIMITS)
+        out = handle(value, kind, **LIMITS)
         future.set_result((OK, out) if out is not None else (NOT_MINE, b""))
 
     def close(self) -> None:
@@ -443,6 +445,9 @@ def test_the_pool_changes_nothing_a_worker_writes(tmp_path: Path, seed: int) -> 
     pooled, pooled_topics = _run(tmp_path, batches, pool, registry)
     messages = sum(len(b) for b in batches)
     assert pool.submitted == messages and 0.4 * messages < pool.used < messages  # both paths
+    # and of those, predictions of model p counted their numeric values (not before its
+    # binning was known; m's and w's messages lack a numeric feature: counted here)
+    assert 0 < pool.counted < pool.used
     assert registry.get_sample_value("driftwarden_messages_decoded_total",
                                      {"decoder": "pool"}) == pool.used
     assert registry.get_sample_value("driftwarden_messages_decoded_total",
@@ -491,6 +496,53 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
             next(r.message for r in caplog.records if "decode pool broke" in r.message)) == 1
         assert pool.submit([(("predictions", 0, 5), value, "prediction")]) == 0  # broken
         assert pool.decoded(("predictions", 0, 5), value, "prediction") is None
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.close()
+
+
+def test_a_decode_process_counts_a_message_as_its_worker_says(tmp_path: Path) -> None:
+    """Told how a model's versions are binned, a decode process sends a message's
+    numeric counts (per window and version) instead of its bucket indices; the worker
+    tells it again only when that changes, and counts made with a binning it no longer
+    knows are not used."""
+    settings = settings_from_mapping(_config(tmp_path), env={})
+    engine = Engine(settings, load_references(settings), source="urn:test")
+    monitor = engine.monitor("p")
+    monitor.versions_seen.append("v1")
+    binnings = monitor.binnings()
+    pool = DecodePool(1, **LIMITS, min_bytes=0)
+    events = [prediction(i, model="p") for i in range(50)]
+    value = orjson.dumps(events)
+    keys = [("predictions", 0, k) for k in range(2)]
+
+    async def go() -> None:
+        assert pool.configure({"p": (monitor.hop_ms, binnings)})
+        assert not pool.configure({"p": (monitor.hop_ms, dict(binnings))})  # unchanged
+        pool.submit([(keys[0], value, "prediction")])
+        await asyncio.wait_for(pool.wait(keys[:1]), 60)
+        got = pool.decoded(keys[0], value, "prediction")
+        assert got is not None and type(got.events) is EventBlock
+        ((key, ((binning, counts),)),) = got.events.partials.items()  # type: ignore[union-attr]
+        assert key == (T0, "v1") and binning is binnings["v1"] and counts.n == 50
+        own = message_counts(block(events), monitor.hop_ms, binnings)
+        assert own is not None
+        assert np.array_equal(counts.bins, own[key].bins)
+        assert np.array_equal(counts.quantiles.counts, own[key].quantiles.counts)
+        assert counts.quantiles[1:] == own[key].quantiles[1:]
+        assert not got.events.buckets and pool.counted == 1
+        # three new binnings while a message is on its way: its counts' is forgotten
+        pool.submit([(keys[1], value, "prediction")])
+        for _ in range(3):
+            ref = monitor.reference_for("v1")
+            assert ref is not None
+            assert pool.configure({"p": (monitor.hop_ms, {"v1": Binning.of(ref[1])})})  # type: ignore[dict-item]
+        await asyncio.wait_for(pool.wait(keys[1:]), 60)
+        late = pool.decoded(keys[1], value, "prediction")
+        assert late is not None and late.events.partials is None  # type: ignore[attr-defined]
+        assert pool.counted == 1
 
     try:
         asyncio.run(go())

@@ -1,0 +1,198 @@
+"""A message's numeric window sketches, counted where it is decoded.
+
+A window slice keeps, per numeric signal, a histogram on its reference's bins and a
+quantile sketch; updating them (a sort and a bucket count per signal) was the largest
+part of a worker thread's window work. Both are counts, which add: a decode process
+(:mod:`app.events.decode_pool`) that knows each model version's :class:`Binning` counts
+a message's values itself, per event-time window, and the worker's thread adds those
+counts to its slices (:meth:`~app.core.windows.Slice.update`) instead of reading the
+values.
+
+Everything order-dependent stays with the worker: which events are late, which window
+and slice they go to, which reference a slice compares with. A message's counts are used
+for a window only when every one of its events there is windowed (none late) and the
+slice is binned exactly as they were counted (:meth:`Binning.fits`); anything else is
+counted from the events, as without them. The counts are those the worker would make
+from the same values, and a worker's state and outputs are the same to the last byte
+with or without them (``tests/unit/core/test_partials.py``,
+``tests/unit/events/test_block.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.signals import Columns
+from app.reference import NumericReference, Reference
+from app.sketches import BinnedHistogram, QuantileSketch
+from app.sketches.histogram import RowCounts
+from app.sketches.quantile import BucketCounts, default_buckets
+
+if TYPE_CHECKING:
+    from app.events.block import EventBlock
+
+_DEFAULT = QuantileSketch()  # the quantile grid decode processes compute buckets on
+#: Count arrays (histograms and quantile buckets added together) beyond this many cells
+#: are added one message at a time.
+_MERGE_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class Binning:
+    """How a model version's window slices count its numeric signals: the signals in
+    the slices' order, their histograms' edges, and the quantile sketches' bucket limit
+    (on the default grid: a decode process's bucket indices are on it)."""
+
+    names: tuple[str, ...]
+    edges: tuple[npt.NDArray[np.float64], ...]
+    max_buckets: int
+
+    @classmethod
+    def of(cls, reference: Reference) -> Binning | None:
+        """The binning of a reference's window slices; ``None`` when those count their
+        numeric values another way than all at once on the default grid (fewer than two
+        numeric signals, another grid, differing bucket limits)."""
+        numeric = {name: ref for name, ref in reference.features.items()
+                   if isinstance(ref, NumericReference)}
+        if len(numeric) < 2:
+            return None
+        sketches = [ref.empty_quantile_sketch() for ref in numeric.values()]
+        limit = sketches[0].max_buckets
+        if any(not q.same_grid(_DEFAULT) or q.max_buckets != limit for q in sketches):
+            return None
+        return cls(tuple(numeric), tuple(np.asarray(ref.edges, dtype=np.float64)
+                                         for ref in numeric.values()), limit)
+
+    def fits(self, names: Sequence[str], histograms: Sequence[BinnedHistogram],
+             quantiles: Sequence[QuantileSketch]) -> bool:
+        """Whether sketches of ``names`` are binned as this counts: the same signals,
+        edges, grid and bucket limit."""
+        return tuple(names) == self.names and len(quantiles) == len(names) and all(
+            q.same_grid(_DEFAULT) and q.max_buckets == self.max_buckets for q in quantiles
+        ) and all(np.array_equal(h.edges, e) for h, e in zip(histograms, self.edges,
+                                                                 strict=True))
+
+
+class Counts(NamedTuple):
+    """The numeric sketches' counts of some events: each signal's histogram bins (a row
+    per signal), and its quantile buckets."""
+
+    n: int
+    bins: npt.NDArray[np.integer[Any]]
+    quantiles: BucketCounts
+
+
+class Counted(NamedTuple):
+    """A message's counts for one (window, version), with the binning they used."""
+
+    binning: Binning
+    counts: Counts
+
+
+# window key of a message's counts: (the newest window start holding the events, version)
+WindowKey = tuple[int, str]
+
+
+def count(binning: Binning, x: npt.NDArray[np.float64],
+          buckets: npt.NDArray[np.integer[Any]] | None) -> Counts | None:
+    """The counts of ``x`` (a row per signal of ``binning``), as the slices' sketches
+    would count them all at once; ``None`` where they would go value by value (NaN,
+    infinities, huge values, buckets too far apart)."""
+    if not x.shape[1]:
+        return None
+    histograms = BinnedHistogram.row_counts(binning.edges, x)
+    if histograms is None:
+        return None
+    quantiles = QuantileSketch.row_counts(x, buckets, _DEFAULT)
+    if quantiles is None:
+        return None
+    # sent between processes: the narrowest integers that hold them
+    narrow = np.min_scalar_type(x.shape[1])
+    return Counts(x.shape[1], histograms.counts.astype(narrow),
+                  quantiles._replace(counts=quantiles.counts.astype(narrow)))
+
+
+def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str, Binning]
+                   ) -> dict[WindowKey, Counts] | None:
+    """A prediction block's counts per (newest window start, version), for a model whose
+    windows start every ``hop_ms`` and whose versions are binned as ``binnings``
+    says; ``None`` when any of its events cannot be counted so (a version without a
+    binning, a time that is not epoch milliseconds, values counted one by one)."""
+    times = block.fields["timestamp"]
+    if not times or set(map(type, times)) != {int}:
+        return None
+    versions = block.fields["model_version"]
+    starts = np.asarray(times, dtype=np.int64) // hop_ms * hop_ms
+    first, version = int(starts[0]), versions[0]
+    if versions.count(version) == len(versions) and bool((starts == first).all()):
+        groups = {(first, version): None}  # the usual message: one window, one version
+    else:
+        indices: dict[WindowKey, list[int]] = {}
+        for i, key in enumerate(zip(starts.tolist(), versions, strict=True)):
+            indices.setdefault(key, []).append(i)
+        groups = indices  # type: ignore[assignment]
+    out = {}
+    for key, idx in groups.items():
+        binning = binnings.get(key[1])
+        if binning is None:
+            return None
+        part = block if idx is None else block.take(idx)
+        columns = Columns(part)
+        x = columns.float_rows(binning.names)
+        buckets = columns.bucket_rows(binning.names)
+        counted = count(binning, x, default_buckets(x) if buckets is None else buckets)
+        if counted is None:
+            return None
+        out[key] = counted
+    return out
+
+
+def add_counts(histograms: Sequence[BinnedHistogram], quantiles: Sequence[QuantileSketch],
+               counted: Sequence[Counts], x: npt.NDArray[np.float64]) -> None:
+    """Add messages' counts of the values ``x`` (a row per signal) to the sketches, as
+    ``update_rows`` of ``x`` would: the histograms' sums from ``x`` itself (summed in
+    one order whichever process counted, they are the same to the last bit), the counts
+    added once for all the messages (unless their quantile buckets lie too far apart to
+    be added as one array)."""
+    totals, squares = BinnedHistogram.row_sums(x)
+    if len(counted) > 1:
+        merged = _merged(counted)
+        if merged is not None:
+            counted = [merged]
+    for i, c in enumerate(counted):
+        BinnedHistogram.add_row_counts(histograms, RowCounts(
+            c.bins, totals if i == 0 else [0.0] * len(totals),
+            squares if i == 0 else [0.0] * len(squares)))
+        QuantileSketch.add_row_counts(quantiles, c.quantiles)
+
+
+def _merged(counted: Sequence[Counts]) -> Counts | None:
+    """The sum of several counts, or ``None`` when their buckets span too much."""
+    low = min(c.quantiles.low for c in counted)
+    top = max(c.quantiles.low + c.quantiles.counts.shape[1] for c in counted)
+    rows = counted[0].quantiles.counts.shape[0]
+    if rows * (top - low) > _MERGE_LIMIT:
+        return None
+    buckets = np.zeros((rows, top - low), dtype=np.int64)
+    for c in counted:
+        at = c.quantiles.low - low
+        buckets[:, at:at + c.quantiles.counts.shape[1]] += c.quantiles.counts
+    bins = np.sum(np.array([c.bins for c in counted], dtype=np.int64), axis=0)
+    q = [c.quantiles for c in counted]
+    return Counts(sum(c.n for c in counted), bins,
+                  BucketCounts(buckets, low, _added([c.zero for c in q]),
+                               _added([c.missing for c in q]),
+                               _added([c.nonfinite for c in q])))
+
+
+def _added(cols: list[list[int] | None]) -> list[int] | None:
+    """Per-row counts of several messages added (``None``: none in any)."""
+    given = [c for c in cols if c is not None]
+    if not given:
+        return None
+    return [int(v) for v in np.sum(given, axis=0)]
