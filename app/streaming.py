@@ -181,20 +181,26 @@ class Pipeline:
     kinds: dict[str, str] = field(default_factory=dict)  # topic name -> event kind
     decodes: DecodePool | None = None  # array messages decoded on other cores
     # what the decode processes count each model's numeric values with (share_binnings)
-    binnings: dict[str, tuple[int, dict[str, Binning]]] = field(default_factory=dict)
+    binnings: dict[str, tuple[int, dict[str | None, Binning]]] = field(default_factory=dict)
 
     def share_binnings(self, models: Iterable[str]) -> None:
         """Tell the decode processes how these models' versions are binned, so that
         they count the numeric values of the messages handed over next
         (:mod:`app.core.partials`); sent only when that changed (a version or a
-        reference came)."""
+        reference came). Before a model's state is loaded, its configured reference
+        tells how any version would be binned: the first messages are counted too."""
         if self.decodes is None or self.decodes.broken:
             return
         for model in models:
             m = self.engine.monitors.get(model)
-            binnings = None if m is None else m.binnings()
-            if m is not None and binnings:
-                self.binnings[model] = (m.hop_ms, binnings)
+            if m is not None:
+                binnings = m.binnings()
+            else:
+                ref = self.engine.references.get(model)
+                binning = None if ref is None else Binning.of(ref)
+                binnings = {} if binning is None else {None: binning}
+            if binnings:
+                self.binnings[model] = (int(self.settings.hop_of(model) * 1000), binnings)
             else:
                 self.binnings.pop(model, None)
         self.decodes.configure(self.binnings)
@@ -205,6 +211,8 @@ class Pipeline:
         did."""
         if self.decodes is None:
             return False
+        if not self.binnings:  # (the first batches: no model's state loaded yet)
+            self.share_binnings(self.settings.models)
         return self.decodes.submit(((m.topic, m.partition, m.offset), m.value,
                                     self.kinds.get(m.topic, "prediction"))
                                    for batch in batches for m in batch) > 0

@@ -143,8 +143,11 @@ class ModelMonitor:
         own = self.references.get(version)
         if own is not None:
             return version, own
-        earlier = self.versions_seen[:self.versions_seen.index(version)] \
-            if version in self.versions_seen else self.versions_seen
+        return self._fallback(self.versions_seen[:self.versions_seen.index(version)]
+                              if version in self.versions_seen else self.versions_seen)
+
+    def _fallback(self, earlier: Sequence[str]) -> tuple[str, Reference] | None:
+        """The reference of a version without its own, coming after ``earlier``."""
         for v in reversed(earlier):
             if v in self.references:
                 return v, self.references[v]
@@ -155,14 +158,16 @@ class ModelMonitor:
     def reference_by_key(self, key: str) -> Reference | None:
         return self.default_reference if key == "*" else self.references.get(key)
 
-    def binnings(self) -> dict[str, Binning]:
+    def binnings(self) -> dict[str | None, Binning]:
         """How each version seen is binned (:class:`~app.core.partials.Binning`), for
-        decode processes to count its messages' numeric values; the versions whose
-        reference is counted otherwise are left out."""
-        out = {}
+        decode processes to count its messages' numeric values, and under ``None`` how a
+        version not seen yet would be (the reference it would fall back to); the versions
+        whose reference is counted otherwise are left out."""
+        out: dict[str | None, Binning] = {}
         cache, self._binnings = self._binnings, {}
-        for version in self.versions_seen:
-            found = self.reference_for(version)
+        for version in [*self.versions_seen, None]:
+            found = self.reference_for(version) if version is not None \
+                else self._fallback(self.versions_seen)
             if found is None:
                 continue
             ref = found[1]

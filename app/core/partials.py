@@ -117,12 +117,14 @@ def count(binning: Binning, x: npt.NDArray[np.float64],
                   quantiles._replace(counts=quantiles.counts.astype(narrow)))
 
 
-def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str, Binning]
-                   ) -> dict[WindowKey, Counts] | None:
-    """A prediction block's counts per (newest window start, version), for a model whose
+def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str | None, Binning]
+                   ) -> dict[WindowKey, Counted] | None:
+    """A prediction block's counts per (newest window start, version), with the binning
+    each was counted with, for a model whose
     windows start every ``hop_ms`` and whose versions are binned as ``binnings``
-    says; ``None`` when any of its events cannot be counted so (a version without a
-    binning, a time that is not epoch milliseconds, values counted one by one)."""
+    says (under ``None``: any other version); ``None`` when any of its events cannot be
+    counted so (a version without a binning, a time that is not epoch milliseconds,
+    values counted one by one)."""
     times = block.fields["timestamp"]
     if not times or set(map(type, times)) != {int}:
         return None
@@ -138,7 +140,7 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str, Binnin
         groups = indices  # type: ignore[assignment]
     out = {}
     for key, idx in groups.items():
-        binning = binnings.get(key[1])
+        binning = binnings.get(key[1]) or binnings.get(None)
         if binning is None:
             return None
         part = block if idx is None else block.take(idx)
@@ -148,7 +150,7 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str, Binnin
         counted = count(binning, x, default_buckets(x) if buckets is None else buckets)
         if counted is None:
             return None
-        out[key] = counted
+        out[key] = Counted(binning, counted)
     return out
 
 

@@ -85,8 +85,8 @@ Key = tuple[str, int, int]  # topic, partition, offset
 #: This process's struct decoders (a decode process's: see decode_payload).
 COLUMNAR = Columnar()
 #: What a decode process counts messages' numeric values with (DecodePool.configure):
-#: model -> (its windows' hop in ms, version -> (token, binning)).
-Binnings = dict[str, tuple[int, dict[str, tuple[int, Binning]]]]
+#: model -> (its windows' hop in ms, version (None: any other) -> (token, binning)).
+Binnings = dict[str, tuple[int, dict[str | None, tuple[int, Binning]]]]
 BINNINGS: Binnings = {}
 
 
@@ -140,7 +140,8 @@ def _counts(block: EventBlock) -> dict[WindowKey, tuple[int, Counts]] | None:
     counts = message_counts(block, hop_ms, {v: b for v, (_, b) in versions.items()})
     if counts is None:
         return None
-    return {key: (versions[key[1]][0], c) for key, c in counts.items()}
+    tokens = {id(b): token for token, b in versions.values()}
+    return {key: (tokens[id(c.binning)], c.counts) for key, c in counts.items()}
 
 
 _UNIQUE = frozenset({"prediction_id", "timestamp"})  # fields whose strings seldom repeat
@@ -383,7 +384,7 @@ class DecodePool:
         self.submitted = self.used = 0  # messages handed to the pool, and decoded by it
         self.counted = 0  # messages whose numeric values a decode process counted
         # binnings sent (configure): the last configuration, and each token's binning
-        self._config: dict[str, tuple[int, dict[str, Binning]]] = {}
+        self._config: dict[str, tuple[int, dict[str | None, Binning]]] = {}
         self._tokens: dict[int, Binning] = {}
         self._recent: deque[set[int]] = deque(maxlen=_CONFIGS_KEPT)  # tokens per config
         self._next_token = 0
@@ -449,11 +450,11 @@ class DecodePool:
             return 0
         return self.submitted - before
 
-    def configure(self, config: dict[str, tuple[int, dict[str, Binning]]]) -> bool:
+    def configure(self, config: dict[str, tuple[int, dict[str | None, Binning]]]) -> bool:
         """Have the decode processes count the numeric values of these models' messages:
-        model -> (its windows' hop in ms, version -> binning). Sent when it differs from
-        the last one sent (binnings compare by identity: a reference's binning is made
-        once); returns whether it was sent.
+        model -> (its windows' hop in ms, version -> binning; ``None``: any other).
+        Sent when it differs from the last one sent (binnings compare by identity: a
+        reference's binning is made once); returns whether it was sent.
 
         Sent before the messages handed over after it, on the same sockets: each
         process counts those with it. Counts made with an older binning still come back

@@ -586,8 +586,20 @@ class _Store:
             start = low + first - store.offset
             if store.counts.size and start >= 0 and low + last <= store.top:
                 store.counts[start:start + last - first + 1] += row[first:last + 1]
-            else:
+                continue
+            lo, hi = low + first, low + last
+            if store.counts.size:
+                lo, hi = min(lo, store.offset), max(hi, store.top)
+            if hi - lo >= limit:  # a fold is due
                 store.add_counts(row, low, limit)
+                continue
+            # the occupied range grows (a window's first values, or a new extreme): what
+            # add_counts makes, without its fold's bookkeeping
+            grown = np.zeros(hi - lo + 1, dtype=np.int64)
+            if store.counts.size:
+                grown[store.offset - lo:store.offset - lo + store.counts.size] = store.counts
+            grown[low + first - lo:low + last - lo + 1] += row[first:last + 1]
+            store.counts, store.offset = grown, lo
 
     def merged(self, other: _Store, limit: int | None) -> _Store:
         """Counts of both, folded to ``limit`` buckets below the top (no fold if ``None``)."""

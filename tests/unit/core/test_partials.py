@@ -13,7 +13,7 @@ import pytest
 
 from app.core import partials
 from app.core.monitor import ModelMonitor
-from app.core.partials import Binning, Counted, count, message_counts
+from app.core.partials import Binning, count, message_counts
 from app.core.windows import Slice
 from app.events.block import EventBlock, block_of
 from app.events.checks import PREDICTION
@@ -67,10 +67,9 @@ def _block(events: list[dict[str, Any]], monitor: ModelMonitor | None) -> EventB
                    buckets=True)
     assert out is not None
     if monitor is not None:
-        binnings = monitor.binnings()
-        counts = message_counts(out, monitor.hop_ms, binnings)
+        counts = message_counts(out, monitor.hop_ms, monitor.binnings())
         if counts is not None:
-            out.partials = {key: [Counted(binnings[key[1]], c)] for key, c in counts.items()}
+            out.partials = {key: [c] for key, c in counts.items()}
     return out
 
 
@@ -101,8 +100,6 @@ def _same(settings: Any, messages: list[list[dict[str, Any]]], monkeypatch: pyte
     monkeypatch.setattr(Slice, "update", update)
     monkeypatch.setattr("app.core.windows.add_counts", lambda *a: added.append(1) or real_add(*a))
     plain, counted = ModelMonitor("m", settings, refs["m"]), ModelMonitor("m", settings, refs["m"])
-    for m in (plain, counted):  # (known from earlier batches: binnings are sent after one)
-        m.versions_seen += ["v1", "v2"]
     _feed(plain, messages, counted=False)
     assert not any(given) and not added
     given.clear()
@@ -201,9 +198,14 @@ def test_a_message_is_counted_per_window_and_version(tmp_path: Path) -> None:
     for e in events:
         key = (e["timestamp"] // MINUTE * MINUTE, e["model_version"])
         expected[key] = expected.get(key, 0) + 1
-    assert {k: c.n for k, c in counts.items()} == expected and len(expected) == 4
+    assert {k: c.counts.n for k, c in counts.items()} == expected and len(expected) == 4
     # a version nobody said how to count, or times that are not epoch milliseconds
     assert message_counts(b, MINUTE, {"v1": monitor.binnings()["v1"]}) is None
+    # any other version: binned as a version not seen yet would be
+    fresh = ModelMonitor("m", settings, load_references(settings)["m"])
+    assert set(fresh.binnings()) == {None}
+    other = message_counts(b, MINUTE, fresh.binnings())
+    assert other is not None and {k: c.counts.n for k, c in other.items()} == expected
     stamped = [{**e, "timestamp": "2023-11-14T22:14:00Z"} for e in events]
     assert message_counts(_block(stamped, None), MINUTE, monitor.binnings()) is None
 

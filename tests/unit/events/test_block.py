@@ -529,9 +529,9 @@ def test_a_decode_process_counts_a_message_as_its_worker_says(tmp_path: Path) ->
         assert key == (T0, "v1") and binning is binnings["v1"] and counts.n == 50
         own = message_counts(block(events), monitor.hop_ms, binnings)
         assert own is not None
-        assert np.array_equal(counts.bins, own[key].bins)
-        assert np.array_equal(counts.quantiles.counts, own[key].quantiles.counts)
-        assert counts.quantiles[1:] == own[key].quantiles[1:]
+        assert np.array_equal(counts.bins, own[key].counts.bins)
+        assert np.array_equal(counts.quantiles.counts, own[key].counts.quantiles.counts)
+        assert counts.quantiles[1:] == own[key].counts.quantiles[1:]
         assert not got.events.buckets and pool.counted == 1
         # three new binnings while a message is on its way: its counts' is forgotten
         pool.submit([(keys[1], value, "prediction")])
@@ -548,6 +548,25 @@ def test_a_decode_process_counts_a_message_as_its_worker_says(tmp_path: Path) ->
         asyncio.run(go())
     finally:
         pool.close()
+
+
+def test_the_first_messages_are_counted_before_any_state_is_loaded(tmp_path: Path) -> None:
+    """Before any model's state is loaded, each configured reference says how a version
+    of its model would be binned; a warm-up model (no reference yet) is not counted."""
+    settings = settings_from_mapping(_config(tmp_path), env={})
+    engine = Engine(settings, load_references(settings), source="urn:test")
+    pipeline = Pipeline(settings, engine, Metrics(CollectorRegistry()), Table(),
+                        *[Topic() for _ in range(4)])
+    pool = pipeline.decodes = InlinePool(1, **LIMITS, min_bytes=0)
+
+    async def go() -> None:
+        pipeline.prepare([[]])
+
+    asyncio.run(go())
+    assert not engine.monitors
+    assert set(pool._config) == {"m", "p"}
+    assert all(set(versions) == {None} and hop == 60_000
+               for hop, versions in pool._config.values())
 
 
 def test_messages_larger_than_the_socket_holds_and_many_in_flight() -> None:

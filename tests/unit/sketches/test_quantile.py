@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.errors import StateError
 from app.sketches import QuantileSketch
-from app.sketches.quantile import aligned, default_buckets
+from app.sketches.quantile import _Store, aligned, default_buckets
 
 ALPHA = 0.01
 ORIGINAL_UPDATE = QuantileSketch.update
@@ -357,3 +357,20 @@ def test_store_union_holds_each_occupied_bucket_once_with_both_counts(a, b, oa, 
     assert idx.tolist() == sorted(expected)
     assert [[x, y] for x, y in zip(ca.tolist(), cb.tolist(), strict=True)] == \
         [expected[k] for k in sorted(expected)]
+
+
+def test_add_rows_grows_and_folds_a_store_exactly_as_add_counts_does():
+    """A store's occupied range grows in place up to its limit; one bucket more and it
+    folds, as add_counts does."""
+    for span in range(1, 9):
+        for held in ([], [12, 12], [3], [20]):
+            counts = np.zeros((1, span), dtype=np.int64)
+            counts[0, 0] += 1
+            counts[0, -1] += 2
+            together, alone = _Store(), _Store()
+            for s in (together, alone):
+                s.add(np.array(held, dtype=np.int64), 4)
+            _Store.add_rows([together], counts, 10, 4)
+            alone.add_counts(counts[0], 10, 4)
+            assert (together.counts.tolist(), together.offset, together.collapsed) == (
+                alone.counts.tolist(), alone.offset, alone.collapsed), (span, held)
