@@ -105,15 +105,15 @@ def count(binning: Binning, x: npt.NDArray[np.float64],
     infinities, huge values, buckets too far apart)."""
     if not x.shape[1]:
         return None
-    histograms = BinnedHistogram.row_counts(binning.edges, x)
-    if histograms is None:
+    bins = BinnedHistogram.bin_counts(binning.edges, x)
+    if bins is None:
         return None
     quantiles = QuantileSketch.row_counts(x, buckets, _DEFAULT)
     if quantiles is None:
         return None
     # sent between processes: the narrowest integers that hold them
     narrow = np.min_scalar_type(x.shape[1])
-    return Counts(x.shape[1], histograms.counts.astype(narrow),
+    return Counts(x.shape[1], bins.astype(narrow),
                   quantiles._replace(counts=quantiles.counts.astype(narrow)))
 
 
@@ -131,13 +131,17 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str | None,
     versions = block.fields["model_version"]
     starts = np.asarray(times, dtype=np.int64) // hop_ms * hop_ms
     first, version = int(starts[0]), versions[0]
-    if versions.count(version) == len(versions) and bool((starts == first).all()):
+    groups: dict[WindowKey, list[int] | None]
+    one_version = versions.count(version) == len(versions)
+    if one_version and bool((starts == first).all()):
         groups = {(first, version): None}  # the usual message: one window, one version
+    elif one_version:  # a message across windows
+        groups = {(int(ws), version): np.flatnonzero(starts == ws).tolist()
+                  for ws in np.unique(starts)}
     else:
-        indices: dict[WindowKey, list[int]] = {}
+        groups = {}
         for i, key in enumerate(zip(starts.tolist(), versions, strict=True)):
-            indices.setdefault(key, []).append(i)
-        groups = indices  # type: ignore[assignment]
+            groups.setdefault(key, []).append(i)  # type: ignore[union-attr]
     out = {}
     for key, idx in groups.items():
         binning = binnings.get(key[1]) or binnings.get(None)

@@ -13,13 +13,15 @@ from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state, json_float, read_float
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 # Below this magnitude no sum of squares of a batch overflows (batches are far shorter
 # than 1e8 values).
 _SAFE = 1e150
 
 
 class RowCounts(NamedTuple):
-    """Histogram counts of rows of values (:meth:`BinnedHistogram.row_counts`)."""
+    """What rows of values add to histograms: their bin counts
+    (:meth:`BinnedHistogram.bin_counts`), sums and sums of squares."""
 
     counts: npt.NDArray[np.integer[Any]]  # a row per histogram
     totals: list[float]
@@ -108,32 +110,32 @@ class BinnedHistogram:
             raise ValueError(f"{rows} rows for {len(histograms)} histograms")
         if not rows or not x.shape[1]:
             return
-        counted = BinnedHistogram.row_counts([h.edges for h in histograms], x)
-        if counted is None:  # NaN, infinities or huge values: row by row
+        counts = BinnedHistogram.bin_counts([h.edges for h in histograms], x)
+        if counts is None:  # NaN, infinities or huge values: row by row
             for h, row in zip(histograms, x, strict=True):
                 h.update(row)
             return
-        BinnedHistogram.add_row_counts(histograms, counted)
+        BinnedHistogram.add_row_counts(histograms, RowCounts(counts, *BinnedHistogram.row_sums(x)))
 
     @staticmethod
-    def row_counts(edges: Sequence[FloatArray], x: FloatArray) -> RowCounts | None:
-        """What :meth:`update_rows` adds to histograms of these ``edges`` for the rows of
-        ``x`` (one per histogram, at least one value each): each row's bin counts (as
-        wide as the most edges + 1; a shorter histogram's counts are the first ones), sum
-        and sum of squares. ``None`` where a row holds NaN, an infinity or a huge value:
-        those go row by row (:meth:`update`). Computed where the values are (a decode
-        process counts a message's values), added where the histograms are.
+    def bin_counts(edges: Sequence[FloatArray], x: FloatArray) -> IntArray | None:
+        """The bin counts :meth:`update_rows` adds to histograms of these ``edges`` for
+        the rows of ``x`` (one per histogram, at least one value each), a row each, as
+        wide as the most edges + 1 (a shorter histogram's counts are the first ones);
+        ``None`` where a row holds NaN, an infinity or a huge value: those go row by row
+        (:meth:`update`). Computed where the values are (a decode process counts a
+        message's values), added where the histograms are (:meth:`add_row_counts`, with
+        the rows' :meth:`row_sums`).
 
-        >>> BinnedHistogram.row_counts([np.array([0.0])], np.array([[-1.0, 2.0, 3.0]]))
-        RowCounts(counts=array([[1, 2]]), totals=[4.0], squares=[14.0])
-        >>> BinnedHistogram.row_counts([np.array([0.0])], np.array([[np.nan]])) is None
+        >>> BinnedHistogram.bin_counts([np.array([0.0])], np.array([[-1.0, 2.0, 3.0]]))
+        array([[1, 2]])
+        >>> BinnedHistogram.bin_counts([np.array([0.0])], np.array([[np.nan]])) is None
         True
         """
         lo, hi = float(x.min()), float(x.max())  # NaN propagates in both
         if not (lo > -_SAFE and hi < _SAFE):
             return None
         rows, n = x.shape
-        totals, squares = BinnedHistogram.row_sums(x)
         # A value's bin is the number of its row's edges below it (searchsorted, side
         # "left"): bin k holds the values in (edge k-1, edge k], so its count is how many
         # are at most edge k less how many are at most edge k-1. Those are read off each
@@ -145,16 +147,17 @@ class BinnedHistogram:
         at_most[:, 0] = 0
         for i, e in enumerate(edges):
             at_most[i, 1:e.size + 1] = np.searchsorted(ordered[i], e, side="right")
-        return RowCounts(np.diff(at_most, axis=1), totals, squares)
+        return np.diff(at_most, axis=1)
 
     @staticmethod
     def row_sums(x: FloatArray) -> tuple[list[float], list[float]]:
-        """Each row's sum and sum of squares, as :meth:`row_counts` takes them."""
+        """Each row's sum and sum of squares (of finite values below ``_SAFE``: what
+        :meth:`bin_counts` counts)."""
         return x.sum(axis=1).tolist(), np.einsum("ij,ij->i", x, x).tolist()
 
     @staticmethod
     def add_row_counts(histograms: Sequence[BinnedHistogram], counted: RowCounts) -> None:
-        """Add :meth:`row_counts` (row ``i`` to ``histograms[i]``)."""
+        """Add rows' counts and sums (row ``i`` to ``histograms[i]``)."""
         for h, row_counts, total, square in zip(histograms, counted.counts, counted.totals,
                                                 counted.squares, strict=True):
             h.counts += row_counts[:h.counts.size]
