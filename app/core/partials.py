@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from app.events.block import EventBlock
 
 _DEFAULT = QuantileSketch()  # the quantile grid decode processes compute buckets on
-#: Count arrays (histograms and quantile buckets added together) beyond this many cells
-#: are added one message at a time.
+#: Several messages' quantile-bucket counts are added up as one array of at most this
+#: many cells; counts lying further apart go into the sketches one message at a time.
 _MERGE_LIMIT = 1 << 20
 
 
