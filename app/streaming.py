@@ -182,6 +182,7 @@ class Pipeline:
     decodes: DecodePool | None = None  # array messages decoded on other cores
     # what the decode processes count each model's numeric values with (share_binnings)
     binnings: dict[str, tuple[int, dict[str | None, Binning]]] = field(default_factory=dict)
+    _binnings_shared: bool = False  # once, from the configured references (prepare)
 
     def share_binnings(self, models: Iterable[str]) -> None:
         """Tell the decode processes how these models' versions are binned, so that
@@ -211,7 +212,8 @@ class Pipeline:
         did."""
         if self.decodes is None:
             return False
-        if not self.binnings:  # (the first batches: no model's state loaded yet)
+        if not self._binnings_shared:  # (the first batches: no model's state loaded yet)
+            self._binnings_shared = True
             self.share_binnings(self.settings.models)
         return self.decodes.submit(((m.topic, m.partition, m.offset), m.value,
                                     self.kinds.get(m.topic, "prediction"))

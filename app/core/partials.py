@@ -31,7 +31,7 @@ from app.core.signals import Columns
 from app.reference import NumericReference, Reference
 from app.sketches import BinnedHistogram, QuantileSketch
 from app.sketches.histogram import RowCounts
-from app.sketches.quantile import BucketCounts, default_buckets
+from app.sketches.quantile import BucketCounts
 
 if TYPE_CHECKING:
     from app.events.block import EventBlock
@@ -149,9 +149,8 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str | None,
             return None
         part = block if idx is None else block.take(idx)
         columns = Columns(part)
-        x = columns.float_rows(binning.names)
-        buckets = columns.bucket_rows(binning.names)
-        counted = count(binning, x, default_buckets(x) if buckets is None else buckets)
+        counted = count(binning, columns.float_rows(binning.names),
+                        columns.bucket_rows(binning.names))  # (None: computed there)
         if counted is None:
             return None
         out[key] = Counted(binning, counted)
@@ -163,37 +162,31 @@ def add_counts(histograms: Sequence[BinnedHistogram], quantiles: Sequence[Quanti
     """Add messages' counts of the values ``x`` (a row per signal) to the sketches, as
     ``update_rows`` of ``x`` would: the histograms' sums from ``x`` itself (summed in
     one order whichever process counted, they are the same to the last bit), the counts
-    added once for all the messages (unless their quantile buckets lie too far apart to
-    be added as one array)."""
-    totals, squares = BinnedHistogram.row_sums(x)
-    if len(counted) > 1:
-        merged = _merged(counted)
-        if merged is not None:
-            counted = [merged]
-    for i, c in enumerate(counted):
-        BinnedHistogram.add_row_counts(histograms, RowCounts(
-            c.bins, totals if i == 0 else [0.0] * len(totals),
-            squares if i == 0 else [0.0] * len(squares)))
-        QuantileSketch.add_row_counts(quantiles, c.quantiles)
+    added once for all the messages (the quantile buckets one message at a time where
+    they lie too far apart to be added up as one array)."""
+    bins = counted[0].bins if len(counted) == 1 else \
+        np.sum(np.array([c.bins for c in counted], dtype=np.int64), axis=0)
+    BinnedHistogram.add_row_counts(histograms, RowCounts(bins, *BinnedHistogram.row_sums(x)))
+    buckets = [c.quantiles for c in counted]
+    merged = _merged(buckets) if len(buckets) > 1 else None
+    for b in buckets if merged is None else [merged]:
+        QuantileSketch.add_row_counts(quantiles, b)
 
 
-def _merged(counted: Sequence[Counts]) -> Counts | None:
-    """The sum of several counts, or ``None`` when their buckets span too much."""
-    low = min(c.quantiles.low for c in counted)
-    top = max(c.quantiles.low + c.quantiles.counts.shape[1] for c in counted)
-    rows = counted[0].quantiles.counts.shape[0]
+def _merged(counted: Sequence[BucketCounts]) -> BucketCounts | None:
+    """The sum of several messages' bucket counts, or ``None`` when they span too
+    much."""
+    low = min(c.low for c in counted)
+    top = max(c.low + c.counts.shape[1] for c in counted)
+    rows = counted[0].counts.shape[0]
     if rows * (top - low) > _MERGE_LIMIT:
         return None
     buckets = np.zeros((rows, top - low), dtype=np.int64)
     for c in counted:
-        at = c.quantiles.low - low
-        buckets[:, at:at + c.quantiles.counts.shape[1]] += c.quantiles.counts
-    bins = np.sum(np.array([c.bins for c in counted], dtype=np.int64), axis=0)
-    q = [c.quantiles for c in counted]
-    return Counts(sum(c.n for c in counted), bins,
-                  BucketCounts(buckets, low, _added([c.zero for c in q]),
-                               _added([c.missing for c in q]),
-                               _added([c.nonfinite for c in q])))
+        buckets[:, c.low - low:c.low - low + c.counts.shape[1]] += c.counts
+    return BucketCounts(buckets, low, _added([c.zero for c in counted]),
+                        _added([c.missing for c in counted]),
+                        _added([c.nonfinite for c in counted]))
 
 
 def _added(cols: list[list[int] | None]) -> list[int] | None:

@@ -89,10 +89,12 @@ NICENESS = 5
 Key = tuple[str, int, int]  # topic, partition, offset
 #: This process's struct decoders (a decode process's: see decode_payload).
 COLUMNAR = Columnar()
-#: What a decode process counts messages' numeric values with (DecodePool.configure):
-#: model -> (its windows' hop in ms, version (None: any other) -> (token, binning)).
+#: How a worker tells its decode processes to count (DecodePool.configure): model ->
+#: (its windows' hop in ms, version (None: any other) -> (token, binning)).
 Binnings = dict[str, tuple[int, dict[str | None, tuple[int, Binning]]]]
-BINNINGS: Binnings = {}
+#: What a decode process counts messages' numeric values with, read off the last
+#: Binnings once: model -> (hop in ms, version -> binning, id(binning) -> token).
+BINNINGS: dict[str, tuple[int, dict[str | None, Binning], dict[int, int]]] = {}
 
 
 def decode_payload(value: bytes, kind: str, max_bytes: int, max_elements: int
@@ -141,11 +143,10 @@ def _counts(block: EventBlock) -> dict[WindowKey, tuple[int, Counts]] | None:
     config = BINNINGS.get(block.model)
     if config is None:
         return None
-    hop_ms, versions = config
-    counts = message_counts(block, hop_ms, {v: b for v, (_, b) in versions.items()})
+    hop_ms, binnings, tokens = config
+    counts = message_counts(block, hop_ms, binnings)
     if counts is None:
         return None
-    tokens = {id(b): token for token, b in versions.values()}
     return {key: (tokens[id(c.binning)], c.counts) for key, c in counts.items()}
 
 
@@ -207,8 +208,11 @@ def handle(body: bytes, kind: str, max_bytes: int, max_elements: int) -> bytes |
     (:func:`decode_payload`), or, for a ``CONFIG`` request, nothing, its binnings now
     this process's (:meth:`DecodePool.configure`)."""
     if kind == CONFIG:  # (from this process's own worker)
+        config: Binnings = pickle.loads(body)
         BINNINGS.clear()
-        BINNINGS.update(pickle.loads(body))
+        BINNINGS.update((model, (hop_ms, {v: b for v, (_, b) in versions.items()},
+                                 {id(b): token for token, b in versions.values()}))
+                        for model, (hop_ms, versions) in config.items())
         return None
     return decode_payload(body, kind, max_bytes, max_elements)
 
