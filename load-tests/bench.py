@@ -5,7 +5,8 @@ messages (500 events) and for single-event messages, on fresh topics each time (
 afterwards: the embedded broker keeps every record in RAM):
 
 1. **ceiling**: a raw aiokafka consumer (``getmany``, large batches) reading and
-   orjson-decoding the predictions, touching every event;
+   orjson-decoding the predictions, touching every event, in a fresh process of its own
+   (``ceiling.py``), before the others and again after them;
 2. **faust bare**: a faust agent (the worker's faust settings) that only iterates them;
 3. **driftwarden**: a real worker process with a realistic configuration: 5 models x 20
    features (17 numeric, 3 categorical), drift (features and outputs), data quality and
@@ -144,29 +145,13 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def ceiling(bootstrap: str, topic: str, total: int) -> float:
-    """Events per second of a raw consumer reading and decoding ``total`` events."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False, group_id=None,
-                         max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
-    await c.start()
-    seen, began = 0, None
-    try:
-        while seen < total:
-            if began is None:
-                began = time.perf_counter()  # from the first fetch, as for the worker
-            batch = await c.getmany(timeout_ms=500, max_records=100_000)
-            for records in batch.values():
-                for r in records:
-                    doc = orjson.loads(r.value)
-                    if isinstance(doc, list):
-                        for e in doc:
-                            seen += 1 if e["model"] else 0
-                    else:
-                        seen += 1 if doc["model"] else 0
-    finally:
-        await c.stop()
-    return total / (time.perf_counter() - (began or time.perf_counter()))
+def ceiling(bootstrap: str, topic: str, total: int) -> float:
+    """Events per second of a raw consumer reading and decoding ``total`` events, in a
+    fresh process of its own (``ceiling.py``)."""
+    out = subprocess.run([sys.executable, str(ROOT / "load-tests" / "ceiling.py"), bootstrap,
+                          topic, str(total)], cwd=ROOT, capture_output=True, timeout=600,
+                         check=True)
+    return float(orjson.loads(out.stdout.splitlines()[-1])["eps"])
 
 
 # --- processes ------------------------------------------------------------------------
@@ -729,14 +714,14 @@ def main() -> int:
             # The ceiling is read before the others and again after them, from the same
             # topic, and their mean is the ceiling: the machine's speed drifts over a
             # run, and a ceiling read only before the worker ran made the ratio drift too
-            before = asyncio.run(ceiling(broker.bootstrap, topic, len(events)))
+            before = ceiling(broker.bootstrap, topic, len(events))
             bare_eps = faust_bare(broker.bootstrap, tmp, msgs, len(events), size, f"f{label}")
             res = run_workers(broker.bootstrap, tmp, events, size, args.models, f"w{label}")
             two = None
             if args.two_workers and label == "array":
                 two = run_workers(broker.bootstrap, tmp, events, size, args.models,
                                   "w2array", count=2)
-            after = asyncio.run(ceiling(broker.bootstrap, topic, len(events)))
+            after = ceiling(broker.bootstrap, topic, len(events))
             asyncio.run(delete_topics(broker.bootstrap, f"{tag}."))
             ceil = (before + after) / 2, before, after
             rows.append((label, len(msgs), ceil, bare_eps, res, 1))
