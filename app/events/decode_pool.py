@@ -28,7 +28,11 @@ separate processes, while the worker's thread monitors the batches before:
 
 Each decode process has a socket of its own, which the worker's event loop writes
 and reads (:class:`Channel`): requests and answers are framed bytes, answered in order,
-so a queue of futures is all the bookkeeping. No thread of the worker's takes part. A
+so a queue of futures is all the bookkeeping. No thread of the worker's takes part.
+The frames' bodies (a message's value one way, its pickled payload the other) go
+through two rings of shared memory (:class:`Ring`, on Linux), the socket carrying only
+their heads: bodies waiting in the socket's buffers, which the kernel caps, held each
+side up to the other's next turn. A
 ``ProcessPoolExecutor`` did this before, with two threads of its own (one pickling the
 calls into a pipe, one reading the results back): every turn they took on the
 interpreter's lock was a turn the worker's thread waited, about a tenth of its time on
@@ -49,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -179,9 +184,15 @@ def from_payload(payload: dict[str, Any], value: bytes, kind: str, max_bytes: in
     return Decoded(block, [], list(range(block.n)) if payload["array"] else None)  # type: ignore[arg-type]
 
 
-Result = tuple[int, bytes | bytearray]  # a decode process's answer: (status, body)
 OK, NOT_MINE, FAILED = 0, 1, 2  # statuses: a payload; the worker's to decode; an error
-_HEAD = struct.Struct("!IB")  # every frame's head: its body's length, then a code
+#: Every frame's head: its body's length, a code (the kind, or the status), where the
+#: body starts in the sender's ring (``NO_RING``: it follows the head on the socket), and
+#: how far the sender has read the other way's ring (see ``Ring``).
+_HEAD = struct.Struct("!IBQQ")
+NO_RING = (1 << 64) - 1
+_SIZES = struct.Struct("!Q")  # the rings' size, sent with their descriptors (0: none)
+#: Bytes of each of a decode process's two rings (requests one way, answers the other).
+RING_BYTES = 8 << 20
 CONFIG = "binnings"  # a request that is no message: what to count with (BINNINGS)
 _KIND_CODES = {kind: code for code, kind in enumerate(sorted(KINDS | {CONFIG}))}
 _KIND_NAMES = {code: kind for kind, code in _KIND_CODES.items()}
@@ -190,6 +201,117 @@ _KIND_NAMES = {code: kind for kind, code in _KIND_CODES.items()}
 _CONFIGS_KEPT = 3
 _SOCKET_BUFFER = 4 << 20  # bytes each side of a decode process's socket may hold
 _IOV_MAX = 64  # buffers per ``sendmsg``
+
+
+class Ring:
+    """Shared memory that one side of a decode process's socket writes message bodies
+    into and the other side reads them from, in the order they were written, cycling.
+
+    The socket then carries only the heads. Through the socket alone, a body waits in
+    the socket's buffers, which the kernel caps (``net.core.wmem_max``: 208 KiB by
+    default, about one and a half answers of an array message): the decode process
+    stopped at every answer the worker's thread had not read yet, and the requests
+    the worker had not written yet waited for its event loop, between two batches
+    (emulated on the 2-core benchmark machine, the worker's thread then slept 1.0-1.2 s
+    of a 300 000-event run instead of 0.5). A ring is written and read without waiting
+    on the other side: the writer puts a body where the reader has released the ring
+    (``released``, which the reader sends with each head it sends the other way), and
+    sends it through the socket, as before, when it does not fit there now.
+
+    ``head`` and ``released`` are positions counted from the start, wraps included (a
+    body never wraps: one that would is put at the ring's start, the end left unused).
+    """
+
+    __slots__ = ("head", "mm", "released", "size")
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm, self.size = mm, len(mm)
+        self.head = 0  # the writer's: where the next body goes
+        self.released = 0  # the writer's: what the reader is done with
+
+    def put(self, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data``; where it starts, or ``NO_RING`` when it does not fit now."""
+        n, size = len(data), self.size
+        at = self.head % size
+        start = self.head if at + n <= size else self.head + size - at
+        if not n or start + n - self.released > size:
+            return NO_RING
+        at = start % size
+        self.mm[at:at + n] = data
+        self.head = start + n
+        return start
+
+    def view(self, start: int, n: int) -> memoryview:
+        """The ``n`` bytes written at ``start`` (a view: released once read)."""
+        at = start % self.size
+        return memoryview(self.mm)[at:at + n]
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # (a view still held: freed with it)
+            self.mm.close()
+
+
+def _shared_ring(size: int) -> tuple[int, Ring] | None:
+    """A ring of shared memory and its descriptor, to send to a decode process; ``None``
+    where the platform has no anonymous shared files (``os.memfd_create``: Linux)."""
+    create = getattr(os, "memfd_create", None)
+    if create is None or size <= 0:
+        return None
+    fd = create("driftwarden-decode", getattr(os, "MFD_CLOEXEC", 0))
+    try:
+        os.ftruncate(fd, size)
+        return fd, Ring(mmap.mmap(fd, size))
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _receive_rings(sock: socket.socket) -> tuple[Ring | None, Ring | None]:
+    """A decode process's first read: the requests' and the answers' rings, if any."""
+    msg, fds, _, _ = socket.recv_fds(sock, _SIZES.size, 2)
+    try:
+        size = _SIZES.unpack(msg)[0] if len(msg) == _SIZES.size else 0
+        if len(fds) != 2 or not size:
+            return None, None
+        return Ring(mmap.mmap(fds[0], size)), Ring(mmap.mmap(fds[1], size))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class Slot:
+    """An answer that waits in the answers' ring until the worker has read it."""
+
+    __slots__ = ("channel", "done", "end", "start")
+
+    def __init__(self, channel: Channel, start: int, end: int) -> None:
+        self.channel, self.start, self.end, self.done = channel, start, end, False
+
+    def view(self) -> memoryview:
+        assert self.channel.answers is not None
+        return self.channel.answers.view(self.start, self.end - self.start)
+
+    def release(self) -> None:
+        """The worker is done with it: the ring is free up to the first answer it is not
+        done with (answers are read in any order, and some never: see forget)."""
+        if self.done:
+            return
+        self.done = True
+        slots = self.channel.slots
+        while slots and slots[0].done:
+            self.channel.answers_read = slots.popleft().end
+
+
+Result = tuple[int, "bytes | bytearray | Slot"]  # a decode process's answer: (status, body)
+
+
+def _drop(future: asyncio.Future[Result]) -> None:
+    """A decode no one will read: its answer leaves the ring, now or when it comes."""
+    if future.done() and not future.cancelled():
+        _, body = future.result()
+        if isinstance(body, Slot):
+            body.release()
+    future.cancel()
 
 
 def _read_into(sock: socket.socket, buf: bytearray) -> bool:
@@ -217,7 +339,8 @@ def handle(body: bytes, kind: str, max_bytes: int, max_elements: int) -> bytes |
     return decode_payload(body, kind, max_bytes, max_elements)
 
 
-def serve(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
+def serve(sock: socket.socket, max_bytes: int, max_elements: int,
+          requests: Ring | None = None, answers: Ring | None = None) -> None:
     """A decode process: requests in, answers out, in order, until the worker closes its
     end of the socket (or dies, which closes it too).
 
@@ -226,17 +349,28 @@ def serve(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
     (``OK``), nothing (``NOT_MINE``: a rejection, or events not alike) or an error's text
     (``FAILED``)."""
     head = bytearray(_HEAD.size)
+    read = 0  # how far the requests' ring is read
     while _read_into(sock, head):
-        n, code = _HEAD.unpack(head)
-        body = bytearray(n)
-        if not _read_into(sock, body):
-            return
+        n, code, start, answers_read = _HEAD.unpack(head)
+        if answers is not None:
+            answers.released = max(answers.released, answers_read)
+        if start == NO_RING:
+            body = bytearray(n)
+            if not _read_into(sock, body):
+                return
+            value = bytes(body)
+        else:
+            assert requests is not None
+            value = bytes(requests.view(start, n))
+            read = start + n
         try:
-            out = handle(bytes(body), _KIND_NAMES[code], max_bytes, max_elements)
+            out = handle(value, _KIND_NAMES[code], max_bytes, max_elements)
             status, answer = (NOT_MINE, b"") if out is None else (OK, out)
         except Exception as exc:  # the worker decodes this one itself, and says why
             status, answer = FAILED, repr(exc).encode()
-        _send_all(sock, [memoryview(_HEAD.pack(len(answer), status)), memoryview(answer)])
+        at = NO_RING if answers is None else answers.put(answer)
+        parts = [memoryview(_HEAD.pack(len(answer), status, at, read))]
+        _send_all(sock, parts if at != NO_RING else [*parts, memoryview(answer)])
 
 
 def _process(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
@@ -245,7 +379,8 @@ def _process(sock: socket.socket, max_bytes: int, max_elements: int) -> None:
     with contextlib.suppress(OSError):  # (lowering one's own priority is always allowed)
         os.nice(NICENESS)
     tune_malloc()  # (its arrays and answers are as large as the worker's batches)
-    serve(sock, max_bytes, max_elements)
+    requests, answers = _receive_rings(sock)
+    serve(sock, max_bytes, max_elements, requests, answers)
 
 
 def _send_all(sock: socket.socket, parts: list[memoryview]) -> None:
@@ -275,8 +410,12 @@ class Channel:
     first of them."""
 
     def __init__(self, process: Any, sock: socket.socket,
-                 broken: Callable[[BaseException], None]) -> None:
+                 broken: Callable[[BaseException], None], requests: Ring | None = None,
+                 answers: Ring | None = None) -> None:
         self.process, self.sock, self._broken = process, sock, broken
+        self.requests, self.answers = requests, answers  # the rings, if any (see Ring)
+        self.slots: deque[Slot] = deque()  # answers in the ring, in order, not all read
+        self.answers_read = 0  # how far the answers' ring is read (told with each request)
         sock.setblocking(False)
         # requests sent, not yet answered: each one's future and value's size
         self.waiting: deque[tuple[asyncio.Future[Result], int]] = deque()
@@ -308,7 +447,10 @@ class Channel:
         """Ask the process to decode ``value``; its answer settles ``future``."""
         self.waiting.append((future, len(value)))
         self.outstanding += len(value)
-        parts = [memoryview(_HEAD.pack(len(value), _KIND_CODES[kind])), memoryview(value)]
+        at = NO_RING if self.requests is None else self.requests.put(value)
+        parts = [memoryview(_HEAD.pack(len(value), _KIND_CODES[kind], at, self.answers_read))]
+        if at == NO_RING:
+            parts.append(memoryview(value))
         if self._out:  # behind what is already waiting for the socket
             self._out.extend(parts)
         else:
@@ -353,18 +495,27 @@ class Channel:
             if self._got < len(target):
                 continue
             self._got = 0
+            body: bytearray | Slot
             if self._body is None:  # a head: the body comes next, if it has one
-                size, self._status = _HEAD.unpack(self._head)
-                if size:
+                size, self._status, start, requests_read = _HEAD.unpack(self._head)
+                if self.requests is not None:
+                    self.requests.released = max(self.requests.released, requests_read)
+                if start != NO_RING:  # in the ring
+                    body = Slot(self, start, start + size)
+                    self.slots.append(body)
+                elif size:
                     self._body = bytearray(size)
                     continue
-                body = bytearray()
+                else:
+                    body = bytearray()
             else:
                 body, self._body = self._body, None
             future, asked = self.waiting.popleft()
             self.outstanding -= asked
             if not future.done() and not future.get_loop().is_closed():
                 future.set_result((self._status, body))
+            elif isinstance(body, Slot):  # (no one reads it)
+                body.release()
 
     def close(self) -> None:
         """Close the socket: the process, reading its end, stops."""
@@ -373,6 +524,9 @@ class Channel:
             future.cancel()
         self.waiting.clear()
         self.sock.close()
+        for ring in (self.requests, self.answers):
+            if ring is not None:
+                ring.close()
         if self.process is not None:
             self.process.join(1.0)
             if self.process.is_alive():
@@ -425,7 +579,18 @@ class DecodePool:
                     process.start()
                 finally:
                     theirs.close()
-                self._channels.append(Channel(process, ours, self._break))
+                rings = [r for r in (_shared_ring(RING_BYTES), _shared_ring(RING_BYTES))
+                         if r is not None]
+                try:  # its first read (the socket is empty: this never blocks)
+                    socket.send_fds(ours, [_SIZES.pack(RING_BYTES if len(rings) == 2
+                                                       else 0)],
+                                    [fd for fd, _ in rings] if len(rings) == 2 else [])
+                finally:
+                    for fd, _ in rings:
+                        os.close(fd)
+                requests, answers = (rings[0][1], rings[1][1]) if len(rings) == 2 \
+                    else (None, None)
+                self._channels.append(Channel(process, ours, self._break, requests, answers))
         return self._channels
 
     def submit(self, messages: Iterable[tuple[Key, bytes | None, str]]) -> int:
@@ -447,6 +612,9 @@ class DecodePool:
                 if kind in KINDS and value is not None and self.min_bytes <= len(value) \
                         <= self.max_bytes:
                     future: asyncio.Future[Result] = loop.create_future()
+                    old = self._futures.get(key)
+                    if old is not None:  # (read again: the earlier answer is not read)
+                        _drop(old)
                     self._futures[key] = future
                     channel = min(channels, key=lambda c: c.outstanding) \
                         if len(channels) > 1 else channels[0]
@@ -515,17 +683,24 @@ class DecodePool:
         """The message's ``Decoded`` from the pool, or ``None``: the caller decodes it."""
         future = self._futures.pop(key, None)
         if future is None or not future.done() or future.cancelled():
+            if future is not None:
+                _drop(future)
             return None
         status, body = future.result()
-        if status == FAILED:  # one message the pool failed on: decoded here
-            log.warning("the decode pool failed on a message, decoded in the worker: %s",
-                        bytes(body).decode(errors="replace"))
-            return None
-        if status != OK:
-            return None
+        try:
+            if status == FAILED:  # one message the pool failed on: decoded here
+                text = bytes(body.view() if isinstance(body, Slot) else body)
+                log.warning("the decode pool failed on a message, decoded in the worker: %s",
+                            text.decode(errors="replace"))
+                return None
+            if status != OK:
+                return None
+            # (bytes this worker's own decode process pickled: never anything from outside)
+            payload = pickle.loads(body.view() if isinstance(body, Slot) else body)
+        finally:
+            if isinstance(body, Slot):
+                body.release()
         self.used += 1
-        # (bytes this worker's own decode process pickled: never anything from outside)
-        payload = pickle.loads(body)
         decoded = from_payload(payload, value, kind, self.max_bytes, self.max_elements)
         counts = payload.get("counts")
         if counts is not None and all(token in self._tokens for token, _ in counts.values()):
@@ -538,7 +713,7 @@ class DecodePool:
         """Drop every decode not asked for yet (partitions were revoked: the messages of
         those that come back are fetched, and submitted, again)."""
         for future in self._futures.values():
-            future.cancel()
+            _drop(future)
         self._futures = {}
 
     def _break(self, exc: BaseException) -> None:
