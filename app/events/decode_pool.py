@@ -43,9 +43,8 @@ the same, decoded here or there (``tests/unit/events/test_block.py`` runs both o
 same messages). The worker's thread then spends about a third less per event, the
 columns being computed in the decode process, for about the same CPU in all. It pays
 where the worker has a core to spare: on the 2-core benchmark machine, which also runs
-the broker, one worker read 46 to 57 % of the raw-consumer ceiling with a decode
-process (52 % on average in session 15; 47 % in session 16 on a slower, uneven machine;
-session 17: ``load-tests/README.md``) and read 28 to 34 % without when last measured.
+the broker, one worker reads about half of the raw-consumer ceiling with a decode
+process (``load-tests/README.md``) and read 28 to 34 % without when last measured.
 """
 
 from __future__ import annotations
