@@ -211,8 +211,8 @@ class Ring:
     default, about one and a half answers of an array message): the decode process
     stopped at every answer the worker's thread had not read yet, and the requests
     the worker had not written yet waited for its event loop, between two batches
-    (emulated on the 2-core benchmark machine, the worker's thread then slept 1.0-1.2 s
-    of a 300 000-event run instead of 0.5). A ring is written and read without waiting
+    (emulated on the 2-core benchmark machine, the worker's thread then slept 0.86-1.09
+    s of a 300 000-event run, against 0.45-0.51 s with the rings). A ring is written and read without waiting
     on the other side: the writer puts a body where the reader has released the ring
     (``released``, which the reader sends with each head it sends the other way), and
     sends it through the socket, as before, when it does not fit there now.
