@@ -212,10 +212,10 @@ class Ring:
     stopped at every answer the worker's thread had not read yet, and the requests
     the worker had not written yet waited for its event loop, between two batches
     (emulated on the 2-core benchmark machine, the worker's thread then slept 0.86-1.09
-    s of a 300 000-event run, against 0.45-0.51 s with the rings). A ring is written and read without waiting
-    on the other side: the writer puts a body where the reader has released the ring
-    (``released``, which the reader sends with each head it sends the other way), and
-    sends it through the socket, as before, when it does not fit there now.
+    s of a 300 000-event run, against 0.45-0.51 s with the rings). A ring is written and
+    read without waiting on the other side: the writer puts a body where the reader has
+    released the ring (``released``, which the reader sends with each head it sends the
+    other way), and sends it through the socket, as before, when it does not fit there.
 
     ``head`` and ``released`` are positions counted from the start, wraps included (a
     body never wraps: one that would is put at the ring's start, the end left unused).
