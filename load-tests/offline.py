@@ -103,17 +103,17 @@ class _Decoded(DecodePool):
         return True
 
     def submit(self, messages: Any) -> int:
+        before = len(self.values)
         for key, value, kind in messages:
             self.values[key] = (value, kind)
-        return len(self.values)
+        return len(self.values) - before
 
     async def wait(self, keys: Any, timeout: float = 0.0) -> None:
         began = time.process_time()
-        w = self
         for key in keys:
             value, kind = self.values.pop(key)
             f: Future[Result] = Future()
-            payload = decode_payload(value, kind, w.max_bytes, w.max_elements)
+            payload = decode_payload(value, kind, self.max_bytes, self.max_elements)
             f.set_result((NOT_MINE, b"") if payload is None else (OK, payload))
             self._futures[key] = f  # type: ignore[assignment]
         self.untimed += time.process_time() - began
