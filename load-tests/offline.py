@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 import app.detectors.streaming  # noqa: F401  (the first evaluation's lazy import: not timed)
 from app.core.engine import Engine
-from app.events.decode_pool import BINNINGS, NOT_MINE, OK, DecodePool, Result, decode_payload
+from app.events.decode_pool import NOT_MINE, OK, DecodePool, Result, decode_payload, handle
 from app.observability.metrics import Metrics
 from app.reference import load_references
 from app.runtime import tune_gc
@@ -90,17 +90,7 @@ class _Decoded(DecodePool):
         self.values: dict[Any, tuple[bytes, str]] = {}
 
     def _start(self) -> list[Any]:
-        return []  # no process: configure records the tokens, submit the values
-
-    def configure(self, config: dict[str, Any]) -> bool:
-        if not super().configure(config):
-            return False
-        token_of = {id(b): t for t, b in self._tokens.items()}
-        BINNINGS.clear()
-        BINNINGS.update((model, (hop_ms, dict(versions),
-                                 {id(b): token_of[id(b)] for b in versions.values()}))
-                        for model, (hop_ms, versions) in config.items())
-        return True
+        return [_Here(self)]  # no process: configurations handled here, values kept
 
     def submit(self, messages: Any) -> int:
         before = len(self.values)
@@ -117,6 +107,25 @@ class _Decoded(DecodePool):
             f.set_result((NOT_MINE, b"") if payload is None else (OK, payload))
             self._futures[key] = f  # type: ignore[assignment]
         self.untimed += time.process_time() - began
+
+
+class _Here:
+    """The one "channel" of :class:`_Decoded`: a configuration it is sent is handled
+    here, as a decode process handles it (its binnings this process's)."""
+
+    outstanding = 0
+
+    def __init__(self, pool: _Decoded) -> None:
+        self.pool = pool
+
+    def attach(self, loop: Any) -> None:
+        pass
+
+    def send(self, future: Any, value: bytes, kind: str) -> None:
+        handle(value, kind, self.pool.max_bytes, self.pool.max_elements)  # (CONFIG only)
+
+    def close(self) -> None:
+        pass
 
 
 def interleaved(predictions: list[Any], outcomes: list[Any]) -> list[Any]:
