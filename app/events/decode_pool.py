@@ -265,6 +265,23 @@ def _shared_ring(size: int) -> tuple[int, Ring] | None:
         return None
 
 
+def _send_rings(sock: socket.socket) -> tuple[Ring | None, Ring | None]:
+    """A decode process's first read, sent (the socket is empty: this never blocks):
+    the requests' and the answers' rings, both or none."""
+    made = [_shared_ring(RING_BYTES), _shared_ring(RING_BYTES)]
+    rings = [r for r in made if r is not None]
+    both = len(rings) == 2
+    try:
+        socket.send_fds(sock, [_SIZES.pack(RING_BYTES if both else 0)],
+                        [fd for fd, _ in rings] if both else [])
+    finally:
+        for fd, ring in rings:
+            os.close(fd)
+            if not both:
+                ring.close()
+    return (rings[0][1], rings[1][1]) if both else (None, None)
+
+
 def _receive_rings(sock: socket.socket) -> tuple[Ring | None, Ring | None]:
     """A decode process's first read: the requests' and the answers' rings, if any."""
     msg, fds, _, _ = socket.recv_fds(sock, _SIZES.size, 2)
@@ -578,17 +595,7 @@ class DecodePool:
                     process.start()
                 finally:
                     theirs.close()
-                rings = [r for r in (_shared_ring(RING_BYTES), _shared_ring(RING_BYTES))
-                         if r is not None]
-                try:  # its first read (the socket is empty: this never blocks)
-                    socket.send_fds(ours, [_SIZES.pack(RING_BYTES if len(rings) == 2
-                                                       else 0)],
-                                    [fd for fd, _ in rings] if len(rings) == 2 else [])
-                finally:
-                    for fd, _ in rings:
-                        os.close(fd)
-                requests, answers = (rings[0][1], rings[1][1]) if len(rings) == 2 \
-                    else (None, None)
+                requests, answers = _send_rings(ours)
                 self._channels.append(Channel(process, ours, self._break, requests, answers))
         return self._channels
 
@@ -687,15 +694,15 @@ class DecodePool:
             return None
         status, body = future.result()
         try:
+            data = body.view() if isinstance(body, Slot) else body
             if status == FAILED:  # one message the pool failed on: decoded here
-                text = bytes(body.view() if isinstance(body, Slot) else body)
                 log.warning("the decode pool failed on a message, decoded in the worker: %s",
-                            text.decode(errors="replace"))
+                            bytes(data).decode(errors="replace"))
                 return None
             if status != OK:
                 return None
             # (bytes this worker's own decode process pickled: never anything from outside)
-            payload = pickle.loads(body.view() if isinstance(body, Slot) else body)
+            payload = pickle.loads(data)
         finally:
             if isinstance(body, Slot):
                 body.release()
