@@ -87,6 +87,15 @@ def test_sigkill_under_load_counts_every_event_once(broker, worker_factory, tmp_
     values = load(np.random.default_rng(5), windows, per_window, shifted_from=1)
 
     first = worker_factory(config)
+    # The load starts once the worker reads its partitions: started with it, the whole
+    # load (1.8 s) would be on the topic before the worker's first fetch, and one batch
+    # would close two windows; a kill before their checkpoint then republishes both.
+    # (The bound below holds for outputs published since the last checkpoint, which
+    # while events trickle in is made at the end of every consumer turn.)
+    deadline = time.monotonic() + 90
+    while partitions_of(first, topic) != {"0", "1"}:
+        assert time.monotonic() < deadline and first.proc.poll() is None, first.tail()
+        time.sleep(0.2)
     sent = threading.Event()
 
     def producer():  # paced: the kill lands while events are still arriving
