@@ -64,3 +64,23 @@ def test_tune_malloc_leaves_the_operator_s_own_thresholds() -> None:
     for name in MALLOC_VARIABLES:
         tuned, _ = _rounds("tuned", **{name: str(1 << 20)})
         assert tuned == "False"
+
+
+_DECODE_PROCESS = """
+import gc, os
+from app.events.decode_pool import NICENESS, settle_in
+nice = os.nice(0)
+settle_in()
+print(gc.get_threshold() == tuple(map(int, "%s".split(","))), gc.get_freeze_count() > 0,
+      os.nice(0) == min(19, nice + NICENESS))
+"""
+
+
+def test_a_decode_process_settles_in_with_the_worker_s_collector_tuning() -> None:
+    """What a decode process sets at its start: among others, the collector tuned as in
+    the worker, since a message decodes into about a thousand containers. (That a real
+    decode process calls it shows in its priority: ``tests/unit/events/test_block.py``.)"""
+    code = _DECODE_PROCESS % ",".join(map(str, GC_THRESHOLDS))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.split() == ["True", "True", "True"]

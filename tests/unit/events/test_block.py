@@ -483,6 +483,7 @@ def test_a_decode_process_decodes_and_its_death_leaves_the_worker_decoding(
         # a decode process dies: what it was given comes back to the worker, once
         (channel,) = pool._channels
         # below the worker's priority: where the cores are busy, the worker runs first
+        # (set by decode_pool.settle_in, with the collector's tuning)
         assert os.getpriority(os.PRIO_PROCESS, channel.process.pid) == min(
             19, os.getpriority(os.PRIO_PROCESS, 0) + decode_pool.NICENESS)
         os.kill(channel.process.pid, signal.SIGKILL)
