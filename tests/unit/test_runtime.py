@@ -71,8 +71,7 @@ import gc, os
 from app.events.decode_pool import NICENESS, settle_in
 nice = os.nice(0)
 settle_in()
-print(gc.get_threshold() == tuple(map(int, "%s".split(","))), gc.get_freeze_count() > 0,
-      os.nice(0) == min(19, nice + NICENESS))
+print(*gc.get_threshold(), gc.get_freeze_count() > 0, os.nice(0) == min(19, nice + NICENESS))
 """
 
 
@@ -80,7 +79,7 @@ def test_a_decode_process_settles_in_with_the_worker_s_collector_tuning() -> Non
     """What a decode process sets at its start: among others, the collector tuned as in
     the worker, since a message decodes into about a thousand containers. (That a real
     decode process calls it shows in its priority: ``tests/unit/events/test_block.py``.)"""
-    code = _DECODE_PROCESS % ",".join(map(str, GC_THRESHOLDS))
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-    assert out.split() == ["True", "True", "True"]
+    out = subprocess.run([sys.executable, "-c", _DECODE_PROCESS], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.split() == [*map(str, GC_THRESHOLDS), "True", "True"]
