@@ -439,9 +439,7 @@ class Pipeline:
                 self.metrics.observe_performance(model, result.performance, m.performance)
             self.save(model)
         self.metrics.batch_events.observe(batch.accepted + len(dead))
-        for model in batch.models:
-            await self.publish_detections(model)
-            await self.close_due(model, now)
+        await self.publish_due(batch.models, now)
         sends = await self.checkpoint() if wait or self.checkpoint_due() else None
         if wait:
             await self.flush_state()
@@ -509,6 +507,22 @@ class Pipeline:
                         max(0.0, time.time() - result.due_since))
         return closed
 
+    async def publish_due(self, models: Iterable[str], now: float) -> None:
+        """Each model's streaming detections, then its due windows (:meth:`close_due`),
+        the models at once. A model's own outputs keep their order, each window closed
+        only once the broker has its outputs; the round trips of different models'
+        outputs overlap instead of following one another: windows of many models fall
+        due together (every model's at the minute, read from a backlog or on the tick),
+        and the last model's alert waited for every model's before it."""
+        async def one(model: str) -> None:
+            await self.publish_detections(model)
+            await self.close_due(model, now)
+
+        failed = [r for r in await asyncio.gather(*map(one, models), return_exceptions=True)
+                  if isinstance(r, BaseException)]
+        if failed:  # (raised once every model's publishing is over)
+            raise failed[0]
+
     async def publish_detections(self, model: str) -> None:
         """Alerts for streaming change detections; acknowledged in the state once sent.
 
@@ -538,7 +552,8 @@ class Pipeline:
         """Wall-clock pass: close windows of idle streams, evaluate due checkpoints, judge
         freshness and the retrain lifecycle."""
         now = time.time()
-        for model in self.local_models():
+        models = self.local_models()
+        for model in models:
             async with self.locks[model]:
                 checked = self.engine.check_time(model, now)
                 if checked.freshness or checked.lifecycle:
@@ -549,8 +564,7 @@ class Pipeline:
                     m = self.engine.monitor(model)
                     self.metrics.observe_performance(model, update, m.performance)
                     self.save(model)
-            await self.publish_detections(model)  # also what was left before a restart
-            await self.close_due(model, now)
+        await self.publish_due(models, now)  # also what was left before a restart
         await self.checkpoint()
         await self.flush_state()
 
