@@ -510,10 +510,10 @@ class Pipeline:
     async def publish_due(self, models: Iterable[str], now: float) -> None:
         """Each model's streaming detections, then its due windows (:meth:`close_due`),
         the models at once. A model's own outputs keep their order, each window closed
-        only once the broker has its outputs; the round trips of different models'
-        outputs overlap instead of following one another: windows of many models fall
-        due together (every model's at the minute, read from a backlog or on the tick),
-        and the last model's alert waited for every model's before it."""
+        only once the broker has its outputs, but the round trips of different models'
+        outputs overlap. Windows of many models fall due together (every model's at the
+        minute, on the tick or read from a backlog); published one model after another,
+        the last model's alert waited for every other model's acknowledgements."""
         async def one(model: str) -> None:
             await self.publish_detections(model)
             await self.close_due(model, now)
