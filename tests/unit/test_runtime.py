@@ -44,10 +44,15 @@ print(tuned, (faults() - before) / 50)
 """
 
 
+def _python(code: str, *args: str, **env: str) -> list[str]:
+    """What ``code`` prints, as words, run by a fresh interpreter (the project importable)."""
+    return subprocess.run([sys.executable, "-c", code, *args], check=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)}).stdout.split()
+
+
 def _rounds(mode: str, **env: str) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", _ROUNDS, mode], check=True,
-                         capture_output=True, text=True,
-                         env={**os.environ, **env, "PYTHONPATH": str(ROOT)}).stdout.split()
+    out = _python(_ROUNDS, mode, **env)
     return out[0], float(out[1])
 
 
@@ -79,7 +84,4 @@ def test_a_decode_process_settles_in_with_the_worker_s_collector_tuning() -> Non
     """What a decode process sets at its start: among others, the collector tuned as in
     the worker, since a message decodes into about a thousand containers. (That a real
     decode process calls it shows in its priority: ``tests/unit/events/test_block.py``.)"""
-    out = subprocess.run([sys.executable, "-c", _DECODE_PROCESS], check=True,
-                         capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-    assert out.split() == [*map(str, GC_THRESHOLDS), "True", "True"]
+    assert _python(_DECODE_PROCESS) == [*map(str, GC_THRESHOLDS), "True", "True"]
