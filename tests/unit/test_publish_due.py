@@ -23,14 +23,19 @@ T0 = 1_700_000_000_000 // 60_000 * 60_000
 MODELS = ("a", "b")
 
 
+def _done() -> asyncio.Future[None]:
+    """A send the broker has acknowledged."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
+
+
 class Table:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
 
     def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> Any:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+        return _done()
 
 
 class Held:
@@ -53,9 +58,7 @@ class Held:
 
 class Done:
     async def send(self, **_: Any) -> Any:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+        return _done()
 
 
 def _pipeline() -> tuple[Pipeline, Held]:
