@@ -147,9 +147,16 @@ class LabelJoin:
                         ) -> JoinResult:
         """Add ``(prediction_id, event_ms, version, predicted, score)`` rows.
 
-        A prediction whose outcome waits joins at once; a redelivered one (pending, or
-        remembered as labelled, too late or expired) is ignored; one already past the
-        horizon at the watermark (late data) counts as expired, even if its outcome waits.
+        A prediction whose outcome waits joins at once, wherever the watermark is; a
+        redelivered one (pending, or remembered as labelled, too late or expired) is
+        ignored; one already past the horizon at the watermark whose outcome does not wait
+        (late data: its label, had it come in time, would be waiting) counts as expired.
+
+        The watermark is the outcome stream's (:meth:`expire`), so the outcomes of a
+        backlog read ahead of its predictions (a smaller topic is read faster) push it
+        past predictions still to come: those whose outcomes wait must join them, as
+        they would have had they come first. Which predictions are labelled then depends
+        only on the outcomes, not on how the two streams interleave.
         """
         cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 5
         return self.add_prediction_columns(cols[0], cols[1:])
@@ -166,11 +173,19 @@ class LabelJoin:
         parts = self._known_parts(unique)
         known = set().union(*parts)  # _known, from its parts (read again below)
         wm, horizon = self._watermark, self.horizon_ms
-        if self._usual(pids, unique, cols[0]):
-            # the usual batch: no id twice, none late; only the ids either map knows
-            # (redelivered, or awaited by an outcome) need a look of their own
-            if known:
-                keep = self._known_predictions(pids, parts, cols, out)
+        if self._usual(pids, unique):
+            # the usual batch: no id twice; only the ids either map knows (redelivered,
+            # or awaited by an outcome) need a look of their own, and the late ones
+            # among the others are counted
+            keep = self._known_predictions(pids, parts, cols, out) if known else None
+            if wm is not None and min(cols[0]) + horizon < wm:  # some late ones
+                late = list(map(operator.lt, cols[0], itertools.repeat(wm - horizon)))
+                if keep is not None:
+                    late = list(map(operator.and_, late, keep))
+                out.expired += late.count(True)
+                keep = list(map(operator.not_, late)) if keep is None else \
+                    list(map(operator.and_, keep, map(operator.not_, late)))
+            if keep is not None:
                 pids = list(itertools.compress(pids, keep))
                 cols = [list(itertools.compress(c, keep)) for c in cols]
             self.pending.add_columns(pids, cols)
@@ -191,17 +206,18 @@ class LabelJoin:
         self._budget_pending(out)
         return out
 
-    def _usual(self, pids: list[str], unique: set[str], times: Sequence[int]) -> bool:
-        """Whether a batch of predictions has no id twice and none late."""
-        wm = self._watermark
-        return len(unique) == len(pids) and (wm is None or min(times) + self.horizon_ms >= wm)
+    @staticmethod
+    def _usual(pids: list[str], unique: set[str]) -> bool:
+        """Whether a batch of predictions has no id twice."""
+        return len(unique) == len(pids)
 
     def _known_predictions(self, pids: list[str],
                            parts: tuple[set[str], set[str], set[str]],
                            cols: Sequence[Sequence[Any]], out: JoinResult) -> list[bool]:
-        """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids,
-        none late) whose id either map knows (``parts``: :meth:`_known_parts`); whether
-        each of ``pids`` is to wait. Which are redelivered and whose outcome waited is
+        """:meth:`_known_prediction` of each prediction of a usual batch (distinct ids)
+        whose id either map knows (``parts``: :meth:`_known_parts`), but for lateness:
+        whether each of ``pids`` is neither redelivered nor joined (the caller counts
+        the late ones among those). Which are redelivered and whose outcome waited is
         found with set operations over the batch (the outcomes of a backlog read from both
         topics at once mostly come first: then most of a batch's ids are known); those
         whose outcome waited leave the orphans together."""
@@ -244,11 +260,11 @@ class LabelJoin:
         if self._redelivered(pid):
             return False
         event_ms, version, predicted, score = entry
-        if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
-            out.expired += 1  # late data (its outcome, if any, stays to be an orphan)
-            return False
         early = self.orphans.get(pid)
         if early is None:
+            if self._watermark is not None and event_ms + self.horizon_ms < self._watermark:
+                out.expired += 1  # late data, no outcome waiting for it
+                return False
             return True
         label_ms, label, seen_ms = early
         # remembered until the prediction's own time is past the horizon too, so that a

@@ -76,13 +76,24 @@ def test_labels_later_than_the_horizon_count_as_too_late():
     assert j.pending_count == 0
 
 
-def test_a_prediction_past_the_horizon_is_late_data_even_if_its_outcome_waits():
+@pytest.mark.parametrize("batch_path", [True, False])
+def test_a_prediction_past_the_horizon_joins_its_waiting_outcome_else_is_late_data(
+        batch_path):
+    """Outcomes read ahead of their predictions (a backlog: the smaller topic is read
+    faster) push the watermark past predictions still to come. One whose outcome waits
+    joins it, as it would have had it come first; one whose outcome does not wait is late
+    data (its label, had it come in time, would be waiting): expired."""
     j = join()
-    j.add_outcomes([("a", 1, 9_000, 0)])
+    if not batch_path:
+        j._usual = lambda *_: False
+    j.add_outcomes([("a", 1, 9_000, 0), ("d", 1, 12_000, 0)])
     j.expire(12_000)
-    r = j.add_predictions([("a", 1_000, "v1", 1, None), ("b", 2_000, "v1", 1, None)])
-    assert (r.labelled, r.expired, j.pending_count, j.orphan_count) == ([], 1, 1, 1)
-    assert j.expire(14_001).orphans == 1  # the outcome's wait ends as usual
+    r = j.add_predictions([("c", 1_500, "v1", 1, None), ("a", 1_000, "v1", 1, None),
+                           ("b", 2_000, "v1", 1, None), ("d", 1_900, "v1", 1, None)])
+    assert [(x.prediction_id, x.label_ms) for x in r.labelled] == [("a", 9_000)]
+    # c: late, nothing waits; d: its label came more than the horizon after it
+    assert (r.expired, r.too_late, j.pending_count, j.orphan_count) == (1, 1, 1, 0)
+    assert j.add_predictions([("a", 1_000, "v1", 1, None)]).expired == 0  # redelivered
 
 
 def test_horizons_and_budgets_bound_memory():
