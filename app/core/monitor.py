@@ -16,7 +16,7 @@ import orjson
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
-from app.core.partials import Binning
+from app.core.partials import Binning, Counted, merged_tally
 from app.core.serving import ServingStats
 from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
@@ -302,7 +302,7 @@ class ModelMonitor:
                     del self.windows[ws]
                     continue
                 if self.settings.quality.enabled:
-                    self._count_quality(window, rows, columns)
+                    self._count_quality(window, rows, columns, counted)
                 _count_serving(window, columns)
                 if back == 0:
                     result.accepted += added
@@ -424,7 +424,11 @@ class ModelMonitor:
         return rules
 
     def _count_quality(self, window: Window, rows: Sequence[Mapping[str, Any]],
-                       columns: Columns) -> None:
+                       columns: Columns,
+                       counted: Mapping[str, Sequence[Counted]] | None = None) -> None:
+        """Quality counts of the window's new rows, per version; ``counted``: per
+        version, counts of all its events made by decode processes, whose tallies of
+        categorical features are counted instead of the values."""
         for version, idx in columns.versions().items():
             sl = window.slices.get(version)
             if sl is None:
@@ -433,6 +437,12 @@ class ModelMonitor:
             counts = window.quality.get(version)
             if counts is None:
                 counts = window.quality[version] = rules.new_counts()
+            mine = None if counted is None else counted.get(version)
+            tallies = None
+            if mine and sum(c.counts.n for c in mine) == len(idx):  # all of them
+                tallied = mine[0].counts.tallies or {}
+                tallies = {name: t for name in counts.names if name in tallied
+                           and (t := merged_tally([c.counts for c in mine], name)) is not None}
             cols = columns  # the usual batch: one version, its columns read already
             if len(idx) < len(rows) and type(rows) is EventBlock:  # a version's, of a block
                 cols = Columns(rows.take(idx))
@@ -441,7 +451,7 @@ class ModelMonitor:
                 continue
             counts.update(cols.maps, rules.ranges, rules.allowed,
                           columns=cols.features(counts.names), floats=cols.floats,
-                          types=cols.types, lengths=cols.lengths())
+                          types=cols.types, lengths=cols.lengths(), tallies=tallies)
 
     def count_non_finite(self, items: Sequence[tuple[str, int, list[str]]]) -> int:
         """Dead-lettered events whose features held NaN or infinity: (version, event time,

@@ -8,6 +8,12 @@ a message's values itself, per event-time window, and the worker's thread adds t
 counts to its slices (:meth:`~app.core.windows.Slice.update`) instead of reading the
 values.
 
+The categorical signals are tallied there too: each signal's values with how often
+each came (:func:`tallies`), so that the worker's category counts and quality counts
+read a handful of distinct values instead of every event's (a tally is made only of a
+column of strings, or of booleans, with nulls: values no two types of which compare
+equal, so the tally keeps every value's type).
+
 Everything order-dependent stays with the worker: which events are late, which window
 and slice they go to, which reference a slice compares with. A message's counts are used
 for a window only when every one of its events there is windowed (none late) and the
@@ -20,6 +26,7 @@ with or without them (``tests/unit/core/test_partials.py``,
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core.signals import Columns
-from app.reference import NumericReference, Reference
+from app.reference import CategoricalReference, NumericReference, Reference
 from app.sketches import BinnedHistogram, QuantileSketch
 from app.sketches.histogram import RowCounts
 from app.sketches.quantile import BucketCounts
@@ -51,6 +58,7 @@ class Binning:
     names: tuple[str, ...]
     edges: tuple[npt.NDArray[np.float64], ...]
     max_buckets: int
+    categorical: tuple[str, ...] = ()  # the categorical signals, tallied (see the module)
 
     @classmethod
     def of(cls, reference: Reference) -> Binning | None:
@@ -66,7 +74,9 @@ class Binning:
         if any(not q.same_grid(_DEFAULT) or q.max_buckets != limit for q in sketches):
             return None
         return cls(tuple(numeric), tuple(np.asarray(ref.edges, dtype=np.float64)
-                                         for ref in numeric.values()), limit)
+                                         for ref in numeric.values()), limit,
+                   tuple(name for name, ref in reference.features.items()
+                         if isinstance(ref, CategoricalReference)))
 
     def fits(self, names: Sequence[str], histograms: Sequence[BinnedHistogram],
              quantiles: Sequence[QuantileSketch]) -> bool:
@@ -78,13 +88,19 @@ class Binning:
                                                                  strict=True))
 
 
+#: A categorical signal's values with how often each came (``None``: absent or null).
+Tally = dict[Any, int]
+
+
 class Counts(NamedTuple):
     """The numeric sketches' counts of some events: each signal's histogram bins (a row
-    per signal), and its quantile buckets."""
+    per signal), and its quantile buckets; and the tallies of the categorical signals
+    that could be tallied (:func:`tallies`)."""
 
     n: int
     bins: npt.NDArray[np.integer[Any]]
     quantiles: BucketCounts
+    tallies: dict[str, Tally] | None = None
 
 
 class Counted(NamedTuple):
@@ -153,8 +169,51 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str | None,
                         columns.bucket_rows(binning.names))  # (None: computed there)
         if counted is None:
             return None
+        if binning.categorical:
+            counted = counted._replace(tallies=tallies(columns, binning.categorical))
         out[key] = Counted(binning, counted)
     return out
+
+
+#: The value types a tally is made of: within each set, no two values of different
+#: types compare equal (``True == 1``), so a tally's keys keep every value's own type.
+_TALLIED = (frozenset({str, type(None)}), frozenset({bool, type(None)}))
+
+
+def tallies(columns: Columns, names: Sequence[str]) -> dict[str, Tally]:
+    """The tallies of the signals ``names`` whose values are strings, or booleans, and
+    nulls (the others are left out: their values are read by the worker; so are the
+    features that every event carries as a number, without reading them).
+
+    >>> from app.core.signals import Columns
+    >>> tallies(Columns([{"features": {"c": "a", "n": 1}, "prediction": True},
+    ...                  {"features": {"c": None, "n": "x"}, "prediction": True}]),
+    ...         ["c", "n", "@prediction"])
+    {'c': {'a': 1, None: 1}, '@prediction': {True: 2}}
+    """
+    out: dict[str, Tally] = {}
+    for name in names:
+        if columns.numbers(name):
+            continue
+        values = columns.signal(name)
+        types = set(map(type, values))
+        if values and any(types <= allowed for allowed in _TALLIED):
+            out[name] = dict(Counter(values))
+    return out
+
+
+def merged_tally(counted: Sequence[Counts], name: str) -> Tally | None:
+    """The tally of ``name`` over several messages' counts, or ``None`` when one of them
+    has none."""
+    parts = [None if c.tallies is None else c.tallies.get(name) for c in counted]
+    if None in parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    total: Counter[Any] = Counter()
+    for part in parts:
+        total.update(part)
+    return dict(total)
 
 
 def add_counts(histograms: Sequence[BinnedHistogram], quantiles: Sequence[QuantileSketch],

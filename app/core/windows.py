@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.partials import Binning, Counted, add_counts
+from app.core.partials import Binning, Counted, Tally, add_counts, merged_tally
 from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
@@ -51,10 +51,19 @@ class Slice:
         """Add events; ``columns``: theirs, when already read (shared with the quality
         counts); ``counted``: their numeric signals' counts, made by decode processes
         (:mod:`app.core.partials`), added instead of counting the values when the
-        sketches are binned as they were counted."""
+        sketches are binned as they were counted, and their categorical signals'
+        tallies, added instead of the values when they are of all the events."""
         cols = Columns(events) if columns is None else columns
         numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
-        cols.read([name for name in self.sketches if name not in numeric])
+        tallies: dict[str, Tally] = {}
+        if counted and sum(c.counts.n for c in counted) == len(events):  # all the events
+            for name in self.sketches:
+                if name not in numeric:
+                    tally = merged_tally([c.counts for c in counted], name)
+                    if tally is not None:
+                        tallies[name] = tally
+        cols.read([name for name in self.sketches if name not in numeric
+                   and name not in tallies])
         self.n += len(events)
         if numeric and counted and self._fits(numeric, counted, len(events)):
             add_counts([self.sketches[name] for name in numeric],  # type: ignore[misc]
@@ -74,8 +83,13 @@ class Slice:
                     if quantiles is not None:
                         quantiles.update(row)
         for name, sketch in self.sketches.items():
-            if not isinstance(sketch, BinnedHistogram):
+            if isinstance(sketch, BinnedHistogram):
+                continue
+            tally = tallies.get(name)
+            if tally is None:
                 sketch.update(cols.signal(name))
+            else:  # tallied where the events were decoded
+                sketch.add_tally(tally)
 
     def _fits(self, numeric: list[str], counted: Sequence[Counted], n: int) -> bool:
         """Whether counts of ``n`` events fit this slice's numeric sketches."""

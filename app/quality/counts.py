@@ -38,6 +38,7 @@ MAX_UNEXPECTED_NAMES = 20
 KINDS = frozenset({"numeric", "categorical"})
 
 _PRESENT, _MISSING_C = COUNTERS.index("present"), COUNTERS.index("missing")
+_OUT_OF_RANGE = COUNTERS.index("out_of_range")
 
 # Type codes of feature values: numbers are _BOOL.._FLOAT, scalars _BOOL.._STR.
 _ABSENT_T, _NULL_T, _BOOL_T, _INT_T, _FLOAT_T, _STR_T, _OTHER_T = range(7)
@@ -188,7 +189,8 @@ class QualityCounts:
                columns: Sequence[Sequence[Any] | None] | None = None,
                floats: Callable[[str], FloatArray] | None = None,
                types: Callable[[str], set[type]] | None = None,
-               lengths: Sequence[int] | None = None) -> None:
+               lengths: Sequence[int] | None = None,
+               tallies: Mapping[str, Mapping[Any, int]] | None = None) -> None:
         """Count a batch of feature maps (one per event).
 
         ``columns``: the values of :attr:`names` in every map, when the caller has read
@@ -196,7 +198,10 @@ class QualityCounts:
         every map carries as a number (an int, a float or a bool), whose ``floats`` are
         all there is to count; ``floats``: a numeric feature's column as floats (nulls
         NaN), likewise; ``types``: the types of a column's values (read with ``columns``
-        only); ``lengths``: how many names each map holds, when the caller knows.
+        only); ``lengths``: how many names each map holds, when the caller knows;
+        ``tallies``: a categorical feature's values with how often each came, in all the
+        maps, when the caller has them (with ``columns`` only): a tally of strings and
+        nulls is counted instead of its column.
 
         One pass reads every configured feature of every event into a flat list. Per
         feature, a column of only the usual types (numbers and nulls for a numeric
@@ -229,16 +234,29 @@ class QualityCounts:
                 flat = [f.get(name, _ABSENT) for f in feature_maps for name in names]
                 cols = [flat[j::k] for j in range(k)]
         delta = np.zeros_like(self._counts)
+        numbers = [j for j, column in enumerate(cols) if column is None]
+        if numbers:  # numbers in every map: present, of the right type
+            for j in numbers:
+                if not self._numeric[j]:
+                    raise ValueError(f"feature {names[j]!r} is categorical: its values "
+                                     "are needed")
+            assert floats is not None
+            delta[numbers, _PRESENT] = n
+            bounded = [j for j in numbers if ranges.get(names[j]) is not None]
+            if bounded:
+                delta[bounded, _OUT_OF_RANGE] = _outside_rows(
+                    [floats(names[j]) for j in bounded],
+                    [_bounds(names[j], ranges[names[j]]) for j in bounded])
         for j, name in enumerate(names):
             numeric = self._numeric[j]
             column = cols[j]
-            if column is None:  # numbers in every map: present, of the right type
-                if not numeric:
-                    raise ValueError(f"feature {name!r} is categorical: its values are needed")
-                bounds = ranges.get(name)
-                assert floats is not None
-                delta[j] = [n, 0, 0, 0 if bounds is None else
-                            _outside(floats(name), _bounds(name, bounds)), 0, 0]
+            if column is None:
+                continue
+            tally = None if numeric or tallies is None or columns is None else \
+                tallies.get(name)
+            if tally is not None and set(map(type, tally)) <= _TALLY_TYPES \
+                    and sum(tally.values()) == n:
+                delta[j] = _tally_counters(n, tally, allowed.get(name))
                 continue
             delta[j] = _column(name, column, numeric,
                                ranges.get(name) if numeric else None,
@@ -389,6 +407,24 @@ def _column(name: str, column: Sequence[Any], numeric: bool, bounds: tuple[float
     return [n - absent, null, type_error, 0, unseen, absent]
 
 
+_TALLY_TYPES = frozenset({str, type(None)})
+
+
+def _tally_counters(n: int, tally: Mapping[Any, int], allowed: frozenset[str] | None
+                    ) -> list[int]:
+    """The counters (in ``COUNTERS`` order) of a categorical feature's ``n`` values, all
+    present, strings or nulls, given as a tally: what :func:`_column` counts of them.
+
+    >>> _tally_counters(5, {"a": 2, "z": 1, None: 2}, frozenset({"a"}))
+    [5, 2, 0, 0, 1, 0]
+    """
+    null = tally.get(None, 0)
+    unseen = 0
+    if allowed is not None and n > null:
+        unseen = n - null - sum(c for v, c in tally.items() if v in allowed)
+    return [n, null, 0, 0, unseen, 0]
+
+
 def _bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
     lo, hi = float(bounds[0]), float(bounds[1])
     if not lo <= hi:
@@ -403,6 +439,22 @@ def _outside(x: FloatArray, bounds: tuple[float, float]) -> int:
     with np.errstate(invalid="ignore"):
         inside = (x >= lo) & (x <= hi)
     return int(x.size - np.count_nonzero(inside))
+
+
+def _outside_rows(rows: Sequence[FloatArray], bounds: Sequence[tuple[float, float]]
+                  ) -> npt.NDArray[np.int64]:
+    """:func:`_outside` of each row with its bounds, in a few numpy passes over all of
+    them (rows of one length).
+
+    >>> _outside_rows([np.array([0.0, 5.0, np.nan]), np.array([1.0, 2.0, 3.0])],
+    ...               [(0.0, 1.0), (2.0, 3.0)]).tolist()
+    [2, 1]
+    """
+    x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+    lo, hi = np.array(bounds, dtype=np.float64).reshape(len(rows), 2).T
+    with np.errstate(invalid="ignore"):
+        inside = (x >= lo[:, None]) & (x <= hi[:, None])
+    return np.asarray(x.shape[1] - np.count_nonzero(inside, axis=1), dtype=np.int64)
 
 
 def _floats(values: Sequence[Any]) -> FloatArray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,16 @@ class CategoryCounts:
         return int(self.counts[-1])
 
     def update(self, values: Iterable[Any]) -> None:
-        tally = Counter(values)
+        self.add_tally(Counter(values))
+
+    def add_tally(self, tally: Mapping[Any, int]) -> None:
+        """Add values already tallied: value -> how many (what :meth:`update` counts).
+
+        >>> c = CategoryCounts(["free", "pro"])
+        >>> c.add_tally({"pro": 3, "team": 1, None: 2})
+        >>> c.counts.tolist(), c.missing
+        ([0, 3, 1], 2)
+        """
         other_slot = len(self.categories)
         index = self._index
         for value, count in tally.items():

@@ -4,6 +4,7 @@ counts, and counts are added only where they fit."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from app.core import partials
 from app.core.monitor import ModelMonitor
 from app.core.partials import Binning, count, message_counts
+from app.core.signals import Columns
 from app.core.windows import Slice
 from app.events.block import EventBlock, block_of
 from app.events.checks import PREDICTION
@@ -243,3 +245,39 @@ def test_a_binning_is_what_the_slices_count_with(tmp_path: Path) -> None:
     assert not b.fits(b.names[::-1], hists[::-1], quants[::-1])
     assert not b.fits(b.names, hists, [QuantileSketch(alpha=0.02)] * len(b.names))
     assert not b.fits(b.names, [BinnedHistogram(h.edges + 1) for h in hists], quants)
+
+
+def test_categorical_tallies_leave_the_same_state_as_reading_the_values(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The category counts and quality counts (nulls, unseen values) made from the
+    tallies decode processes send: the same state as from the values. A column with a
+    value of another type (an integer among the strings) is not tallied: its values are
+    read, the other signals' tallies still used."""
+    settings = _settings(tmp_path)
+    rng = np.random.default_rng(11)
+    messages = []
+    for j in range(9):
+        events = _events(rng, 40, T0 + j * 20_000, 15_000)
+        for e in events[::7]:
+            e["features"]["c"] = None
+        if j == 4:
+            events[3]["features"]["c"] = 3
+        messages.append(events)
+    used: dict[str, list[bool]] = {"windows": [], "monitor": []}
+    for where in used:
+        real = partials.merged_tally
+
+        def recording(counted: Any, name: str, *, _to: list[bool] = used[where],
+                      _real: Any = real) -> Any:
+            out = _real(counted, name)
+            _to.append(out is not None)
+            return out
+
+        monkeypatch.setattr(f"app.core.{where}.merged_tally", recording)
+    _same(settings, messages, monkeypatch)
+    # three batches of three messages, each batch in a window of its own: the slice's
+    # category counts and the quality counts of c, from the tallies but in the fourth
+    # message's batch
+    assert used == {"windows": [True, False, True], "monitor": [True, False, True]}
+    assert partials.tallies(Columns(_block(messages[4], None)), ["c", "@prediction"]) == {
+        "@prediction": Counter(e["prediction"] for e in messages[4])}
