@@ -33,6 +33,7 @@ open window, plus the join's segments), written only when they change
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -91,6 +92,50 @@ def checkpoint_delays(perf: PerformanceSettings, window_ms: int) -> list[int]:
 
 
 _NO_WATERMARK = int(np.iinfo(np.int64).min)  # an outcome that came before any watermark
+
+
+def _arrival_watermarks(times: list[int], wm: int | None, lagging: int | None
+                        ) -> tuple[list[int], int | None]:
+    """The watermark each outcome of a batch arrives at (``_NO_WATERMARK``: none yet),
+    and the outcome watermark after them: the outcome watermark before each (``wm``, then
+    the outcomes before it) and the ``lagging`` prediction watermark, the later of the
+    two. Running maxima in C, not a loop per outcome.
+
+    >>> _arrival_watermarks([5, 3, 9], None, None)[0][1:], _arrival_watermarks([5], 2, 4)
+    ([5, 5], ([4], 5))
+    >>> _arrival_watermarks([5, 3], None, None)[0][0] == _NO_WATERMARK
+    True
+    """
+    if not times:
+        return [], wm
+    if wm is None:
+        running = list(itertools.accumulate(times, max))
+        before: list[int | None] = [None, *running[:-1]]
+    else:
+        running = list(itertools.accumulate(times, max, initial=wm))[1:]
+        before = [wm, *running[:-1]]
+    if lagging is not None:
+        at = [lagging if b is None or b < lagging else b for b in before[:1]]
+        at += map(max, before[1:], itertools.repeat(lagging))  # type: ignore[arg-type]
+    else:
+        at = [_NO_WATERMARK if b is None else b for b in before[:1]]
+        at += before[1:]  # type: ignore[arg-type]
+    return at, running[-1]
+
+
+def _window_counts(times: list[int], window_ms: int, version: str
+                   ) -> dict[tuple[int, str], int]:
+    """Predictions of one version per (tumbling) window start, the windows in order of
+    first appearance (as counting them one by one): numpy passes, not a loop per event.
+
+    >>> _window_counts([130, 10, 150, 20], 100, "v")
+    {(100, 'v'): 2, (0, 'v'): 2}
+    """
+    starts = np.asarray(times, dtype=np.int64) // window_ms * window_ms
+    found, first, counts = np.unique(starts, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return dict(zip(zip(found[order].tolist(), itertools.repeat(version)),
+                    counts[order].tolist(), strict=True))
 
 _BOOL_CLASS = {True: "1", False: "0"}  # (read with booleans only: 1 == True)
 _SHARED_MAX = 4096  # distinct strings the label join's columns share (see _shared)
@@ -311,6 +356,8 @@ class PerformanceTracker:
         if first == top // window_ms * window_ms and versions.count(versions[0]) == len(
                 versions):  # the usual batch: one window, one version
             groups = {(first, versions[0]): len(versions)}
+        elif versions.count(versions[0]) == len(versions):  # one version, a few windows
+            groups = _window_counts(times, window_ms, versions[0])
         else:
             groups = Counter(zip([t // window_ms * window_ms for t in times], versions,
                                  strict=True))
@@ -364,13 +411,7 @@ class PerformanceTracker:
         # the watermark each outcome arrives at: the lagging prediction watermark (fixed
         # during the batch) and the outcomes before it
         lagging = None if self.prediction_wm is None else self.prediction_wm - self.max_lag_ms
-        at = []
-        wm = self.outcome_wm
-        for t in times:
-            seen = lagging if wm is None else wm if lagging is None else max(wm, lagging)
-            at.append(_NO_WATERMARK if seen is None else seen)
-            wm = t if wm is None or t > wm else wm
-        self.outcome_wm = wm
+        at, self.outcome_wm = _arrival_watermarks(times, self.outcome_wm, lagging)
         result = self.join.add_outcomes(list(zip(
             field_values(events, "prediction_id"), self._kept_all(field_values(events, "label")),
             times, at, strict=True)))
