@@ -128,9 +128,20 @@ class _Here:
         pass
 
 
+def ordered(predictions: list[Any], outcomes: list[Any], how: str) -> list[Any]:
+    """The input topics' messages in the order the batch path gets them: ``first``, the
+    outcomes before the predictions, as the bench's worker reads its backlog (the
+    outcomes topic, a fifth of the bytes, comes whole in the first fetches, each
+    partition's response being bounded by ``consumer_max_fetch_size``); ``interleaved``,
+    each outcome message after the prediction messages it labels, as labels trickle in."""
+    if how == "first":
+        return outcomes + predictions
+    return interleaved(predictions, outcomes)
+
+
 def interleaved(predictions: list[Any], outcomes: list[Any]) -> list[Any]:
-    """One outcome message after every few prediction messages, as a backlog of both
-    topics is fetched."""
+    """One outcome message after every few prediction messages (both in the same
+    order of models)."""
     step = max(1, len(predictions) // max(1, len(outcomes)))
     out: list[Any] = []
     for j in range(0, len(predictions), step):
@@ -148,6 +159,9 @@ def main() -> int:
                     help="messages per batch (5: about the worker's 1 MiB batches)")
     ap.add_argument("--models", type=int, default=5)
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the run here")
+    ap.add_argument("--outcomes", choices=("first", "interleaved"), default="first",
+                    help="the outcome messages before the predictions (as the bench's "
+                         "worker reads them), or each after the predictions it labels")
     ap.add_argument("--blocks", action="store_true",
                     help="messages decoded as by a decode process, untimed: the worker's "
                          "thread's own share")
@@ -170,8 +184,9 @@ def main() -> int:
             return [SimpleNamespace(topic=topic, partition=partition[k], offset=i, key=k,
                                     value=v, timestamp=1.0) for i, (k, v) in enumerate(msgs)]
 
-        stream = interleaved(records(pt, messages(events, args.array)),
-                             records(ot, messages(outcomes_of(events), args.array)))
+        by_model = sorted(outcomes_of(events), key=lambda e: int(e["model"][1:]))
+        stream = ordered(records(pt, messages(events, args.array)),
+                         records(ot, messages(by_model, args.array)), args.outcomes)
         del events
         n = args.batch_messages
         batches = [stream[i:i + n] for i in range(0, len(stream), n)]
