@@ -111,6 +111,7 @@ import numpy.typing as npt
 from river import drift, stats
 from river.drift import adwin_c, binary
 
+from app.detectors import adwin_kernel
 from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
@@ -580,7 +581,8 @@ class ADWINDetector(RiverDetector):
     clock
         Check for changes every ``clock`` values.
     max_buckets
-        Buckets of each size kept before merging.
+        Buckets of each size kept before merging; at least 2 (with 1, river's ADWIN
+        divides by zero once its newest buckets are all merged).
     min_window_length
         Minimum length of each sub-window compared.
     grace_period
@@ -603,16 +605,90 @@ class ADWINDetector(RiverDetector):
     _RIVER_CLS = drift.ADWIN
     _FIELDS = (("window", "_helper", _ADWIN),)
     __slots__ = ()
+    #: Values below which a run goes value by value through river (reading river's
+    #: state into arrays and back costs about a hundred values' worth).
+    COMPILED_FROM = 64
 
     def __init__(self, *, delta: float = 0.002, clock: int = 32, max_buckets: int = 5,
                  min_window_length: int = 5, grace_period: int = 10) -> None:
         super().__init__(
             delta=_number("delta", delta, gt=0.0, lt=1.0),
             clock=_integer("clock", clock, ge=1),
-            max_buckets=_integer("max_buckets", max_buckets, ge=1),
+            max_buckets=_integer("max_buckets", max_buckets, ge=2),
             min_window_length=_integer("min_window_length", min_window_length, ge=1),
             grace_period=_integer("grace_period", grace_period, ge=0),
         )
+
+    def _steps(self, values: list[float]) -> list[int]:
+        """river's ``AdaptiveWindowing.update`` of each value, compiled
+        (:mod:`app.detectors.adwin_kernel`): river's state is read into arrays, the
+        values run through, the state is written back; at a detection, the rest goes to
+        a fresh detector, as ``_step`` does."""
+        if not adwin_kernel.COMPILED or len(values) < self.COMPILED_FROM \
+                or self._river.drift_detected:  # (never at rest: _step resets at once)
+            return super()._steps(values)
+        x = np.asarray(values, dtype=np.float64)
+        p = self._params
+        hits: list[int] = []
+        at = 0
+        while at < x.size:
+            state = _adwin_arrays(self._river._helper)
+            i = adwin_kernel.run(x[at:], *state, float(p["delta"]), int(p["clock"]),
+                                 int(p["max_buckets"]), int(p["min_window_length"]),
+                                 int(p["grace_period"]))
+            if i < 0:
+                _set_adwin_arrays(self._river._helper, *state)
+                self._n += x.size - at
+                break
+            hits.append(at + i)  # as _step: a fresh detector, same hyperparameters
+            self._n += i + 1
+            self._n_detections += 1
+            self._river = self._RIVER_CLS(**self._params)  # type: ignore[no-untyped-call]
+            at += i + 1
+        return hits
+
+
+AdwinArrays = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64],
+                    npt.NDArray[np.float64], npt.NDArray[np.int64]]
+
+
+def _adwin_arrays(helper: Any) -> AdwinArrays:
+    """River's ADWIN state as :func:`~app.detectors.adwin_kernel.run` reads it."""
+    values = _cython_fields(helper, _ADWIN_FIELDS)
+    fields = dict(zip(_ADWIN_FIELDS, values, strict=False))
+    buckets = list(values[len(_ADWIN_FIELDS)]["bucket_deque"])
+    size = fields["max_buckets"] + 1
+    rows = max(adwin_kernel.ROWS, len(buckets) + 1)
+    totals = np.zeros((rows, size), dtype=np.float64)
+    variances = np.zeros((rows, size), dtype=np.float64)
+    used = np.zeros(rows, dtype=np.int64)
+    for r, bucket in enumerate(buckets):
+        used[r], _, totals[r], variances[r] = _cython_fields(bucket, _BUCKET_FIELDS)
+    floats = np.array([fields["total"], fields["variance"], fields["width"],
+                       fields["total_width"]], dtype=np.float64)
+    ints = np.array([fields["n_buckets"], fields["tick"], fields["n_detections"],
+                     fields["max_n_buckets"], len(buckets)], dtype=np.int64)
+    return floats, ints, totals, variances, used
+
+
+def _set_adwin_arrays(helper: Any, floats: npt.NDArray[np.float64],
+                      ints: npt.NDArray[np.int64], totals: npt.NDArray[np.float64],
+                      variances: npt.NDArray[np.float64], used: npt.NDArray[np.int64]
+                      ) -> None:
+    """Write :func:`_adwin_arrays` back into river's object (its own types: C doubles
+    and ints, a deque of buckets of ``max_buckets + 1`` slots)."""
+    fields = dict(zip(_ADWIN_FIELDS, _cython_fields(helper, _ADWIN_FIELDS), strict=False))
+    size = fields["max_buckets"]
+    deque: collections.deque[Any] = collections.deque()
+    for r in range(int(ints[4])):
+        bucket = adwin_c.Bucket(size)
+        bucket.__setstate_cython__((int(used[r]), size, totals[r].copy(),  # type: ignore[attr-defined]
+                                    variances[r].copy()))
+        deque.append(bucket)
+    fields.update(total=float(floats[0]), variance=float(floats[1]), width=float(floats[2]),
+                  total_width=float(floats[3]), n_buckets=int(ints[0]), tick=int(ints[1]),
+                  n_detections=int(ints[2]), max_n_buckets=int(ints[3]))
+    helper.__setstate_cython__((*(fields[k] for k in _ADWIN_FIELDS), {"bucket_deque": deque}))
 
 
 class PageHinkleyDetector(RiverDetector):

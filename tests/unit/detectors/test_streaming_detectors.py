@@ -323,7 +323,7 @@ def test_corrupt_state_fails_clearly(name: str) -> None:
 # Bad keyword hyperparameters; the message must name the last one and its value.
 BAD_PARAMS: dict[str, list[dict[str, Any]]] = {
     "adwin": [{"delta": 0.0}, {"delta": 1.5}, {"clock": 0}, {"clock": 2.5},
-              {"max_buckets": 0}, {"min_window_length": True}, {"grace_period": -1}],
+              {"max_buckets": 1}, {"min_window_length": True}, {"grace_period": -1}],
     "page_hinkley": [{"mode": "sideways"}, {"threshold": 0.0}, {"alpha": 1.5},
                      {"delta": float("nan")}, {"min_instances": -3}],
     "kswin": [{"alpha": 2.0}, {"alpha": 0.0}, {"stat_size": 30, "window_size": 50},
