@@ -688,7 +688,7 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
         # holding the event loop; likewise the compiled ADWIN (numba: loaded from its
         # cache on disk, or compiled the first time)
         importlib.import_module("app.detectors.streaming")
-        importlib.import_module("app.detectors.adwin_kernel").warm_up()
+        importlib.import_module("app.detectors.kernels").warm_up()
     app = BatchApp(settings.worker.app_id, **faust_settings(settings, bootstrap,
                                                            embedded=embedded))
     app.batch_limits = BatchLimits(settings.worker.batch_size,

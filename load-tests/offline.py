@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 import app.detectors.streaming  # noqa: F401  (the first evaluation's lazy import: not timed)
 from app.core.engine import Engine
-from app.detectors.adwin_kernel import warm_up
+from app.detectors.kernels import warm_up
 from app.events.decode_pool import NOT_MINE, OK, DecodePool, Result, decode_payload, handle
 from app.observability.metrics import Metrics
 from app.reference import load_references

@@ -111,7 +111,7 @@ import numpy.typing as npt
 from river import drift, stats
 from river.drift import adwin_c, binary
 
-from app.detectors import adwin_kernel
+from app.detectors import kernels
 from app.errors import MALFORMED_STATE, StateError
 from app.sketches._state import check_state
 
@@ -621,10 +621,10 @@ class ADWINDetector(RiverDetector):
 
     def _steps(self, values: list[float]) -> list[int]:
         """river's ``AdaptiveWindowing.update`` of each value, compiled
-        (:mod:`app.detectors.adwin_kernel`): river's state is read into arrays, the
+        (:mod:`app.detectors.kernels`): river's state is read into arrays, the
         values run through, the state is written back; at a detection, the rest goes to
         a fresh detector, as ``_step`` does."""
-        if not adwin_kernel.COMPILED or len(values) < self.COMPILED_FROM \
+        if not kernels.COMPILED or len(values) < self.COMPILED_FROM \
                 or self._river.drift_detected:  # (never at rest: _step resets at once)
             return super()._steps(values)
         x = np.asarray(values, dtype=np.float64)
@@ -633,7 +633,7 @@ class ADWINDetector(RiverDetector):
         at = 0
         while at < x.size:
             state = _adwin_arrays(self._river._helper)
-            i = adwin_kernel.run(x[at:], *state, float(p["delta"]), int(p["clock"]),
+            i = kernels.adwin_run(x[at:], *state, float(p["delta"]), int(p["clock"]),
                                  int(p["max_buckets"]), int(p["min_window_length"]),
                                  int(p["grace_period"]))
             if i < 0:
@@ -653,12 +653,12 @@ AdwinArrays = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[
 
 
 def _adwin_arrays(helper: Any) -> AdwinArrays:
-    """River's ADWIN state as :func:`~app.detectors.adwin_kernel.run` reads it."""
+    """River's ADWIN state as :func:`~app.detectors.kernels.adwin_run` reads it."""
     values = _cython_fields(helper, _ADWIN_FIELDS)
     fields = dict(zip(_ADWIN_FIELDS, values, strict=False))
     buckets = list(values[len(_ADWIN_FIELDS)]["bucket_deque"])
     size = fields["max_buckets"] + 1
-    rows = max(adwin_kernel.ROWS, len(buckets) + 1)
+    rows = max(kernels.ROWS, len(buckets) + 1)
     totals = np.zeros((rows, size), dtype=np.float64)
     variances = np.zeros((rows, size), dtype=np.float64)
     used = np.zeros(rows, dtype=np.int64)
@@ -957,35 +957,45 @@ class HDDMADetector(_ErrorStreamDetector):
         bn, bm = det._x_max.n, det._x_max._mean  # the cut point of a decrease
         warning = det._warning_detected
         hits: list[int] = []
-        for i, x in enumerate(values):
-            zn += 1.0
-            zm += (1.0 / zn) * (x - zm)
-            if an == 0:
-                an, am = zn, zm
-            if bn == 0:
-                bn, bm = zn, zm
-            eps_z = sqrt(1.0 / (2 * zn) * log_dc)
-            if am + sqrt(1.0 / (2 * an) * log_dc) >= zm + eps_z:
-                an, am = zn, zm
-            if bm - sqrt(1.0 / (2 * bn) * log_dc) <= zm - eps_z:
-                bn, bm = zn, zm
-            drift = warning = False
-            if an != zn:
-                m = (zn - an) / an * (1.0 / zn)
-                if zm - am >= sqrt(m / 2 * log_2dc):
-                    drift = True
-                elif zm - am >= sqrt(m / 2 * log_2wc):
-                    warning = True
-            if two and bn != zn:
-                m = (zn - bn) / bn * (1.0 / zn)
-                if bm - zm >= sqrt(m / 2 * log_2dc):
-                    drift = True
-                elif bm - zm >= sqrt(m / 2 * log_2wc):
-                    warning = True
-            if drift:  # as ``_step``: a fresh detector, same hyperparameters
-                hits.append(i)
-                zn, zm, an, am, bn, bm, warning = 0, 0.0, 0, 0.0, 0, 0.0, False
-        self._n += len(values)
+        n = len(values)
+        if kernels.COMPILED:  # the loop below, compiled (app.detectors.kernels)
+            state = np.array([zn, zm, an, am, bn, bm, warning], dtype=np.float64)
+            found = np.empty(n, dtype=np.int64)
+            count = kernels.hddm_a_run(np.asarray(values, dtype=np.float64), state, log_dc,
+                                       log_2dc, log_2wc, bool(two), found)
+            hits = found[:count].tolist()
+            zn, zm, an, am, bn, bm = state[:6].tolist()
+            warning = bool(state[6])
+        else:
+            for i, x in enumerate(values):
+                zn += 1.0
+                zm += (1.0 / zn) * (x - zm)
+                if an == 0:
+                    an, am = zn, zm
+                if bn == 0:
+                    bn, bm = zn, zm
+                eps_z = sqrt(1.0 / (2 * zn) * log_dc)
+                if am + sqrt(1.0 / (2 * an) * log_dc) >= zm + eps_z:
+                    an, am = zn, zm
+                if bm - sqrt(1.0 / (2 * bn) * log_dc) <= zm - eps_z:
+                    bn, bm = zn, zm
+                drift = warning = False
+                if an != zn:
+                    m = (zn - an) / an * (1.0 / zn)
+                    if zm - am >= sqrt(m / 2 * log_2dc):
+                        drift = True
+                    elif zm - am >= sqrt(m / 2 * log_2wc):
+                        warning = True
+                if two and bn != zn:
+                    m = (zn - bn) / bn * (1.0 / zn)
+                    if bm - zm >= sqrt(m / 2 * log_2dc):
+                        drift = True
+                    elif bm - zm >= sqrt(m / 2 * log_2wc):
+                        warning = True
+                if drift:  # as ``_step``: a fresh detector, same hyperparameters
+                    hits.append(i)
+                    zn, zm, an, am, bn, bm, warning = 0, 0.0, 0, 0.0, 0, 0.0, False
+        self._n += n
         self._n_detections += len(hits)
         if hits:
             det = self._river = self._RIVER_CLS(**self._params)  # type: ignore[no-untyped-call]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from river import drift
 from river.drift import binary
 
-from app.detectors import streaming
+from app.detectors import kernels, streaming
 from app.detectors.streaming import (
     STREAM_DETECTORS,
     PageHinkleyDetector,
@@ -395,12 +395,23 @@ def test_a_changed_adwin_cython_layout_fails_at_construction(monkeypatch) -> Non
         make_detector("adwin")
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
-def test_hddm_a_batches_equal_value_by_value(data: st.DataObject) -> None:
-    """HDDM_A's batch path writes river's arithmetic out: the same detections, warnings
-    and state bytes as river's ``update`` value by value, both sides of the test, any
-    confidences, any cuts between batches."""
+def test_hddm_a_batches_equal_value_by_value(compiled: bool, data: st.DataObject) -> None:
+    """HDDM_A's batch path writes river's arithmetic out (compiled by numba, or in
+    Python): the same detections, warnings and state bytes as river's ``update`` value
+    by value, both sides of the test, any confidences, any cuts between batches."""
+    if compiled and not kernels.COMPILED:
+        pytest.skip("numba is not installed")
+    usual, kernels.COMPILED = kernels.COMPILED, compiled
+    try:
+        _hddm_a_batches(data)
+    finally:
+        kernels.COMPILED = usual
+
+
+def _hddm_a_batches(data: st.DataObject) -> None:
     params = {"drift_confidence": data.draw(st.sampled_from([0.001, 0.01, 0.05])),
               "warning_confidence": 0.05, "two_sided_test": data.draw(st.booleans())}
     batched, single = make_detector("hddm_a", **params), make_detector("hddm_a", **params)

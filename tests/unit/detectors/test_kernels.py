@@ -1,4 +1,4 @@
-"""The compiled ADWIN (app.detectors.adwin_kernel) against river's own: the same
+"""The compiled ADWIN (app.detectors.kernels.adwin_run) against river's own: the same
 detections at the same values, and the same state to the last bit, after every run."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.detectors import adwin_kernel
+from app.detectors import kernels
 from app.detectors.streaming import ADWINDetector, RiverDetector
 
-pytestmark = pytest.mark.skipif(not adwin_kernel.COMPILED, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not kernels.COMPILED, reason="numba is not installed")
 
 
 def _river_steps(det: ADWINDetector, values: list[float]) -> list[int]:

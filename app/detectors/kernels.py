@@ -1,25 +1,31 @@
-"""river's ADWIN (``river.drift.adwin_c.AdaptiveWindowing``, river 0.23), compiled.
+"""river detectors' per-value loops, compiled by numba: the same figures to the bit.
 
-The concept-drift detector on the loss of labelled predictions is ADWIN by default. river
-implements it in Cython, but through Python-level calls (a deque of bucket objects whose
-numpy arrays are read element by element, the bucket sizes computed by a Python static
-method, the window's variance a Python property): about 2.1 µs per value on the
-benchmark's machine, a sixth of the worker's thread when labels arrive at a third of the
-prediction rate. :func:`run` is the same algorithm, statement by statement and in the
-same floating-point order (``tests/unit/detectors/test_adwin_kernel.py`` holds it to
-river on every value and every bit of the state), over arrays, compiled by numba: about
-0.1 µs per value.
+The concept-drift detectors of a model's performance run on every labelled prediction:
+by default HDDM_A on the error and ADWIN on the loss. Value by value in Python they were
+the largest part of the worker's thread once labels came at a third of the prediction
+rate. Each kernel here is river 0.23's code, statement by statement and in the same
+floating-point order, over plain numbers and arrays, compiled by numba (on first use,
+and cached on disk beside this module: the worker loads them at its start, with river,
+:func:`warm_up`). ``tests/unit/detectors/test_kernels.py`` holds each to river on every
+value and every bit of the saved state. Where numba is missing, the detectors run
+river's code value by value (:data:`COMPILED` is false).
 
-Only the values go through it; the state stays river's object, read into arrays before a
-run and written back after it (:mod:`app.detectors.streaming`), so the detector's saved
-state, and river's own methods, are as before. Compiled on first use and cached on disk
-beside this module (numba's ``cache``); where numba is missing, the detectors run river's
-code value by value (:data:`COMPILED` is false).
+Only the values go through a kernel; the state stays river's object, read into numbers
+and arrays before a run and written back after it (:mod:`app.detectors.streaming`), so
+the detectors' saved state, and river's own methods, are as before.
 
-Arrays: ``floats`` = [total, variance, width, total_width]; ``ints`` = [n_buckets, tick,
+**ADWIN** (``river.drift.adwin_c.AdaptiveWindowing``, :func:`adwin_run`): river's Cython
+goes through Python-level calls (a deque of bucket objects whose numpy arrays are read
+element by element, bucket sizes from a Python static method, the window's variance a
+property): 2.1 µs per value on the benchmark's machine, 0.15 compiled. Arrays:
+``floats`` = [total, variance, width, total_width]; ``ints`` = [n_buckets, tick,
 n_detections, max_n_buckets, rows]; ``totals`` and ``variances`` hold a row per bucket
 row of river's deque (row 0 the newest, the smallest buckets), ``max_buckets + 1``
 slots each, ``used`` how many slots of each row are used (river's ``current_idx``).
+
+**HDDM_A** (``river.drift.binary.HDDM_A``, :func:`hddm_a_run`): its arithmetic was
+already written out on local variables in Python (0.5 µs per value); compiled, a few
+nanoseconds. State: [z.n, z.mean, x_min.n, x_min.mean, x_max.n, x_max.mean, warning].
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def _jit(func: F) -> F:
     return func if _njit is None else cast(F, _njit(cache=True)(func))
 
 
-#: Whether :func:`run` is compiled.
+#: Whether the kernels are compiled.
 COMPILED = _njit is not None
 
 FloatArray = npt.NDArray[np.float64]
@@ -58,7 +64,7 @@ N_BUCKETS, TICK, N_DETECTIONS, MAX_N_BUCKETS, NROWS = range(5)
 
 
 @_jit
-def run(values: FloatArray, floats: FloatArray, ints: IntArray, totals: FloatArray,
+def adwin_run(values: FloatArray, floats: FloatArray, ints: IntArray, totals: FloatArray,
         variances: FloatArray, used: IntArray, delta: float, clock: int, max_buckets: int,
         min_window_length: int, grace_period: int) -> int:
     """Add ``values`` in order, as ``AdaptiveWindowing.update`` of each; stops after the
@@ -229,11 +235,59 @@ def _detect_change(floats: FloatArray, ints: IntArray, totals: FloatArray,
     return change_detected
 
 
+@_jit
+def hddm_a_run(values: FloatArray, state: FloatArray, log_dc: float, log_2dc: float,
+               log_2wc: float, two_sided: bool, hits: IntArray) -> int:
+    """river's ``HDDM_A.update`` of each value (0 or 1), a detection resetting the
+    detector as ``RiverDetector._step`` does; the detections' indices go to ``hits``,
+    their number is returned, ``state`` is updated in place. ``log_dc`` is
+    ``log(1 / drift_confidence)``, ``log_2dc`` and ``log_2wc`` ``log(2 / confidence)``
+    of the drift and the warning confidences."""
+    zn, zm, an, am, bn, bm = state[0], state[1], state[2], state[3], state[4], state[5]
+    warning = state[6] != 0.0
+    count = 0
+    for i in range(values.shape[0]):
+        x = values[i]
+        zn += 1.0
+        zm += (1.0 / zn) * (x - zm)
+        if an == 0:
+            an, am = zn, zm
+        if bn == 0:
+            bn, bm = zn, zm
+        eps_z = math.sqrt(1.0 / (2 * zn) * log_dc)
+        if am + math.sqrt(1.0 / (2 * an) * log_dc) >= zm + eps_z:
+            an, am = zn, zm
+        if bm - math.sqrt(1.0 / (2 * bn) * log_dc) <= zm - eps_z:
+            bn, bm = zn, zm
+        drift = False
+        warning = False
+        if an != zn:
+            m = (zn - an) / an * (1.0 / zn)
+            if zm - am >= math.sqrt(m / 2 * log_2dc):
+                drift = True
+            elif zm - am >= math.sqrt(m / 2 * log_2wc):
+                warning = True
+        if two_sided and bn != zn:
+            m = (zn - bn) / bn * (1.0 / zn)
+            if bm - zm >= math.sqrt(m / 2 * log_2dc):
+                drift = True
+            elif bm - zm >= math.sqrt(m / 2 * log_2wc):
+                warning = True
+        if drift:  # a fresh detector, same hyperparameters
+            hits[count] = i
+            count += 1
+            zn, zm, an, am, bn, bm, warning = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False
+    state[0], state[1], state[2], state[3], state[4], state[5] = zn, zm, an, am, bn, bm
+    state[6] = 1.0 if warning else 0.0
+    return count
+
+
 def warm_up() -> None:
-    """Compile :func:`run` now, or load it from numba's cache on disk (about 2 s the
+    """Compile the kernels now, or load them from numba's cache on disk (about 3 s the
     first time, 0.1 s after): the worker does so at its start, not in its first batch
     that evaluates a checkpoint."""
     if COMPILED:
         rows = 2
-        run(np.zeros(1), np.zeros(4), np.array([0, 0, 0, 0, 1]), np.zeros((rows, 6)),
-            np.zeros((rows, 6)), np.zeros(rows, dtype=np.int64), 0.002, 32, 5, 5, 10)
+        adwin_run(np.zeros(1), np.zeros(4), np.array([0, 0, 0, 0, 1]), np.zeros((rows, 6)),
+                  np.zeros((rows, 6)), np.zeros(rows, dtype=np.int64), 0.002, 32, 5, 5, 10)
+        hddm_a_run(np.zeros(1), np.zeros(7), 1.0, 1.0, 1.0, True, np.zeros(1, dtype=np.int64))
