@@ -118,6 +118,10 @@ class WorkerSettings(_Frozen):
     # (app.events.decode_pool); 0: the worker's thread decodes them; "auto": one when the
     # worker may run on two CPUs or more (decode_process_count).
     decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    # The performance detectors' per-label loops (ADWIN, HDDM_A) compiled by numba
+    # (app.detectors.kernels): the same results, a tenth of the CPU or less; false keeps
+    # numba out of the worker (about 120 MiB of its memory once loaded).
+    compiled_detectors: bool = True
 
     def decode_process_count(self, cpus: int | None = None) -> int:
         """``decode_processes``, with ``"auto"`` resolved for a worker that may run on

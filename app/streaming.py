@@ -685,10 +685,14 @@ def build_app(settings: MonitorSettings, bootstrap: str, references: Mapping[str
     if any(m.performance is not None or m.change_detectors for m in settings.models.values()):
         # river's import (its drift package pulls in its datasets, and with them scipy
         # and sklearn: seconds) paid now, not by the first batch that runs a detector,
-        # holding the event loop; likewise the compiled ADWIN (numba: loaded from its
-        # cache on disk, or compiled the first time)
+        # holding the event loop; likewise the compiled detectors (numba: loaded from
+        # their cache on disk, or compiled the first time)
         importlib.import_module("app.detectors.streaming")
-        importlib.import_module("app.detectors.kernels").warm_up()
+        kernels = importlib.import_module("app.detectors.kernels")
+        if settings.worker.compiled_detectors:
+            kernels.warm_up()
+        else:
+            kernels.disable()
     app = BatchApp(settings.worker.app_id, **faust_settings(settings, bootstrap,
                                                            embedded=embedded))
     app.batch_limits = BatchLimits(settings.worker.batch_size,

@@ -8,7 +8,8 @@ floating-point order, over plain numbers and arrays, compiled by numba (on first
 and cached on disk beside this module: the worker loads them at its start, with river,
 :func:`warm_up`). ``tests/unit/detectors/test_kernels.py`` holds each to river on every
 value and every bit of the saved state. Where numba is missing, the detectors run
-river's code value by value (:data:`COMPILED` is false).
+river's code value by value (:func:`enabled` is false); so do they after :func:`disable`
+(``worker.compiled_detectors: false``).
 
 Only the values go through a kernel; the state stays river's object, read into numbers
 and arrays before a run and written back after it (:mod:`app.detectors.streaming`), so
@@ -31,27 +32,43 @@ nanoseconds. State: [z.n, z.mean, x_min.n, x_min.mean, x_max.n, x_max.mean, warn
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_njit: Any
-try:
-    from numba import njit as _njit
-except ImportError:  # pragma: no cover - numba is a dependency
-    _njit = None
+#: The kernels and their helpers, compiled in place by :func:`enabled` (numba resolves
+#: a compiled function's calls through the module's globals).
+_KERNELS = ("_shift", "_compress", "_delete_element", "_evaluate_cut", "_detect_change",
+            "_update", "adwin_run", "hddm_a_run")
+_state: bool | None = None  # None: not tried yet; then whether compiled
 
 
-def _jit(func: F) -> F:
-    return func if _njit is None else cast(F, _njit(cache=True)(func))
+def enabled() -> bool:
+    """Whether the kernels are compiled, compiling them (numba's ``cache`` on disk) at
+    the first call: false when numba is missing, or after :func:`disable`."""
+    global _state
+    if _state is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _state = False
+        else:
+            jit = numba.njit(cache=True)
+            namespace = globals()
+            for name in _KERNELS:
+                namespace[name] = jit(namespace[name])
+            _state = True
+    return _state
 
 
-#: Whether the kernels are compiled.
-COMPILED = _njit is not None
+def disable() -> None:
+    """Run the detectors value by value in river's code from now on (a worker with
+    ``worker.compiled_detectors: false``: numba, about 120 MiB of the worker's memory
+    once loaded, is never imported)."""
+    global _state
+    if _state is None:
+        _state = False
+
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -63,7 +80,6 @@ TOTAL, VARIANCE, WIDTH, TOTAL_WIDTH = range(4)
 N_BUCKETS, TICK, N_DETECTIONS, MAX_N_BUCKETS, NROWS = range(5)
 
 
-@_jit
 def adwin_run(values: FloatArray, floats: FloatArray, ints: IntArray, totals: FloatArray,
         variances: FloatArray, used: IntArray, delta: float, clock: int, max_buckets: int,
         min_window_length: int, grace_period: int) -> int:
@@ -77,7 +93,6 @@ def adwin_run(values: FloatArray, floats: FloatArray, ints: IntArray, totals: Fl
     return -1
 
 
-@_jit
 def _update(value: float, floats: FloatArray, ints: IntArray, totals: FloatArray,
             variances: FloatArray, used: IntArray, delta: float, clock: int,
             max_buckets: int, min_window_length: int, grace_period: int) -> bool:
@@ -101,7 +116,6 @@ def _update(value: float, floats: FloatArray, ints: IntArray, totals: FloatArray
                           min_window_length, grace_period)
 
 
-@_jit
 def _shift(totals: FloatArray, variances: FloatArray, used: IntArray, row: int,
            n: int) -> None:
     """``Bucket.compress(n)``: the row's first ``n`` slots leave, the rest move left."""
@@ -115,7 +129,6 @@ def _shift(totals: FloatArray, variances: FloatArray, used: IntArray, row: int,
     used[row] -= n
 
 
-@_jit
 def _compress(ints: IntArray, totals: FloatArray, variances: FloatArray, used: IntArray,
               max_buckets: int) -> None:
     row = 0
@@ -145,7 +158,6 @@ def _compress(ints: IntArray, totals: FloatArray, variances: FloatArray, used: I
         row += 1
 
 
-@_jit
 def _delete_element(floats: FloatArray, ints: IntArray, totals: FloatArray,
                     variances: FloatArray, used: IntArray) -> float:
     last = ints[NROWS] - 1
@@ -166,7 +178,6 @@ def _delete_element(floats: FloatArray, ints: IntArray, totals: FloatArray,
     return n
 
 
-@_jit
 def _evaluate_cut(floats: FloatArray, n0: float, n1: float, delta_mean: float,
                   delta: float, min_window_length: int) -> bool:
     width = floats[WIDTH]
@@ -178,7 +189,6 @@ def _evaluate_cut(floats: FloatArray, n0: float, n1: float, delta_mean: float,
     return abs(delta_mean) > epsilon
 
 
-@_jit
 def _detect_change(floats: FloatArray, ints: IntArray, totals: FloatArray,
                    variances: FloatArray, used: IntArray, delta: float, clock: int,
                    min_window_length: int, grace_period: int) -> bool:
@@ -235,7 +245,6 @@ def _detect_change(floats: FloatArray, ints: IntArray, totals: FloatArray,
     return change_detected
 
 
-@_jit
 def hddm_a_run(values: FloatArray, state: FloatArray, log_dc: float, log_2dc: float,
                log_2wc: float, two_sided: bool, hits: IntArray) -> int:
     """river's ``HDDM_A.update`` of each value (0 or 1), a detection resetting the
@@ -286,7 +295,7 @@ def warm_up() -> None:
     """Compile the kernels now, or load them from numba's cache on disk (about 3 s the
     first time, 0.1 s after): the worker does so at its start, not in its first batch
     that evaluates a checkpoint."""
-    if COMPILED:
+    if enabled():
         rows = 2
         adwin_run(np.zeros(1), np.zeros(4), np.array([0, 0, 0, 0, 1]), np.zeros((rows, 6)),
                   np.zeros((rows, 6)), np.zeros(rows, dtype=np.int64), 0.002, 32, 5, 5, 10)

@@ -624,8 +624,8 @@ class ADWINDetector(RiverDetector):
         (:mod:`app.detectors.kernels`): river's state is read into arrays, the
         values run through, the state is written back; at a detection, the rest goes to
         a fresh detector, as ``_step`` does."""
-        if not kernels.COMPILED or len(values) < self.COMPILED_FROM \
-                or self._river.drift_detected:  # (never at rest: _step resets at once)
+        if len(values) < self.COMPILED_FROM or self._river.drift_detected \
+                or not kernels.enabled():  # (never at rest: _step resets at once)
             return super()._steps(values)
         x = np.asarray(values, dtype=np.float64)
         p = self._params
@@ -958,7 +958,7 @@ class HDDMADetector(_ErrorStreamDetector):
         warning = det._warning_detected
         hits: list[int] = []
         n = len(values)
-        if kernels.COMPILED:  # the loop below, compiled (app.detectors.kernels)
+        if kernels.enabled():  # the loop below, compiled (app.detectors.kernels)
             state = np.array([zn, zm, an, am, bn, bm, warning], dtype=np.float64)
             found = np.empty(n, dtype=np.int64)
             count = kernels.hddm_a_run(np.asarray(values, dtype=np.float64), state, log_dc,

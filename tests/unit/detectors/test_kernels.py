@@ -3,6 +3,9 @@ detections at the same values, and the same state to the last bit, after every r
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.detectors import kernels
-from app.detectors.streaming import ADWINDetector, RiverDetector
+from app.detectors.streaming import ADWINDetector, RiverDetector, make_detector
 
-pytestmark = pytest.mark.skipif(not kernels.COMPILED, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
 
 
 def _river_steps(det: ADWINDetector, values: list[float]) -> list[int]:
@@ -88,3 +91,25 @@ def test_a_restored_detector_runs_on_compiled_as_it_would_have() -> None:
     restored = ADWINDetector.from_state(orjson.loads(orjson.dumps(first.to_state())))
     assert [4000 + i for i in restored._steps(values[4000:].tolist())] == hits
     assert restored.to_state() == whole.to_state() and hits
+
+
+def test_disabled_kernels_leave_numba_out_and_run_river_s_code() -> None:
+    """``worker.compiled_detectors: false``: the detectors run river's code, the same
+    detections, and numba is never imported (its memory stays out of the worker)."""
+    code = """
+import sys
+import numpy as np
+from app.detectors import kernels
+from app.detectors.streaming import make_detector
+kernels.disable()
+values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
+hits = make_detector("adwin").update_many(values), make_detector("hddm_a").update_many(values)
+assert all(hits), hits
+assert "numba" not in sys.modules and not kernels.enabled()
+print(hits)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    adwin, hddm_a = ADWINDetector(), make_detector("hddm_a")
+    values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
+    assert out.stdout.strip() == str((adwin.update_many(values), hddm_a.update_many(values)))
