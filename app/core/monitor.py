@@ -16,7 +16,7 @@ import orjson
 from app.core.changes import ChangeTracker, Detection
 from app.core.evaluation import WindowEvaluation, evaluate_window
 from app.core.lifecycle import LifecycleFinding, ModelLifecycle
-from app.core.partials import Binning, Counted, merged_tally
+from app.core.partials import Binning, Counted, tallies_of
 from app.core.serving import ServingStats
 from app.core.signals import Columns, reference_row, segment_label
 from app.core.versions import VersionOutputs
@@ -437,12 +437,8 @@ class ModelMonitor:
             counts = window.quality.get(version)
             if counts is None:
                 counts = window.quality[version] = rules.new_counts()
-            mine = None if counted is None else counted.get(version)
-            tallies = None
-            if mine and sum(c.counts.n for c in mine) == len(idx):  # all of them
-                tallied = mine[0].counts.tallies or {}
-                tallies = {name: t for name in counts.names if name in tallied
-                           and (t := merged_tally([c.counts for c in mine], name)) is not None}
+            tallies = tallies_of(None if counted is None else counted.get(version),
+                                 counts.names, len(idx))
             cols = columns  # the usual batch: one version, its columns read already
             if len(idx) < len(rows) and type(rows) is EventBlock:  # a version's, of a block
                 cols = Columns(rows.take(idx))

@@ -27,7 +27,7 @@ with or without them (``tests/unit/core/test_partials.py``,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -199,6 +199,25 @@ def tallies(columns: Columns, names: Sequence[str]) -> dict[str, Tally]:
         types = set(map(type, values))
         if values and any(types <= allowed for allowed in _TALLIED):
             out[name] = dict(Counter(values))
+    return out
+
+
+def tallies_of(counted: Sequence[Counted] | None, names: Iterable[str], n: int
+               ) -> dict[str, Tally]:
+    """The tallies of ``names`` over messages' counts, when those are the counts of the
+    ``n`` events at hand (of all of them: none late), each over all the messages (a name
+    one of them did not tally is left out)."""
+    if not counted or sum(c.counts.n for c in counted) != n:
+        return {}
+    tallied = counted[0].counts.tallies
+    if not tallied:
+        return {}
+    out = {}
+    for name in names:
+        if name in tallied:
+            tally = merged_tally([c.counts for c in counted], name)
+            if tally is not None:
+                out[name] = tally
     return out
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.partials import Binning, Counted, Tally, add_counts, merged_tally
+from app.core.partials import Binning, Counted, add_counts, tallies_of
 from app.core.serving import ServingStats
 from app.core.signals import OTHER_SEGMENT, Columns, segment_label
 from app.errors import MALFORMED_STATE, StateError
@@ -55,13 +55,8 @@ class Slice:
         tallies, added instead of the values when they are of all the events."""
         cols = Columns(events) if columns is None else columns
         numeric = [name for name, sk in self.sketches.items() if isinstance(sk, BinnedHistogram)]
-        tallies: dict[str, Tally] = {}
-        if counted and sum(c.counts.n for c in counted) == len(events):  # all the events
-            for name in self.sketches:
-                if name not in numeric:
-                    tally = merged_tally([c.counts for c in counted], name)
-                    if tally is not None:
-                        tallies[name] = tally
+        tallies = tallies_of(counted, [n for n in self.sketches if n not in numeric],
+                             len(events))
         cols.read([name for name in self.sketches if name not in numeric
                    and name not in tallies])
         self.n += len(events)

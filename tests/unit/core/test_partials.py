@@ -265,19 +265,19 @@ def test_categorical_tallies_leave_the_same_state_as_reading_the_values(
         messages.append(events)
     used: dict[str, list[bool]] = {"windows": [], "monitor": []}
     for where in used:
-        real = partials.merged_tally
 
-        def recording(counted: Any, name: str, *, _to: list[bool] = used[where],
-                      _real: Any = real) -> Any:
-            out = _real(counted, name)
-            _to.append(out is not None)
+        def recording(counted: Any, names: Any, n: int, *, _to: list[bool] = used[where]
+                      ) -> Any:
+            out = partials.tallies_of(counted, names, n)
+            _to.append(bool(out))
             return out
 
-        monkeypatch.setattr(f"app.core.{where}.merged_tally", recording)
+        monkeypatch.setattr(f"app.core.{where}.tallies_of", recording)
     _same(settings, messages, monkeypatch)
-    # three batches of three messages, each batch in a window of its own: the slice's
-    # category counts and the quality counts of c, from the tallies but in the fourth
-    # message's batch
-    assert used == {"windows": [True, False, True], "monitor": [True, False, True]}
+    # three batches of three messages, each batch in a window of its own, fed to a
+    # monitor without counts, then to one with: the slice's category counts and the
+    # quality counts of c from the tallies, but in the fourth message's batch
+    expected = [False] * 3 + [True, False, True]
+    assert used == {"windows": expected, "monitor": expected}
     assert partials.tallies(Columns(_block(messages[4], None)), ["c", "@prediction"]) == {
         "@prediction": Counter(e["prediction"] for e in messages[4])}
