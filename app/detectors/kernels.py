@@ -53,10 +53,12 @@ def enabled() -> bool:
         except ImportError:  # pragma: no cover - numba is a dependency
             _state = False
         else:
-            jit = numba.njit(cache=True)
             namespace = globals()
             for name in _KERNELS:
-                namespace[name] = jit(namespace[name])
+                try:
+                    namespace[name] = numba.njit(cache=True)(namespace[name])
+                except RuntimeError:  # no writable place for the cache: compiled each start
+                    namespace[name] = numba.njit(namespace[name])
             _state = True
     return _state
 

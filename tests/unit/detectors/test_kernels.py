@@ -113,3 +113,27 @@ print(hits)
     adwin, hddm_a = ADWINDetector(), make_detector("hddm_a")
     values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
     assert out.stdout.strip() == str((adwin.update_many(values), hddm_a.update_many(values)))
+
+
+def test_without_a_writable_cache_the_kernels_are_compiled_all_the_same() -> None:
+    """Where numba finds no writable place for its cache (a read-only install), it
+    refuses ``cache=True``: the kernels are then compiled at each start."""
+    code = """
+import numba
+real = numba.njit
+def njit(*args, **kwargs):
+    if kwargs.get("cache"):
+        raise RuntimeError("cannot cache function: no locator available")
+    return real(*args, **kwargs)
+numba.njit = njit
+import numpy as np
+from app.detectors import kernels
+from app.detectors.streaming import make_detector
+assert kernels.enabled()
+values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
+print(make_detector("adwin").update_many(values))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
+    assert out.stdout.strip() == str(ADWINDetector().update_many(values))
