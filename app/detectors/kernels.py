@@ -32,6 +32,7 @@ nanoseconds. State: [z.n, z.mean, x_min.n, x_min.mean, x_max.n, x_max.mean, warn
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -247,17 +248,19 @@ def _detect_change(floats: FloatArray, ints: IntArray, totals: FloatArray,
     return change_detected
 
 
-def hddm_a_run(values: FloatArray, state: FloatArray, log_dc: float, log_2dc: float,
-               log_2wc: float, two_sided: bool, hits: IntArray) -> int:
+def hddm_a_run(values: FloatArray | list[float], state: FloatArray | list[Any],
+               log_dc: float, log_2dc: float, log_2wc: float, two_sided: bool,
+               hits: IntArray | list[int]) -> int:
     """river's ``HDDM_A.update`` of each value (0 or 1), a detection resetting the
     detector as ``RiverDetector._step`` does; the detections' indices go to ``hits``,
-    their number is returned, ``state`` is updated in place. ``log_dc`` is
+    their number is returned, ``state`` is updated in place. Uncompiled (``py_func``),
+    it takes lists, its numbers Python floats. ``log_dc`` is
     ``log(1 / drift_confidence)``, ``log_2dc`` and ``log_2wc`` ``log(2 / confidence)``
     of the drift and the warning confidences."""
     zn, zm, an, am, bn, bm = state[0], state[1], state[2], state[3], state[4], state[5]
     warning = state[6] != 0.0
     count = 0
-    for i in range(values.shape[0]):
+    for i in range(len(values)):
         x = values[i]
         zn += 1.0
         zm += (1.0 / zn) * (x - zm)

@@ -942,59 +942,35 @@ class HDDMADetector(_ErrorStreamDetector):
                          two_sided_test=_flag("two_sided_test", two_sided_test))
 
     def _steps(self, values: list[float]) -> list[int]:
-        """river's ``HDDM_A.update`` (0.23) on each value, its arithmetic written out on
-        local variables: the same figures and detections as value by value, without a
-        method call and a copy of a mean per value (a test compares the two)."""
+        """river's ``HDDM_A.update`` (0.23) on each value, its arithmetic written out
+        (:func:`~app.detectors.kernels.hddm_a_run`, compiled, or in Python): the same
+        figures and detections as value by value, without a method call and a copy of a
+        mean per value (a test compares the two)."""
         det = self._river
         if det.drift_detected:  # (never at rest: ``_step`` replaces a detector that fired)
             return super()._steps(values)
         dc, wc, two = det.drift_confidence, det.warning_confidence, det.two_sided_test
         log_dc, log_2dc, log_2wc = (math.log(1.0 / dc), math.log(2.0 / dc),
                                     math.log(2.0 / wc))
-        sqrt = math.sqrt
         zn, zm = det._z.n, det._z._mean
         an, am = det._x_min.n, det._x_min._mean  # the cut point of an increase
         bn, bm = det._x_max.n, det._x_max._mean  # the cut point of a decrease
         warning = det._warning_detected
-        hits: list[int] = []
         n = len(values)
-        if kernels.enabled():  # the loop below, compiled (app.detectors.kernels)
-            state = np.array([zn, zm, an, am, bn, bm, warning], dtype=np.float64)
+        state = [zn, zm, an, am, bn, bm, warning]
+        if kernels.enabled():
+            numbers = np.array(state, dtype=np.float64)
             found = np.empty(n, dtype=np.int64)
-            count = kernels.hddm_a_run(np.asarray(values, dtype=np.float64), state, log_dc,
+            count = kernels.hddm_a_run(np.asarray(values, dtype=np.float64), numbers, log_dc,
                                        log_2dc, log_2wc, bool(two), found)
-            hits = found[:count].tolist()
-            zn, zm, an, am, bn, bm = state[:6].tolist()
-            warning = bool(state[6])
-        else:
-            for i, x in enumerate(values):
-                zn += 1.0
-                zm += (1.0 / zn) * (x - zm)
-                if an == 0:
-                    an, am = zn, zm
-                if bn == 0:
-                    bn, bm = zn, zm
-                eps_z = sqrt(1.0 / (2 * zn) * log_dc)
-                if am + sqrt(1.0 / (2 * an) * log_dc) >= zm + eps_z:
-                    an, am = zn, zm
-                if bm - sqrt(1.0 / (2 * bn) * log_dc) <= zm - eps_z:
-                    bn, bm = zn, zm
-                drift = warning = False
-                if an != zn:
-                    m = (zn - an) / an * (1.0 / zn)
-                    if zm - am >= sqrt(m / 2 * log_2dc):
-                        drift = True
-                    elif zm - am >= sqrt(m / 2 * log_2wc):
-                        warning = True
-                if two and bn != zn:
-                    m = (zn - bn) / bn * (1.0 / zn)
-                    if bm - zm >= sqrt(m / 2 * log_2dc):
-                        drift = True
-                    elif bm - zm >= sqrt(m / 2 * log_2wc):
-                        warning = True
-                if drift:  # as ``_step``: a fresh detector, same hyperparameters
-                    hits.append(i)
-                    zn, zm, an, am, bn, bm, warning = 0, 0.0, 0, 0.0, 0, 0.0, False
+            hits: list[int] = found[:count].tolist()
+            state = numbers.tolist()
+        else:  # the same loop in Python, on floats and lists
+            run = getattr(kernels.hddm_a_run, "py_func", kernels.hddm_a_run)
+            hits = [0] * n
+            del hits[run(values, state, log_dc, log_2dc, log_2wc, bool(two), hits):]
+        zn, zm, an, am, bn, bm = state[:6]
+        warning = bool(state[6])
         self._n += n
         self._n_detections += len(hits)
         if hits:
