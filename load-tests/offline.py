@@ -201,7 +201,7 @@ def main() -> int:
                 await pipeline.process_batch(batch, now, wait=False)
             await pipeline.checkpoint()
 
-        warm_up()  # (the compiled ADWIN, loaded as the worker does at its start)
+        warm_up()  # (the compiled detectors, loaded as the worker does at its start)
         tune_gc()  # as the worker does after start-up
         began = time.process_time()
         if args.profile:

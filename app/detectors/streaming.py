@@ -102,7 +102,7 @@ import math
 import numbers
 import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, ClassVar, NamedTuple, Protocol, Self, runtime_checkable
 
@@ -288,13 +288,13 @@ def _cython_fields(obj: Any, fields: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def _dump_adwin(helper: Any) -> dict[str, Any]:
+AdwinBucket = tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def _read_adwin(helper: Any) -> tuple[dict[str, Any], list[AdwinBucket]]:
+    """river's ADWIN object as its fields (by name) and its bucket rows, newest first:
+    (slots used, totals, variances) each."""
     values = _cython_fields(helper, _ADWIN_FIELDS)
-    out: dict[str, Any] = {
-        k: (_dump_float(v) if k in _ADWIN_FLOATS else int(v))
-        for k, v in zip(_ADWIN_FIELDS, values, strict=False)
-        if k not in _ADWIN_HYPER
-    }
     try:
         bucket_deque = values[len(_ADWIN_FIELDS)]["bucket_deque"]
     except (IndexError, KeyError, TypeError):
@@ -303,37 +303,51 @@ def _dump_adwin(helper: Any) -> dict[str, Any]:
     buckets = []
     for bucket in bucket_deque:
         used, _, totals, variances = _cython_fields(bucket, _BUCKET_FIELDS)
-        buckets.append({
-            "used": int(used),
-            "totals": [_dump_float(t) for t in totals],
-            "variances": [_dump_float(v) for v in variances],
-        })
-    out["buckets"] = buckets
+        buckets.append((int(used), totals, variances))
+    return dict(zip(_ADWIN_FIELDS, values, strict=False)), buckets
+
+
+def _write_adwin(helper: Any, fields: dict[str, Any], buckets: Iterable[AdwinBucket]) -> None:
+    """Set river's ADWIN object to these fields and bucket rows (:func:`_read_adwin`)."""
+    size = fields["max_buckets"]
+    bucket_deque: collections.deque[Any] = collections.deque()
+    for used, totals, variances in buckets:
+        bucket = adwin_c.Bucket(size)
+        bucket.__setstate_cython__((used, size, totals, variances))  # type: ignore[attr-defined]
+        bucket_deque.append(bucket)
+    helper.__setstate_cython__((*(fields[k] for k in _ADWIN_FIELDS),
+                                {"bucket_deque": bucket_deque}))
+
+
+def _dump_adwin(helper: Any) -> dict[str, Any]:
+    fields, buckets = _read_adwin(helper)
+    out: dict[str, Any] = {k: (_dump_float(v) if k in _ADWIN_FLOATS else int(v))
+                           for k, v in fields.items() if k not in _ADWIN_HYPER}
+    out["buckets"] = [{"used": used, "totals": [_dump_float(t) for t in totals],
+                       "variances": [_dump_float(v) for v in variances]}
+                      for used, totals, variances in buckets]
     return out
 
 
 def _load_adwin(data: Any, helper: Any) -> Any:
-    fields = dict(zip(_ADWIN_FIELDS, _cython_fields(helper, _ADWIN_FIELDS), strict=False))
+    fields, _ = _read_adwin(helper)
     expected = set(_ADWIN_FIELDS) - _ADWIN_HYPER | {"buckets"}
     if not isinstance(data, dict) or set(data) != expected:
         raise ValueError(f"ADWIN state needs exactly the fields {sorted(expected)}")
     for k in expected - {"buckets"}:
         fields[k] = _load_float(data[k]) if k in _ADWIN_FLOATS else _load_int(data[k])
     size = fields["max_buckets"]
-    bucket_deque: collections.deque[Any] = collections.deque()
+    buckets = []
     for b in data["buckets"]:
         totals = np.array([_load_float(t) for t in b["totals"]], dtype=np.float64)
         variances = np.array([_load_float(v) for v in b["variances"]], dtype=np.float64)
         used = _load_int(b["used"])
         if totals.size != size + 1 or variances.size != size + 1 or not 0 <= used <= size + 1:
             raise ValueError(f"an ADWIN bucket holds {size + 1} slots, got {b!r}")
-        bucket = adwin_c.Bucket(size)
-        bucket.__setstate_cython__((used, size, totals, variances))  # type: ignore[attr-defined]
-        bucket_deque.append(bucket)
-    if not bucket_deque:
+        buckets.append((used, totals, variances))
+    if not buckets:
         raise ValueError("ADWIN state has no buckets")
-    values = (*(fields[k] for k in _ADWIN_FIELDS), {"bucket_deque": bucket_deque})
-    helper.__setstate_cython__(values)
+    _write_adwin(helper, fields, buckets)
     return helper
 
 
@@ -632,12 +646,13 @@ class ADWINDetector(RiverDetector):
         hits: list[int] = []
         at = 0
         while at < x.size:
-            state = _adwin_arrays(self._river._helper)
+            fields, buckets = _read_adwin(self._river._helper)
+            state = _adwin_arrays(fields, buckets)
             i = kernels.adwin_run(x[at:], *state, float(p["delta"]), int(p["clock"]),
                                  int(p["max_buckets"]), int(p["min_window_length"]),
                                  int(p["grace_period"]))
             if i < 0:
-                _set_adwin_arrays(self._river._helper, *state)
+                _set_adwin_arrays(self._river._helper, fields, *state)
                 self._n += x.size - at
                 break
             hits.append(at + i)  # as _step: a fresh detector, same hyperparameters
@@ -652,18 +667,15 @@ AdwinArrays = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[
                     npt.NDArray[np.float64], npt.NDArray[np.int64]]
 
 
-def _adwin_arrays(helper: Any) -> AdwinArrays:
-    """River's ADWIN state as :func:`~app.detectors.kernels.adwin_run` reads it."""
-    values = _cython_fields(helper, _ADWIN_FIELDS)
-    fields = dict(zip(_ADWIN_FIELDS, values, strict=False))
-    buckets = list(values[len(_ADWIN_FIELDS)]["bucket_deque"])
-    size = fields["max_buckets"] + 1
+def _adwin_arrays(fields: dict[str, Any], buckets: list[AdwinBucket]) -> AdwinArrays:
+    """River's ADWIN state (:func:`_read_adwin`) as :func:`~app.detectors.kernels.adwin_run`
+    reads it."""
     rows = max(kernels.ROWS, len(buckets) + 1)
-    totals = np.zeros((rows, size), dtype=np.float64)
-    variances = np.zeros((rows, size), dtype=np.float64)
+    totals = np.zeros((rows, fields["max_buckets"] + 1), dtype=np.float64)
+    variances = np.zeros_like(totals)
     used = np.zeros(rows, dtype=np.int64)
-    for r, bucket in enumerate(buckets):
-        used[r], _, totals[r], variances[r] = _cython_fields(bucket, _BUCKET_FIELDS)
+    for r, (slots, row_totals, row_variances) in enumerate(buckets):
+        used[r], totals[r], variances[r] = slots, row_totals, row_variances
     floats = np.array([fields["total"], fields["variance"], fields["width"],
                        fields["total_width"]], dtype=np.float64)
     ints = np.array([fields["n_buckets"], fields["tick"], fields["n_detections"],
@@ -671,24 +683,18 @@ def _adwin_arrays(helper: Any) -> AdwinArrays:
     return floats, ints, totals, variances, used
 
 
-def _set_adwin_arrays(helper: Any, floats: npt.NDArray[np.float64],
+def _set_adwin_arrays(helper: Any, fields: dict[str, Any], floats: npt.NDArray[np.float64],
                       ints: npt.NDArray[np.int64], totals: npt.NDArray[np.float64],
                       variances: npt.NDArray[np.float64], used: npt.NDArray[np.int64]
                       ) -> None:
     """Write :func:`_adwin_arrays` back into river's object (its own types: C doubles
-    and ints, a deque of buckets of ``max_buckets + 1`` slots)."""
-    fields = dict(zip(_ADWIN_FIELDS, _cython_fields(helper, _ADWIN_FIELDS), strict=False))
-    size = fields["max_buckets"]
-    deque: collections.deque[Any] = collections.deque()
-    for r in range(int(ints[4])):
-        bucket = adwin_c.Bucket(size)
-        bucket.__setstate_cython__((int(used[r]), size, totals[r].copy(),  # type: ignore[attr-defined]
-                                    variances[r].copy()))
-        deque.append(bucket)
-    fields.update(total=float(floats[0]), variance=float(floats[1]), width=float(floats[2]),
-                  total_width=float(floats[3]), n_buckets=int(ints[0]), tick=int(ints[1]),
-                  n_detections=int(ints[2]), max_n_buckets=int(ints[3]))
-    helper.__setstate_cython__((*(fields[k] for k in _ADWIN_FIELDS), {"bucket_deque": deque}))
+    and ints; ``fields``: the others, as read)."""
+    fields = {**fields, "total": float(floats[0]), "variance": float(floats[1]),
+              "width": float(floats[2]), "total_width": float(floats[3]),
+              "n_buckets": int(ints[0]), "tick": int(ints[1]), "n_detections": int(ints[2]),
+              "max_n_buckets": int(ints[3])}
+    _write_adwin(helper, fields, ((int(used[r]), totals[r].copy(), variances[r].copy())
+                                  for r in range(int(ints[4]))))
 
 
 class PageHinkleyDetector(RiverDetector):

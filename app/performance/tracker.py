@@ -353,10 +353,10 @@ class PerformanceTracker:
         window_ms = self.window_ms
         first, top = min(times) // window_ms * window_ms, max(times)
         groups: Mapping[tuple[int, str], int]
-        if first == top // window_ms * window_ms and versions.count(versions[0]) == len(
-                versions):  # the usual batch: one window, one version
-            groups = {(first, versions[0]): len(versions)}
-        elif versions.count(versions[0]) == len(versions):  # one version, a few windows
+        one_version = versions.count(versions[0]) == len(versions)
+        if one_version and first == top // window_ms * window_ms:  # the usual batch
+            groups = {(first, versions[0]): len(versions)}  # (one window, one version)
+        elif one_version:  # a few windows
             groups = _window_counts(times, window_ms, versions[0])
         else:
             groups = Counter(zip([t // window_ms * window_ms for t in times], versions,
