@@ -137,3 +137,26 @@ print(make_detector("adwin").update_many(values))
                          check=True, cwd=Path(__file__).resolve().parents[3])
     values = np.concatenate([np.zeros(3000), np.ones(300)]).tolist()
     assert out.stdout.strip() == str(ADWINDetector().update_many(values))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_worker_setting_decides_whether_the_detectors_run_compiled(compiled: bool
+                                                                       ) -> None:
+    """``worker.compiled_detectors``: a worker built with it loads the kernels at its start;
+    without it, numba is never imported."""
+    code = f"""
+import sys
+from prometheus_client import CollectorRegistry
+from app.detectors import kernels
+from app.observability.metrics import Metrics
+from app.settings import settings_from_mapping
+from app.streaming import build_app
+settings = settings_from_mapping({{"worker": {{"compiled_detectors": {compiled}}}, "models": {{
+    "m": {{"features": {{"x": {{"type": "numeric"}}}}, "reference": {{"file": "r.jsonl"}},
+           "performance": {{"positive_class": "1"}}}}}}}}, env={{}})
+build_app(settings, "kafka:9092", {{}}, Metrics(CollectorRegistry()))
+print(kernels._state, "numba" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.split() == [str(compiled), str(compiled)]
