@@ -486,67 +486,80 @@ class Pipeline:
             await fut
 
     # -- closing windows ------------------------------------------------------------
-    async def close_due(self, model: str, now: float | None = None) -> int:
-        """Close every due window of ``model``; returns how many closed."""
+    async def close_due(self, model: str, now: float | None = None, *,
+                        detections: bool = False) -> int:
+        """Close every due window of ``model``; returns how many closed.
+
+        With ``detections``, its streaming detections go first (alerts for streaming
+        change detections, performance evaluations and their alerts), in the first due
+        window's round trip to the broker: one wait for both, not one each (their order
+        kept); alone when no window is due. They are acknowledged in the state once
+        sent; under the model's lock, so the agent and the timer never send the same
+        ones, and detections added while sending (appended) are not acknowledged by
+        mistake. A window's outputs failing is logged and the window closes again later;
+        detections failing are raised (once the window that shared their round trip is
+        reopened).
+        """
         closed = 0
         async with self.locks[model]:
             now = time.time() if now is None else now
+            pending = self.engine.detections(model) if detections else []
             for start in self.engine.due(model, now):
                 result = self.engine.begin_close(model, start, now)
                 try:
-                    await self._publish(model, result)
+                    await self._publish(model, result, pending)
                 except Exception:
                     self.engine.abort_close(model, start, result)
+                    if pending:
+                        raise
                     log.exception("publishing window %s of %r failed; will retry", start, model)
                     break
+                pending = []
                 self.engine.finish_close(model, start)
                 self.save(model)
                 closed += 1
                 if result.due_since is not None:
                     self.metrics.window_close_lag.observe(
                         max(0.0, time.time() - result.due_since))
+            if pending:  # no window due: the detections alone
+                await self._send(model, self._targets(pending))
+                self._detections_sent(model, pending)
         return closed
 
     async def publish_due(self, models: Iterable[str], now: float) -> None:
-        """Each model's streaming detections, then its due windows (:meth:`close_due`),
-        the models at once. A model's own outputs keep their order, each window closed
+        """Each model's streaming detections and due windows (:meth:`close_due`), the
+        models at once. A model's own outputs keep their order, each window closed
         only once the broker has its outputs, but the round trips of different models'
         outputs overlap. Windows of many models fall due together (every model's at the
         minute, on the tick or read from a backlog); published one model after another,
         the last model's alert waited for every other model's acknowledgements."""
-        async def one(model: str) -> None:
-            await self.publish_detections(model)
-            await self.close_due(model, now)
-
-        failed = [r for r in await asyncio.gather(*map(one, models), return_exceptions=True)
-                  if isinstance(r, BaseException)]
+        failed = [r for r in await asyncio.gather(
+            *(self.close_due(model, now, detections=True) for model in models),
+            return_exceptions=True) if isinstance(r, BaseException)]
         if failed:  # (raised once every model's publishing is over)
             raise failed[0]
 
-    async def publish_detections(self, model: str) -> None:
-        """Alerts for streaming change detections; acknowledged in the state once sent.
+    def _targets(self, outputs: list[tuple[str, dict[str, Any]]]
+                 ) -> list[tuple[Any, dict[str, Any]]]:
+        """Detections' outputs with the topics they go to."""
+        targets = {"alerts": self.alerts, "evaluations": self.evaluations,
+                   "retrain_triggers": self.retrain_triggers}
+        return [(targets[t], e) for t, e in outputs]
 
-        Under the model's lock: the agent and the timer never send the same detections,
-        and detections added while sending (appended) are not acknowledged by mistake.
-        """
-        async with self.locks[model]:
-            outputs = self.engine.detections(model)
-            if not outputs:
-                return
-            targets = {"alerts": self.alerts, "evaluations": self.evaluations,
-                       "retrain_triggers": self.retrain_triggers}
-            await self._send(model, [(targets[t], e) for t, e in outputs])
-            self.metrics.observe_alerts(model, [e for t, e in outputs if t == "alerts"],
-                                        self.engine.monitor(model).alerts)
-            for target, e in outputs:
-                if target == "alerts":
-                    continue
-                if target == "retrain_triggers":
-                    self.metrics.retrain_triggers.labels(model).inc()
-                else:
-                    self.metrics.observe_performance_evaluation(model, e["data"])
-            self.engine.ack_detections(model, len(outputs))
-            self.save(model)
+    def _detections_sent(self, model: str, outputs: list[tuple[str, dict[str, Any]]]) -> None:
+        """The broker has a model's detections (:meth:`~app.core.engine.Engine.detections`):
+        counted, and acknowledged in its state."""
+        self.metrics.observe_alerts(model, [e for t, e in outputs if t == "alerts"],
+                                    self.engine.monitor(model).alerts)
+        for target, e in outputs:
+            if target == "alerts":
+                continue
+            if target == "retrain_triggers":
+                self.metrics.retrain_triggers.labels(model).inc()
+            else:
+                self.metrics.observe_performance_evaluation(model, e["data"])
+        self.engine.ack_detections(model, len(outputs))
+        self.save(model)
 
     async def tick(self) -> None:
         """Wall-clock pass: close windows of idle streams, evaluate due checkpoints, judge
@@ -574,10 +587,15 @@ class Pipeline:
         await wait_all([await topic.send(key=key, value=orjson.dumps(event),
                                          headers=CE_HEADERS) for topic, event in outputs])
 
-    async def _publish(self, model: str, closed: ClosedWindow) -> None:
-        await self._send(model, [(self.alerts, a) for a in closed.alerts]
+    async def _publish(self, model: str, closed: ClosedWindow,
+                       detections: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """A closed window's outputs, after ``detections`` when given (one round trip)."""
+        await self._send(model, self._targets(detections or [])
+                         + [(self.alerts, a) for a in closed.alerts]
                          + [(self.evaluations, e) for e in closed.evaluation_events]
                          + [(self.retrain_triggers, t) for t in closed.triggers])
+        if detections:
+            self._detections_sent(model, detections)
         if closed.triggers:
             self.metrics.retrain_triggers.labels(model).inc(len(closed.triggers))
         self.metrics.observe_alerts(model, closed.alerts, self.engine.monitor(model).alerts)

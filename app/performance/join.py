@@ -42,8 +42,12 @@ ORPHANS = "j/o/"
 JOINED, LATE, EXPIRED, ORPHANED = "j", "l", "x", "o"  # why an id left a map
 
 
-def _picker(idx: list[int]) -> Any:
-    """A function of a list: its items at ``idx`` (at least one), as a list, in C."""
+def picker(idx: list[int]) -> Any:
+    """A function of a list: its items at ``idx`` (at least one), as a list, in C.
+
+    >>> picker([2, 0])(["a", "b", "c"]), picker([1])(["a", "b"])
+    (['c', 'a'], ['b'])
+    """
     get = operator.itemgetter(*idx)
     if len(idx) == 1:
         return lambda values: [get(values)]
@@ -68,13 +72,37 @@ class Labelled(NamedTuple):
         return self.label_ms - self.event_ms
 
 
+def _no_labels() -> list[list[Any]]:
+    return [[] for _ in Labelled._fields]
+
+
 @dataclass
 class JoinResult:
-    labelled: list[Labelled] = field(default_factory=list)
+    """What a call to the join found. The labelled predictions are kept as columns, in
+    :class:`Labelled`'s field order (``columns[j][i]`` is field ``j`` of the ``i``-th):
+    the join finds a batch's labels as columns and the tracker places them as columns,
+    so no row tuple is built per label in between; :attr:`labelled` reads them as
+    rows."""
+
+    columns: list[list[Any]] = field(default_factory=_no_labels)
     expired: int = 0  # predictions past the horizon (or evicted) without a label
     orphans: int = 0  # outcomes whose prediction never came
     duplicates: int = 0  # second outcomes for the same prediction
     too_late: int = 0  # labels that came more than the horizon after their prediction
+
+    @property
+    def labelled(self) -> list[Labelled]:
+        """The labelled predictions, in the order they were labelled."""
+        return list(map(Labelled._make, zip(*self.columns, strict=True)))
+
+    def add(self, labelled: Labelled) -> None:
+        for col, value in zip(self.columns, labelled, strict=True):
+            col.append(value)
+
+    def add_columns(self, columns: Sequence[Sequence[Any]]) -> None:
+        """Labelled predictions given as columns (in :class:`Labelled`'s field order)."""
+        for col, values in zip(self.columns, columns, strict=True):
+            col += values
 
 
 class LabelJoin:
@@ -232,19 +260,19 @@ class LabelJoin:
         early = list(itertools.compress(range(len(pids)), map(waited.__contains__, pids)))
         if not early:
             return keep
-        pick = _picker(early)
+        pick = picker(early)
         ids, event_ms = pick(pids), pick(cols[0])
         label_ms, labels, seen_ms = orphans.columns(ids)
         # remembered until the prediction's own time is past the horizon too, so that a
         # redelivery is never pending again
         remember = max(max(label_ms), max(event_ms))
         joined = [lm - em <= horizon for lm, em in zip(label_ms, event_ms, strict=True)]
-        rows = zip(ids, event_ms, pick(cols[1]), pick(cols[2]), pick(cols[3]), labels,
-                   label_ms, seen_ms, strict=True)
-        # as named tuples, built in C (tuple.__new__: the fields are in order)
-        out.labelled += map(tuple.__new__, itertools.repeat(Labelled),
-                            itertools.compress(rows, joined))
-        out.too_late += joined.count(False)
+        found = [ids, event_ms, pick(cols[1]), pick(cols[2]), pick(cols[3]), labels,
+                 label_ms, seen_ms]
+        late = joined.count(False)
+        out.add_columns(found if not late else
+                        [list(itertools.compress(c, joined)) for c in found])
+        out.too_late += late
         orphans.pop_each(ids, [JOINED if j else LATE for j in joined], remember)
         return keep
 
@@ -275,8 +303,8 @@ class LabelJoin:
             out.too_late += 1
         else:
             self.orphans.pop(pid, JOINED, remember)
-            out.labelled.append(Labelled(pid, event_ms, version, predicted, score, label,
-                                         label_ms, seen_ms))
+            out.add(Labelled(pid, event_ms, version, predicted, score, label, label_ms,
+                             seen_ms))
         return False
 
     def _known(self, ids: set[str]) -> set[str]:
@@ -338,8 +366,8 @@ class LabelJoin:
                 if reason == LATE:
                     out.too_late += 1
                 else:
-                    out.labelled.append(Labelled(pid, event_ms, version, predicted, score,
-                                                 label, label_ms, seen_ms))
+                    out.add(Labelled(pid, event_ms, version, predicted, score, label,
+                                     label_ms, seen_ms))
             elif (self.pending.removed(pid) in (JOINED, LATE) or pid in self.orphans
                   or pid in fresh or self.orphans.removed(pid) is not None):
                 out.duplicates += 1
@@ -391,18 +419,16 @@ class LabelJoin:
         event_ms, versions, predicted, scores = self.pending.columns(pids)
         horizon = self.horizon_ms
         late = [lm - em > horizon for lm, em in zip(label_ms, event_ms, strict=True)]
-        joined = zip(pids, event_ms, versions, predicted, scores, labels, label_ms, seen_ms,
-                     strict=True)
+        found = [pids, event_ms, versions, predicted, scores, labels, label_ms, seen_ms]
         if any(late):
-            rows_late = list(zip(joined, late, strict=True))
-            labelled = [r for r, x in rows_late if not x]
-            self.pending.pop_many([r[0] for r in labelled], JOINED)
-            self.pending.pop_many([r[0] for r, x in rows_late if x], LATE)
-            out.too_late += len(rows_late) - len(labelled)
-            out.labelled = list(map(Labelled._make, labelled))
+            joined = list(map(operator.not_, late))
+            found = [list(itertools.compress(c, joined)) for c in found]
+            self.pending.pop_many(found[0], JOINED)
+            self.pending.pop_many(list(itertools.compress(pids, late)), LATE)
+            out.too_late += late.count(True)
         else:
             self.pending.pop_many(pids, JOINED)
-            out.labelled = list(map(Labelled._make, joined))
+        out.add_columns(found)
 
     def expire(self, watermark_ms: int) -> JoinResult:
         """Drop predictions older than the horizon and outcomes older than theirs.

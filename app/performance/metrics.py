@@ -28,7 +28,9 @@ computed: no value, or fewer than two rows for a normal interval.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -136,34 +138,51 @@ class ClassificationMetrics:
         self.neg_hist = np.zeros(AUC_BINS, dtype=np.int64)
 
     def update(self, rows: Iterable[tuple[Any, Any, float | None]]) -> None:
-        """Add (label, predicted, positive-class score or None) triples.
+        """Add (label, predicted, positive-class score or None) triples
+        (:meth:`update_columns` of their columns)."""
+        batch = list(rows)
+        if batch:
+            labels, predicted, scores = zip(*batch, strict=True)
+            self.update_columns(labels, predicted, scores)
+
+    def update_columns(self, raw_labels: Sequence[Any], raw_predicted: Sequence[Any],
+                       scores: Sequence[float | None]) -> None:
+        """Add labels, predictions and positive-class scores (or None), as columns.
 
         A batch at once: the confusion counts in one ``Counter``, the scored rows' clipped
         probabilities and histogram bins with numpy; each loss is still ``math.log`` of
         its own, and the exact sums take the batch's losses at once (what row by row
         gives, to the bit).
         """
-        batch = list(rows)
-        if not batch:
+        n = len(scores)
+        if not n:
             return
-        raw_labels, raw_predicted, scores = zip(*batch, strict=True)
         labels, predicted = as_classes(raw_labels), as_classes(raw_predicted)
         confusion = self.confusion
         for key, count in Counter(zip(labels, predicted, strict=True)).items():
             confusion[key] = confusion.get(key, 0) + count
-        self.n += len(batch)
+        self.n += n
         if self.positive is None:
             return
-        scored = [i for i, s in enumerate(scores) if s is not None and 0.0 <= s <= 1.0]
-        if not scored:
+        if set(map(type, scores)) == {float}:  # the usual scores: checked with numpy
+            score = np.fromiter(scores, np.float64, n)
+            usable = (score >= 0.0) & (score <= 1.0)  # (NaN is neither)
+            if not usable.all():
+                score, labels = score[usable], list(itertools.compress(labels, usable))
+        else:
+            labels = [c for c, s in zip(labels, scores, strict=True)
+                      if s is not None and 0.0 <= s <= 1.0]
+            score = np.array([s for s in scores if s is not None and 0.0 <= s <= 1.0],
+                             dtype=np.float64)
+        if not score.size:
             return
-        score = np.array([scores[i] for i in scored], dtype=np.float64)
-        is_pos = np.array([labels[i] == self.positive for i in scored], dtype=bool)
+        is_pos = np.fromiter(map(operator.eq, labels, itertools.repeat(self.positive)),
+                             bool, len(labels))
         p = np.minimum(np.maximum(score, EPS), 1 - EPS)
         log_p = np.array(list(map(math.log, np.where(is_pos, p, 1 - p).tolist())))
         self._loss.add_many((-log_p).tolist())
         self._loss_sq.add_many((log_p * log_p).tolist())
-        self.logloss_n += len(scored)
+        self.logloss_n += score.size
         bins = np.minimum((score * AUC_BINS).astype(np.int64), AUC_BINS - 1)
         self.pos_hist += np.bincount(bins[is_pos], minlength=AUC_BINS)
         self.neg_hist += np.bincount(bins[~is_pos], minlength=AUC_BINS)

@@ -45,7 +45,7 @@ import numpy as np
 from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
 from app.events.fields import field_values, score_values, share_strings
-from app.performance.join import JoinResult, LabelJoin, Labelled
+from app.performance.join import JoinResult, LabelJoin, picker
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_classes
 from app.policy.performance import (
     PerformanceDecision,
@@ -374,7 +374,7 @@ class PerformanceTracker:
         result = self.join.add_prediction_columns(
             field_values(events, "prediction_id"), [times, self._shared(versions), kept, scores])
         update.count(result)
-        self._place(result.labelled, update)
+        self._place(result.columns, update)
 
     def _kept_all(self, values: list[Any]) -> Sequence[Any]:
         """What the join keeps of predictions or labels: what the metrics read of each,
@@ -416,21 +416,21 @@ class PerformanceTracker:
             field_values(events, "prediction_id"), self._kept_all(field_values(events, "label")),
             times, at, strict=True)))
         update.count(result)
-        self._place(result.labelled, update)
+        self._place(result.columns, update)
 
-    def _place(self, labelled: Sequence[Labelled], update: PerformanceUpdate) -> None:
-        """Put labelled predictions into their window's checkpoint buckets (one metrics
-        and sketch update per bucket, not per label).
+    def _place(self, labelled: Sequence[Sequence[Any]], update: PerformanceUpdate) -> None:
+        """Put labelled predictions (columns, as :attr:`JoinResult.columns`) into their
+        window's checkpoint buckets (one metrics and sketch update per bucket, not per
+        label).
 
-        The batch is read as columns: checkpoints, windows and versions are found with
-        array operations, and the buckets filled in the order their first label came, each
-        with its labels in their order (what placing them one by one gives).
+        Checkpoints, windows and versions are found with array operations, and the
+        buckets filled in the order their first label came, each with its labels in their
+        order (what placing them one by one gives).
         """
-        n = len(labelled)
+        _, event_ms, versions, predicted, scores, labels, label_ms, seen_ms = labelled
+        n = len(event_ms)
         if not n:
             return
-        _, event_ms, versions, predicted, scores, labels, label_ms, seen_ms = zip(
-            *labelled, strict=True)
         ev = np.fromiter(event_ms, np.int64, n)
         lm = np.fromiter(label_ms, np.int64, n)
         sm = np.fromiter(seen_ms, np.int64, n)
@@ -466,8 +466,11 @@ class PerformanceTracker:
             * len(self.delays) + k[rows]
         _, first, group = np.unique(key, return_index=True, return_inverse=True)
         names = list(codes)
+        delays = np.maximum(lm - ev, 0) / 1000
         for g in np.argsort(first, kind="stable").tolist():
-            idx = rows[group == g].tolist()
+            at = rows[group == g]
+            idx = at.tolist()
+            pick = picker(idx)  # the group's values of a column, in C
             i0 = idx[0]
             start, version, kk = int(starts[i0]), names[vc[i0]], int(k[i0])
             sl = self.windows[start].slices[version]
@@ -475,12 +478,13 @@ class PerformanceTracker:
             if bucket is None:
                 bucket = sl.buckets[kk] = Bucket(self._metrics())
             if isinstance(bucket.metrics, RegressionMetrics):
-                bucket.metrics.update([(float(labels[i]), float(predicted[i])) for i in idx])
+                bucket.metrics.update(list(zip(map(float, pick(labels)),
+                                               map(float, pick(predicted)), strict=True)))
             else:
-                bucket.metrics.update([(labels[i], predicted[i], scores[i]) for i in idx])
+                bucket.metrics.update_columns(pick(labels), pick(predicted), pick(scores))
             bucket.rows += [(event_ms[i], errors[i], losses[i]) for i in idx]
             bucket.unsaved += len(idx)
-            bucket.delays.update(np.maximum(lm[idx] - ev[idx], 0) / 1000)
+            bucket.delays.update(delays[at])
             update.labelled += len(idx)
             self.dirty.add(start)
 

@@ -124,18 +124,35 @@ def test_models_windows_are_published_at_once_each_model_s_in_order() -> None:
     asyncio.run(go())
 
 
+class RefusingFor:
+    """A topic whose sends for one model's key fail at once (the broker refused them)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.sent: list[tuple[str, str]] = []
+
+    async def send(self, key: bytes, value: bytes, headers: Any = None) -> Any:
+        if key.decode() == self.model:
+            raise RuntimeError(f"the broker refused {self.model}'s detections")
+        self.sent.append((key.decode(), orjson.loads(value)["id"]))
+        return _done()
+
+
+def _detection(model: str, n: int = 0) -> tuple[str, dict[str, Any]]:
+    """A streaming detection's output waiting to be published."""
+    return ("alerts", {"id": f"{model}-detection-{n}",
+                       "data": {"kind": "concept_drift", "severity": "warning",
+                                "status": "firing"}})
+
+
 def test_a_model_s_failure_is_raised_once_the_others_are_published() -> None:
     pipeline, evaluations = _pipeline()
-    publish = pipeline.publish_detections
-
-    async def failing(model: str) -> None:
-        if model == "a":
-            raise RuntimeError("the broker refused a's detections")
-        await publish(model)
+    pipeline.alerts = RefusingFor("a")
 
     async def go() -> None:
         await pipeline.process_batch(_fill("a", 0) + _fill("b", 10))
-        pipeline.publish_detections = failing  # type: ignore[method-assign]
+        for m in MODELS:
+            pipeline.engine.monitor(m).pending_outputs.append(_detection(m))
         late = [_message(20, m, [T0 + 240_001]) for m in MODELS]
         batch = asyncio.ensure_future(pipeline.process_batch(late))
         for _ in range(50):
@@ -148,9 +165,76 @@ def test_a_model_s_failure_is_raised_once_the_others_are_published() -> None:
             await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="refused a's"):
             await batch
-        # b's windows were published and closed all the same; a's stay due
+        # b's detection and windows were published and closed all the same; a's
+        # detection waits to be sent again, and its windows stay due
+        assert pipeline.alerts.sent == [("b", "b-detection-0")]
         assert [w for m, w, _ in evaluations.sent if m == "b"] == [T0, T0 + 60_000]
         assert not pipeline.engine.due("b", time.time())
-        assert pipeline.engine.due("a", time.time())
+        assert pipeline.engine.due("a", time.time()) == [T0, T0 + 60_000]
+        assert pipeline.engine.detections("a") == [_detection("a")]
+        assert pipeline.engine.detections("b") == []
+
+    asyncio.run(go())
+
+
+class HeldAlerts(Held):
+    """:class:`Held` for alerts, whose events have no window."""
+
+    async def send(self, key: bytes, value: bytes, headers: Any = None) -> Any:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append((key.decode(), orjson.loads(value)["id"], fut))
+        return fut
+
+
+def test_detections_share_the_first_window_s_round_trip() -> None:
+    """A model's detections and its first due window's outputs go in one round trip:
+    all sent before the broker answers any; the detections are acknowledged, and the
+    window closed, once it has them all; the next window waits for that."""
+    pipeline, evaluations = _pipeline()
+    alerts = pipeline.alerts = HeldAlerts()
+
+    async def go() -> None:
+        await pipeline.process_batch(_fill("a", 0))
+        pipeline.engine.monitor("a").pending_outputs += [_detection("a", 0), _detection("a", 1)]
+        batch = asyncio.ensure_future(pipeline.process_batch(
+            [_message(20, "a", [T0 + 240_001])]))
+        await _until(lambda: evaluations.sent)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [i for _, i, _ in alerts.sent] == ["a-detection-0", "a-detection-1"]
+        assert [w for _, w, _ in evaluations.sent] == [T0]  # in the same round trip
+        assert not any(f.done() for _, _, f in alerts.sent + evaluations.sent)
+        assert len(pipeline.engine.detections("a")) == 2  # not acknowledged yet
+        alerts.release()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert [w for _, w, _ in evaluations.sent] == [T0]  # the window's outputs wait
+        assert len(pipeline.engine.detections("a")) == 2
+        evaluations.release()
+        await _until(lambda: len(evaluations.sent) == 2)
+        assert pipeline.engine.detections("a") == []
+        m = pipeline.engine.monitor("a")
+        assert T0 not in m.windows and m.closing == {T0 + 60_000}  # the next one's turn
+        evaluations.release()
+        await batch
+        assert not pipeline.engine.due("a", time.time())
+        assert [i for _, i, _ in alerts.sent] == ["a-detection-0", "a-detection-1"]
+
+    asyncio.run(go())
+
+
+def test_detections_with_no_window_due_are_sent_alone() -> None:
+    pipeline, evaluations = _pipeline()
+    alerts = pipeline.alerts = HeldAlerts()
+
+    async def go() -> None:
+        await pipeline.process_batch(_fill("a", 0))
+        pipeline.engine.monitor("a").pending_outputs.append(_detection("a"))
+        publish = asyncio.ensure_future(pipeline.publish_due(["a"], time.time()))
+        await _until(lambda: alerts.sent)
+        assert not publish.done() and pipeline.engine.detections("a") == [_detection("a")]
+        alerts.release()
+        await publish
+        assert pipeline.engine.detections("a") == [] and not evaluations.sent
 
     asyncio.run(go())

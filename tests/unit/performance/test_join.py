@@ -361,8 +361,15 @@ def test_malformed_records_raise_state_error(change, message):
         restore({k: v for k, v in records.items() if v is not None})
 
 
-def test_join_result_defaults():
-    assert JoinResult() == JoinResult([], 0, 0, 0, 0)
+def test_join_result_defaults_and_rows():
+    r = JoinResult()
+    assert r == JoinResult([[] for _ in Labelled._fields], 0, 0, 0, 0) and r.labelled == []
+    a = Labelled("a", 1, "v1", "1", 0.5, "0", 2, 3)
+    b = Labelled("b", 4, "v2", "0", None, "0", 5, 6)
+    r.add(a)
+    r.add_columns([[x] for x in b])
+    assert r.labelled == [a, b]
+    assert r.columns[0] == ["a", "b"] and r.columns[4] == [0.5, None]
 
 
 @settings(max_examples=200, deadline=None)

@@ -431,6 +431,29 @@ def test_a_batch_update_equals_the_rows_one_by_one(batches, positive):
     assert batch.neg_hist.tolist() == oracle.neg_hist.tolist()
 
 
+_FLOAT_SCORES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 1),
+                         st.sampled_from([0.0, -0.0, 1.0, 1e-300, 1 - 1e-16]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(_CLASSES, _CLASSES, _FLOAT_SCORES), max_size=30),
+                max_size=5), st.sampled_from(["1", "0"]))
+def test_columns_of_float_scores_equal_the_rows_one_by_one(batches, positive):
+    """Every score a float (the usual batch): the scores are checked with numpy, NaN,
+    infinities and values out of [0, 1] left out as row by row leaves them."""
+    batch, oracle = ClassificationMetrics(positive), ClassificationMetrics(positive)
+    for rows in batches:
+        columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []]
+        batch.update_columns(*columns)
+        _update_row_by_row(oracle, rows)
+    assert list(batch.confusion.items()) == list(oracle.confusion.items())
+    assert (batch.n, batch.logloss_n) == (oracle.n, oracle.logloss_n)
+    assert _same(batch.logloss_sum, oracle.logloss_sum)
+    assert _same(batch.logloss_sq, oracle.logloss_sq)
+    assert batch.pos_hist.tolist() == oracle.pos_hist.tolist()
+    assert batch.neg_hist.tolist() == oracle.neg_hist.tolist()
+
+
 def _same(a, b):
     """Equal floats, the sign of zero and NaN included."""
     return (math.isnan(a) and math.isnan(b)) or (

@@ -18,7 +18,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.performance.join import Labelled
+from app.performance.join import JoinResult, Labelled, _no_labels
 from app.performance.metrics import RegressionMetrics, as_class
 from app.performance.tracker import Bucket, PerformanceTracker, PerformanceUpdate, _number
 from app.settings import settings_from_mapping
@@ -129,8 +129,10 @@ def test_placing_a_batch_at_once_equals_the_rule_label_by_label(task, batches, w
                 t._slice(start, version).predictions += 5
             t.windows[start].next_k = closed  # checkpoints already evaluated
         update = PerformanceUpdate()
-        for batch in batches:
-            t._place(batch, update)
+        for batch in batches:  # (the oracle reads rows, the tracker columns)
+            t._place(batch if isinstance(t, OneByOne) else JoinResult(
+                [list(c) for c in zip(*batch, strict=True)] if batch else _no_labels()
+            ).columns, update)
         updates.append(update)
     new, old = trackers
     assert updates[0] == updates[1]
