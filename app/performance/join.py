@@ -340,6 +340,15 @@ class LabelJoin:
         if self._all_new(rows, ids, known):
             self._add_orphans(rows, out)  # outcomes before their predictions (a backlog)
             return out
+        waiting = self.pending.present(ids)
+        if self._pending_or_new(rows, ids, known, waiting):
+            # a backlog of both topics read at once: some outcomes label pending
+            # predictions, the others come before theirs; each kind as its own batch
+            # (ids distinct: what one row does never changes what another finds)
+            pending = list(map(waiting.__contains__, map(operator.itemgetter(0), rows)))
+            self._join_pending(list(itertools.compress(rows, pending)), out)
+            self._add_orphans([r for r, p in zip(rows, pending, strict=True) if not p], out)
+            return out
         fresh: dict[str, Entry] = {}
         wm = self._watermark
         # distinct ids (the usual batch): the labelled predictions leave together below;
@@ -387,6 +396,13 @@ class LabelJoin:
     def _all_new(rows: Sequence[Any], ids: set[str], known: set[str]) -> bool:
         """Whether a batch of outcomes has no id twice and none either map knows."""
         return bool(rows) and len(ids) == len(rows) and not known
+
+    @staticmethod
+    def _pending_or_new(rows: Sequence[Any], ids: set[str], known: set[str],
+                        waiting: set[str]) -> bool:
+        """Whether a batch of outcomes has no id twice, some ids pending (``waiting``)
+        and the others new (``known`` holds the pending ones only), neither kind empty."""
+        return len(ids) == len(rows) and known == waiting and 0 < len(waiting) < len(ids)
 
     def _add_orphans(self, rows: Sequence[tuple[str, Any, int, int]], out: JoinResult
                      ) -> None:

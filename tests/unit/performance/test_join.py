@@ -462,6 +462,42 @@ def test_a_batch_of_early_outcomes_waits_as_row_by_row(steps):
     assert fast.orphan_count == general.orphan_count
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("p"), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60)),
+                                     max_size=8, unique_by=lambda r: r[0])),
+    st.tuples(st.just("d"), st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60)),
+                                     max_size=4)),
+    st.tuples(st.just("o"), st.lists(st.tuples(st.integers(0, 30), st.integers(-30, 40)),
+                                     max_size=12)),
+    st.tuples(st.just("e"), st.integers(0, 90))), max_size=25))
+def test_a_batch_of_outcomes_for_pending_and_new_ids_joins_as_row_by_row(steps):
+    """The mixed path of add_outcomes (distinct ids, some pending, the others new: a
+    backlog of both topics read at once), against the general one: the same labelled
+    predictions in the same order, counts, orphans and records, late labels and
+    outcomes past the orphan horizon included."""
+    fast = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
+    general = join(horizon_ms=20, orphan_horizon_ms=15, segment_size=3)
+    general._pending_or_new = lambda *_: False  # every mixed batch takes the general path
+    _same_steps(fast, general, steps)
+    assert fast.orphan_count == general.orphan_count
+
+
+def test_the_mixed_path_of_outcomes_is_taken():
+    """A batch of outcomes for a pending prediction and a new one takes the mixed path,
+    and labels the first while the second waits."""
+    j = join(horizon_ms=100, orphan_horizon_ms=100)
+    j._pending_or_new = lambda *a: taken.append(LabelJoin._pending_or_new(*a)) or taken[-1]
+    taken: list[bool] = []
+    j.add_predictions([("a", 10, "v1", 1, None)])
+    r = j.add_outcomes([("b", 0, 20, 5), ("a", 1, 30, 6)])
+    assert taken == [True]
+    assert [(x.prediction_id, x.label, x.seen_ms) for x in r.labelled] == [("a", 1, 6)]
+    assert j.orphan_count == 1 and j.pending_count == 0
+    assert [x.prediction_id for x in j.add_predictions([("b", 15, "v1", 0, None)]).labelled] \
+        == ["b"]
+
+
 def test_early_outcomes_past_the_orphan_horizon_are_orphans_at_once():
     j = join(horizon_ms=20, orphan_horizon_ms=15)
     j.expire(100)  # the watermark: outcomes older than 85 no longer wait
