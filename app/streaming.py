@@ -496,9 +496,9 @@ class Pipeline:
         kept); alone when no window is due. They are acknowledged in the state once
         sent; under the model's lock, so the agent and the timer never send the same
         ones, and detections added while sending (appended) are not acknowledged by
-        mistake. A window's outputs failing is logged and the window closes again later;
-        detections failing are raised (once the window that shared their round trip is
-        reopened).
+        mistake. As when each had its own round trip, detections failing are raised (the
+        window that shared theirs reopened), and a window's outputs failing is logged,
+        the window closing again later (the detections before them acknowledged).
         """
         closed = 0
         async with self.locks[model]:
@@ -506,15 +506,29 @@ class Pipeline:
             pending = self.engine.detections(model) if detections else []
             for start in self.engine.due(model, now):
                 result = self.engine.begin_close(model, start, now)
+                try:  # all sent before any is waited for: one round trip
+                    ahead = await self._sends(model, self._targets(pending))
+                    try:
+                        window: list[Any] | Exception = await self._sends(
+                            model, self._window_outputs(result))
+                    except Exception as exc:  # (raised below, after the detections)
+                        window = exc
+                    await wait_all(ahead)
+                except Exception:  # the detections' failure: raised, as ever
+                    self.engine.abort_close(model, start, result)
+                    raise
+                if pending:
+                    self._detections_sent(model, pending)
+                    pending = []
                 try:
-                    await self._publish(model, result, pending)
+                    if isinstance(window, Exception):
+                        raise window
+                    await wait_all(window)
                 except Exception:
                     self.engine.abort_close(model, start, result)
-                    if pending:
-                        raise
                     log.exception("publishing window %s of %r failed; will retry", start, model)
                     break
-                pending = []
+                self._window_published(model, result)
                 self.engine.finish_close(model, start)
                 self.save(model)
                 closed += 1
@@ -581,21 +595,26 @@ class Pipeline:
         await self.checkpoint()
         await self.flush_state()
 
+    async def _sends(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]
+                     ) -> list[Any]:
+        """Publish CloudEvents keyed by model; returns the sends, the broker's
+        acknowledgements to wait for (:func:`wait_all`)."""
+        key = model.encode()
+        return [await topic.send(key=key, value=orjson.dumps(event), headers=CE_HEADERS)
+                for topic, event in outputs]
+
     async def _send(self, model: str, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
         """Publish CloudEvents keyed by model and wait until the broker has them all."""
-        key = model.encode()
-        await wait_all([await topic.send(key=key, value=orjson.dumps(event),
-                                         headers=CE_HEADERS) for topic, event in outputs])
+        await wait_all(await self._sends(model, outputs))
 
-    async def _publish(self, model: str, closed: ClosedWindow,
-                       detections: list[tuple[str, dict[str, Any]]] | None = None) -> None:
-        """A closed window's outputs, after ``detections`` when given (one round trip)."""
-        await self._send(model, self._targets(detections or [])
-                         + [(self.alerts, a) for a in closed.alerts]
-                         + [(self.evaluations, e) for e in closed.evaluation_events]
-                         + [(self.retrain_triggers, t) for t in closed.triggers])
-        if detections:
-            self._detections_sent(model, detections)
+    def _window_outputs(self, closed: ClosedWindow) -> list[tuple[Any, dict[str, Any]]]:
+        """A closed window's outputs with the topics they go to."""
+        return ([(self.alerts, a) for a in closed.alerts]
+                + [(self.evaluations, e) for e in closed.evaluation_events]
+                + [(self.retrain_triggers, t) for t in closed.triggers])
+
+    def _window_published(self, model: str, closed: ClosedWindow) -> None:
+        """The broker has a closed window's outputs: counted in the metrics."""
         if closed.triggers:
             self.metrics.retrain_triggers.labels(model).inc(len(closed.triggers))
         self.metrics.observe_alerts(model, closed.alerts, self.engine.monitor(model).alerts)
