@@ -359,10 +359,12 @@ class Pipeline:
         (``worker.checkpoint_interval``) and returns its sends, left in flight, or
         ``None`` when it made none (a later checkpoint covers the batch). The caller
         waits for the sends (:func:`wait_all`) before it acknowledges the batch, and
-        the next batch (:meth:`flush_state`) before it sends anything of its own, once
-        its events are monitored. The broker's round trip then overlaps the next
-        batch's work, and the records still reach the broker in order, each
-        checkpoint's after the previous one's are confirmed.
+        the next checkpoint (:meth:`flush_state`) before it writes records of its own.
+        The broker's round trip then overlaps the next batches' work, and the records
+        still reach the broker in order, each checkpoint's after the previous one's are
+        confirmed. The next batches' outputs do not wait for them: should the records
+        fail, the worker stops before acknowledging anything after them, and the
+        batches read again publish the same outputs (their ids are deterministic).
         """
         started = time.perf_counter()
         now = time.time() if now is None else now
@@ -424,7 +426,6 @@ class Pipeline:
         await self._dead_letter(dead)
         results = self.engine.apply(batch, now)
         self.share_binnings(results)
-        await self.flush_state()  # the previous batch's records, if still in flight
         for model, result in results.items():
             for problem in result.problems:
                 self.metrics.state_errors.labels(model).inc()

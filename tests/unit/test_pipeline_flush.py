@@ -1,6 +1,6 @@
 """A batch left with its state records in flight (``process_batch(wait=False)``): the
-next batch is monitored meanwhile, but sends nothing of its own before the broker has
-the previous batch's records, so they reach the changelog in batch order. State is
+next batch is monitored meanwhile, but writes no records of its own before the broker
+has the previous batch's, so they reach the changelog in batch order. State is
 written at checkpoints (``worker.checkpoint_interval``): once per changed model however
 many batches changed it, and before a revoked partition's models are forgotten."""
 
@@ -69,7 +69,7 @@ def _pipeline(checkpoint_interval: str) -> tuple[Pipeline, Table]:
     return pipeline, table
 
 
-def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
+def test_the_next_batch_waits_for_the_previous_records_before_writing_its_own():
     pipeline, table = _pipeline("1s")
     engine = pipeline.engine
 
@@ -82,7 +82,7 @@ def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
         for _ in range(20):
             await asyncio.sleep(0)
         assert not second.done()
-        assert len(table.sent) == sent_first  # monitored, but nothing of its own sent
+        assert len(table.sent) == sent_first  # monitored, but no record of its own sent
         assert engine.monitor("m").positions["predictions:0"] == 1  # (its events applied)
         for _, fut in table.sent:
             fut.set_result(None)
@@ -93,6 +93,36 @@ def test_the_next_batch_waits_for_the_previous_records_before_sending_its_own():
             if not fut.done():
                 fut.set_result(None)
         assert await second == []  # waited for: nothing left in flight
+
+    asyncio.run(go())
+
+
+def test_the_next_batch_publishes_its_outputs_while_the_previous_records_are_in_flight():
+    """Outputs do not wait for the previous checkpoint's records: should those fail, the
+    worker stops before acknowledging anything after them, and the batches read again
+    publish the same outputs."""
+    pipeline, _ = _pipeline("1s")
+    published: list[int] = []
+
+    class Evaluations(Topic):
+        async def send(self, **kw: Any) -> Any:
+            published.append(orjson.loads(kw["value"])["data"]["window"]["start_ms"])
+            return await super().send()
+
+    pipeline.evaluations = Evaluations()
+
+    async def go() -> None:
+        first = await pipeline.process_batch([message(0, events(0, 50))], wait=False)
+        assert first and not any(f.done() for f in first)  # the records in flight
+        later = events(1000, 1)
+        later[0]["timestamp"] = T0 + 120_000  # past the first window: it closes
+        second = asyncio.ensure_future(pipeline.process_batch([message(1, later)],
+                                                              wait=False))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert second.done() and await second is None  # (no checkpoint due yet)
+        assert published == [T0]
+        assert not any(f.done() for f in first)
 
     asyncio.run(go())
 
