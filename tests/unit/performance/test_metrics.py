@@ -423,12 +423,7 @@ def test_a_batch_update_equals_the_rows_one_by_one(batches, positive):
     for rows in batches:
         batch.update(iter(rows))
         _update_row_by_row(oracle, rows)
-    assert list(batch.confusion.items()) == list(oracle.confusion.items())
-    assert (batch.n, batch.logloss_n) == (oracle.n, oracle.logloss_n)
-    assert _same(batch.logloss_sum, oracle.logloss_sum)
-    assert _same(batch.logloss_sq, oracle.logloss_sq)
-    assert batch.pos_hist.tolist() == oracle.pos_hist.tolist()
-    assert batch.neg_hist.tolist() == oracle.neg_hist.tolist()
+    _assert_same_metrics(batch, oracle)
 
 
 _FLOAT_SCORES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 1),
@@ -446,6 +441,10 @@ def test_columns_of_float_scores_equal_the_rows_one_by_one(batches, positive):
         columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []]
         batch.update_columns(*columns)
         _update_row_by_row(oracle, rows)
+    _assert_same_metrics(batch, oracle)
+
+
+def _assert_same_metrics(batch, oracle):
     assert list(batch.confusion.items()) == list(oracle.confusion.items())
     assert (batch.n, batch.logloss_n) == (oracle.n, oracle.logloss_n)
     assert _same(batch.logloss_sum, oracle.logloss_sum)
