@@ -493,8 +493,8 @@ class Pipeline:
 
         With ``detections``, its streaming detections go first (alerts for streaming
         change detections, performance evaluations and their alerts), in the first due
-        window's round trip to the broker: one wait for both, not one each (their order
-        kept); alone when no window is due. They are acknowledged in the state once
+        window's round trip to the broker: all sent, in order, before any is waited for;
+        alone when no window is due. They are acknowledged in the state once
         sent; under the model's lock, so the agent and the timer never send the same
         ones, and detections added while sending (appended) are not acknowledged by
         mistake. As when each had its own round trip, detections failing are raised (the

@@ -340,12 +340,12 @@ class LabelJoin:
         if self._all_new(rows, ids, known):
             self._add_orphans(rows, out)  # outcomes before their predictions (a backlog)
             return out
-        waiting = self.pending.present(ids)
-        if self._pending_or_new(rows, ids, known, waiting):
+        if self._pending_or_new(rows, ids, known):
             # a backlog of both topics read at once: some outcomes label pending
-            # predictions, the others come before theirs; each kind as its own batch
-            # (ids distinct: what one row does never changes what another finds)
-            pending = list(map(waiting.__contains__, map(operator.itemgetter(0), rows)))
+            # predictions (the known ids), the others come before theirs; each kind as
+            # its own batch (ids distinct: what one row does never changes what another
+            # finds)
+            pending = list(map(known.__contains__, map(operator.itemgetter(0), rows)))
             self._join_pending(list(itertools.compress(rows, pending)), out)
             self._add_orphans([r for r, p in zip(rows, pending, strict=True) if not p], out)
             return out
@@ -397,12 +397,12 @@ class LabelJoin:
         """Whether a batch of outcomes has no id twice and none either map knows."""
         return bool(rows) and len(ids) == len(rows) and not known
 
-    @staticmethod
-    def _pending_or_new(rows: Sequence[Any], ids: set[str], known: set[str],
-                        waiting: set[str]) -> bool:
-        """Whether a batch of outcomes has no id twice, some ids pending (``waiting``)
-        and the others new (``known`` holds the pending ones only), neither kind empty."""
-        return len(ids) == len(rows) and known == waiting and 0 < len(waiting) < len(ids)
+    def _pending_or_new(self, rows: Sequence[Any], ids: set[str], known: set[str]) -> bool:
+        """Whether a batch of outcomes has no id twice, and its ``known`` ids (those
+        either map knows) are all pending while the others are new, neither kind empty
+        (a subset check over the known ids only)."""
+        return (len(ids) == len(rows) and 0 < len(known) < len(ids)
+                and self.pending.has_all(known))
 
     def _add_orphans(self, rows: Sequence[tuple[str, Any, int, int]], out: JoinResult
                      ) -> None:

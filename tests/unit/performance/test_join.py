@@ -487,7 +487,8 @@ def test_the_mixed_path_of_outcomes_is_taken():
     """A batch of outcomes for a pending prediction and a new one takes the mixed path,
     and labels the first while the second waits."""
     j = join(horizon_ms=100, orphan_horizon_ms=100)
-    j._pending_or_new = lambda *a: taken.append(LabelJoin._pending_or_new(*a)) or taken[-1]
+    taken_by = j._pending_or_new
+    j._pending_or_new = lambda *a: taken.append(taken_by(*a)) or taken[-1]
     taken: list[bool] = []
     j.add_predictions([("a", 10, "v1", 1, None)])
     r = j.add_outcomes([("b", 0, 20, 5), ("a", 1, 30, 6)])
