@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from app.errors import StateError
-from app.performance.segments import Entry, SegmentedMap
+from app.performance.segments import Entry, SegmentedMap, picker
 from app.sketches._state import check_state
 
 STATE_KIND = "label-join"
@@ -40,18 +40,6 @@ META = "j/m"
 PENDING = "j/p/"
 ORPHANS = "j/o/"
 JOINED, LATE, EXPIRED, ORPHANED = "j", "l", "x", "o"  # why an id left a map
-
-
-def picker(idx: list[int]) -> Any:
-    """A function of a list: its items at ``idx`` (at least one), as a list, in C.
-
-    >>> picker([2, 0])(["a", "b", "c"]), picker([1])(["a", "b"])
-    (['c', 'a'], ['b'])
-    """
-    get = operator.itemgetter(*idx)
-    if len(idx) == 1:
-        return lambda values: [get(values)]
-    return lambda values: list(get(values))
 
 
 class Labelled(NamedTuple):

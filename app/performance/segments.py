@@ -30,7 +30,7 @@ import heapq
 import itertools
 import operator
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +48,25 @@ _HEAP_SLACK = 64  # stale heap entries tolerated beyond twice the live ones
 # pending predictions). Sorting the ints sorts the places.
 _STRIDE = 1 << 32
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+
+
+def picker(idx: list[int]) -> Any:
+    """A function of a list: its items at ``idx`` (at least one), as a list, in C.
+
+    >>> picker([2, 0])(["a", "b", "c"]), picker([1])(["a", "b"])
+    (['c', 'a'], ['b'])
+    """
+    get = operator.itemgetter(*idx)
+    if len(idx) == 1:
+        return lambda values: [get(values)]
+    return lambda values: list(get(values))
+
+
+
+def _drain(calls: Iterable[Any]) -> None:
+    """Run an iterator of calls to its end in C, keeping nothing (a per-item loop of
+    stores or deletions without a Python-level loop)."""
+    deque(calls, maxlen=0)
 
 
 class _Shared:
@@ -206,7 +225,11 @@ class SegmentedMap:
         at = list(map(divmod, map(self._at.__getitem__, keys), itertools.repeat(_STRIDE)))
         if not at:
             return [[] for _ in range(self.width or 0)]
-        segs = {seq: self._segs[seq].cols for seq in {seq for seq, _ in at}}
+        seqs = set(map(_FIRST, at))
+        if len(seqs) == 1:  # the usual batch: ids added together, in one segment
+            pick = picker(list(map(_SECOND, at)))
+            return [pick(col) for col in self._segs[seqs.pop()].cols]
+        segs = {seq: self._segs[seq].cols for seq in seqs}
         width = len(next(iter(segs.values())))
         return [[segs[seq][j][i] for seq, i in at] for j in range(width)]
 
@@ -544,13 +567,11 @@ class SegmentedMap:
         """Entries ``idx`` (ids ``keys``) of ``seg`` leave for ``reason``: recorded in
         this batch's removal, remembered until then by ``t``; an emptied segment's
         record is deleted."""
-        alive, at, gone, pair = seg.alive, self._at, self._gone, (reason, _BUFFERED)
+        at, gone, pair = self._at, self._gone, (reason, _BUFFERED)
         alone = (pair,)
-        for i in idx:
-            alive[i] = 0
+        _drain(map(seg.alive.__setitem__, idx, itertools.repeat(0)))  # (C-level loops)
         seg.live -= len(idx)
-        for key in keys:
-            del at[key]
+        _drain(map(at.__delitem__, keys))
         if gone.keys().isdisjoint(keys):  # never removed before (the usual ids): in C
             gone.update(zip(keys, itertools.repeat(alone)))
         else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,9 @@ import numpy as np
 from app.core.changes import DetectorRun
 from app.errors import MALFORMED_STATE, StateError
 from app.events.fields import field_values, score_values, share_strings
-from app.performance.join import JoinResult, LabelJoin, picker
+from app.performance.join import JoinResult, LabelJoin
 from app.performance.metrics import ClassificationMetrics, RegressionMetrics, as_classes
+from app.performance.segments import picker
 from app.policy.performance import (
     PerformanceDecision,
     decide_coverage,
@@ -164,20 +166,74 @@ def _number(v: Any) -> float | None:
 class Bucket:
     """Labels of one checkpoint of one window and version, not evaluated yet.
 
-    ``rows`` (prediction event time, error, loss) wait for the concept-drift detectors;
-    they are saved in append-only chunk records (``chunks``: which, and how many rows
-    each), never rewritten. Each chunk record names its bucket, so the window's own
+    Their rows (prediction event time, error, loss) wait for the concept-drift
+    detectors, held as three columns (``event_ms``, ``errors``, ``losses``: no tuple per
+    label); they are saved in append-only chunk records (``chunks``: which, and how many
+    rows each), never rewritten. Each chunk record names its bucket, so the window's own
     record does not list them: it would grow with every batch, and be rewritten with it.
     """
 
     metrics: Metrics
     delays: QuantileSketch = field(default_factory=QuantileSketch)  # seconds
-    rows: list[tuple[int, float, float]] = field(default_factory=list)
+    event_ms: list[int] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
     chunks: list[tuple[int, int]] = field(default_factory=list)  # (record seq, rows)
     unsaved: int = 0
 
+    @property
+    def size(self) -> int:
+        """Rows held."""
+        return len(self.event_ms)
+
+    def add_rows(self, event_ms: list[int], errors: list[float], losses: list[float]
+                 ) -> None:
+        """Append rows (as columns), not saved yet."""
+        self.event_ms += event_ms
+        self.errors += errors
+        self.losses += losses
+        self.unsaved += len(event_ms)
+
+    def in_order(self) -> tuple[list[int], list[float], list[float]]:
+        """The rows' columns sorted by (event time, error, loss), as the rows would sort:
+        the order the detectors see them in, however the batches came.
+
+        >>> b = Bucket(ClassificationMetrics())
+        >>> b.add_rows([20, 10, 20], [1.0, 0.0, 0.0], [0.5, 0.25, 0.75])
+        >>> b.in_order()
+        ([10, 20, 20], [0.0, 0.0, 1.0], [0.25, 0.75, 0.5])
+        """
+        order = np.lexsort((self.losses, self.errors, self.event_ms)).tolist()
+        pick = picker(order) if order else list
+        return pick(self.event_ms), pick(self.errors), pick(self.losses)
+
+    def chunk(self, at: int, stop: int) -> dict[str, list[Any]]:
+        """Rows ``at:stop`` as a chunk record's columns."""
+        return {"event_ms": self.event_ms[at:stop], "errors": self.errors[at:stop],
+                "losses": self.losses[at:stop]}
+
     def to_state(self) -> dict[str, Any]:
         return {"metrics": self.metrics.to_state(), "delays": self.delays.to_state()}
+
+
+def chunk_columns(record: Mapping[str, Any]) -> tuple[list[int], list[float], list[float]]:
+    """A chunk record's rows as columns: written so (:meth:`Bucket.chunk`) by builds whose
+    window records are version 3; by earlier ones as ``rows`` of ``[event_ms, error,
+    loss]``, read alike.
+
+    >>> chunk_columns({"rows": [[5, 1.0, 0.5]]}) == chunk_columns(
+    ...     {"event_ms": [5], "errors": [1], "losses": [0.5]}) == ([5], [1.0], [0.5])
+    True
+    """
+    if "rows" in record:
+        rows = record["rows"]
+        return ([int(r[0]) for r in rows], [float(r[1]) for r in rows],
+                [float(r[2]) for r in rows])
+    cols = (list(map(int, record["event_ms"])), list(map(float, record["errors"])),
+            list(map(float, record["losses"])))
+    if not len(cols[0]) == len(cols[1]) == len(cols[2]):
+        raise ValueError("a chunk record's columns differ in length")
+    return cols
 
 
 @dataclass
@@ -482,32 +538,39 @@ class PerformanceTracker:
                                                map(float, pick(predicted)), strict=True)))
             else:
                 bucket.metrics.update_columns(pick(labels), pick(predicted), pick(scores))
-            bucket.rows += [(event_ms[i], errors[i], losses[i]) for i in idx]
-            bucket.unsaved += len(idx)
+            bucket.add_rows(pick(event_ms), errors[at].tolist(), losses[at].tolist())
             bucket.delays.update(delays[at])
             update.labelled += len(idx)
             self.dirty.add(start)
 
     def _rows(self, labels: Sequence[Any], predicted: Sequence[Any],
               scores: Sequence[float | None]
-              ) -> tuple[list[float], list[float], np.ndarray[Any, Any] | None]:
-        """(error indicators, losses, which are usable) of labelled predictions; the last
-        is ``None`` when all are (classification: every label is)."""
+              ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
+        """(error indicators, losses, which are usable) of labelled predictions, as float
+        arrays; the last is ``None`` when all are (classification: every label is)."""
+        n = len(labels)
         if self.task == "regression":
             ys, ps = list(map(_number, labels)), list(map(_number, predicted))
             usable = np.fromiter((y is not None and p is not None for y, p in
-                                  zip(ys, ps, strict=True)), bool, len(ys))
-            errs = [abs(p - y) if y is not None and p is not None else 0.0
-                    for y, p in zip(ys, ps, strict=True)]
+                                  zip(ys, ps, strict=True)), bool, n)
+            errs = np.fromiter((abs(p - y) if y is not None and p is not None else 0.0
+                                for y, p in zip(ys, ps, strict=True)), np.float64, n)
             return errs, errs, usable
         # (the join keeps classes as strings: as_classes converts anything else)
         cls, pcls = as_classes(labels), as_classes(predicted)
-        errors = [0.0 if a == b else 1.0 for a, b in zip(cls, pcls, strict=True)]
+        errors = np.fromiter(map(operator.ne, cls, pcls), np.float64, n)
         positive = self.perf.positive_class
-        # Brier for scored predictions (bounded, see ConceptDetectorSettings), else the error
-        losses = [e if s is None or not 0.0 <= s <= 1.0 else (s - (1.0 if c == positive
-                                                                   else 0.0)) ** 2
-                  for e, s, c in zip(errors, scores, cls, strict=True)]
+        # Brier for scored predictions (bounded, see ConceptDetectorSettings), else the
+        # error: scores as one array (the usual floats), or any mix one by one
+        if set(map(type, scores)) == {float}:
+            s = np.fromiter(scores, np.float64, n)
+            d = s - np.fromiter(map(operator.eq, cls, itertools.repeat(positive)),
+                                np.float64, n)
+            return errors, np.where((s >= 0.0) & (s <= 1.0), d * d, errors), None
+        losses = np.fromiter(
+            (e if s is None or not 0.0 <= s <= 1.0 else (s - (1.0 if c == positive
+                                                               else 0.0)) ** 2
+             for e, s, c in zip(errors.tolist(), scores, cls, strict=True)), np.float64, n)
         return errors, losses, None
 
     # -- model events -----------------------------------------------------------------
@@ -601,12 +664,12 @@ class PerformanceTracker:
         final = k == len(self.delays) - 1
         new = 0
         if bucket is not None:
-            new = len(bucket.rows)
+            new = bucket.size
             sl.metrics = sl.metrics.merge(bucket.metrics)  # type: ignore[arg-type]
             sl.labelled += new
             sl.delays = sl.delays.merge(bucket.delays)
             self.spent_chunks.update(seq for seq, _ in bucket.chunks)
-            self._detect(version, sorted(bucket.rows), update)
+            self._detect(version, *bucket.in_order(), update)
         if not new and not final and k != self.coverage_k:
             return None
         figures = sl.metrics.figures()
@@ -686,17 +749,17 @@ class PerformanceTracker:
                 self.detectors.pop(next(iter(self.detectors)))
         return runs
 
-    def _detect(self, version: str, rows: list[tuple[int, float, float]],
-                update: PerformanceUpdate) -> None:
-        if not self.detector_settings or not rows:
+    def _detect(self, version: str, event_ms: list[int], errors: list[float],
+                losses: list[float], update: PerformanceUpdate) -> None:
+        if not self.detector_settings or not event_ms:
             return
         for cfg, identity, run in zip(self.detector_settings, self.identities,
                                       self._runs(version), strict=True):
-            col = 1 if cfg.signal == "error" else 2
             n0 = run.detector.n
-            for i, before, recent in run.step_many([row[col] for row in rows]):
+            for i, before, recent in run.step_many(errors if cfg.signal == "error"
+                                                   else losses):
                 update.detections.append(ConceptDetection(
-                    version, cfg.detector, cfg.signal, identity, n0 + i + 1, rows[i][0],
+                    version, cfg.detector, cfg.signal, identity, n0 + i + 1, event_ms[i],
                     before, recent, cfg.severity))
 
     # -- state ------------------------------------------------------------------------
@@ -726,7 +789,7 @@ class PerformanceTracker:
                         if b.unsaved:
                             out[f"{CHUNK_PREFIX}{self.next_chunk}"] = {
                                 "start": start, "version": version, "k": k,
-                                "rows": b.rows[-b.unsaved:]}
+                                **b.chunk(b.size - b.unsaved, b.size)}
                             b.chunks.append((self.next_chunk, b.unsaved))
                             self.next_chunk += 1
                             b.unsaved = 0
@@ -754,7 +817,7 @@ class PerformanceTracker:
                     for seq, size in b.chunks:
                         out[f"{CHUNK_PREFIX}{seq}"] = {
                             "start": w.start_ms, "version": version, "k": k,
-                            "rows": b.rows[at:at + size]}
+                            **b.chunk(at, at + size)}
                         at += size
         return out
 
@@ -802,14 +865,16 @@ class PerformanceTracker:
                 limit = upto[start]
                 for version, sl in w.slices.items():
                     for k, b in sl.buckets.items():
-                        if limit is not None:  # v2: the chunk records name their bucket
-                            b.chunks = [(seq, len(chunks[seq]["rows"]))
-                                        for seq in owned.get((start, version, k), ())
+                        if limit is not None:  # v2+: the chunk records name their bucket
+                            b.chunks = [(seq, 0) for seq in owned.get((start, version, k), ())
                                         if seq < min(limit, self.next_chunk)]
+                        sizes = []
                         for seq, _ in b.chunks:
-                            b.rows += [(int(r[0]), float(r[1]), float(r[2]))
-                                       for r in chunks[seq]["rows"]]
+                            cols = chunk_columns(chunks[seq])
+                            b.add_rows(*cols)
+                            sizes.append((seq, len(cols[0])))
                             claimed.add(seq)
+                        b.chunks, b.unsaved = sizes, 0
             # of an evaluated bucket, or of a save cut short: deleted with the next drain
             self.spent_chunks = set(chunks) - claimed
         except MALFORMED_STATE as exc:
@@ -824,8 +889,10 @@ def _metrics_from(state: Mapping[str, Any]) -> Metrics:
 
 def _window_state(w: PerfWindow, next_chunk: int) -> dict[str, Any]:
     """``upto``: chunk records numbered below it, naming a bucket of this window, hold
-    that bucket's rows (a later one is of a save that did not finish)."""
-    return {"kind": WINDOW_KIND, "v": 2, "start": w.start_ms, "end": w.end_ms,
+    that bucket's rows (a later one is of a save that did not finish). Version 3: those
+    hold their rows as columns (:func:`chunk_columns`), which a build reading only
+    versions 1 and 2 would take for corrupt: it says so instead."""
+    return {"kind": WINDOW_KIND, "v": 3, "start": w.start_ms, "end": w.end_ms,
             "next": w.next_k, "upto": next_chunk,
             "slices": {v: {"metrics": sl.metrics.to_state(), "predictions": sl.predictions,
                            "labelled": sl.labelled, "delays": sl.delays.to_state(),
@@ -837,7 +904,7 @@ def _window_state(w: PerfWindow, next_chunk: int) -> dict[str, Any]:
 def _window_from(state: Any) -> tuple[PerfWindow, int | None]:
     """The window, and its ``upto`` (``None`` for version 1, whose buckets list their
     chunk records)."""
-    state = check_state(state, WINDOW_KIND, frozenset({1, 2}))
+    state = check_state(state, WINDOW_KIND, frozenset({1, 2, 3}))
     v1 = state["v"] == 1
     upto = None if v1 else state["upto"]
     if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):

@@ -74,8 +74,8 @@ class OneByOne(PerformanceTracker):
                 bucket.metrics.update([(float(x.label), float(x.predicted)) for x, _ in items])
             else:
                 bucket.metrics.update([(x.label, x.predicted, x.score) for x, _ in items])
-            bucket.rows += [(x.event_ms, row[0], row[1]) for x, row in items]
-            bucket.unsaved += len(items)
+            bucket.add_rows([x.event_ms for x, _ in items], [row[0] for _, row in items],
+                            [row[1] for _, row in items])
             bucket.delays.update([max(0, x.delay_ms) / 1000 for x, _ in items])
             update.labelled += len(items)
             self.dirty.add(start)
@@ -144,7 +144,10 @@ def test_placing_a_batch_at_once_equals_the_rule_label_by_label(task, batches, w
             other = old.windows[start].slices[version]
             assert list(sl.buckets) == list(other.buckets)
             for k, b in sl.buckets.items():
-                assert b.rows == other.buckets[k].rows
+                o = other.buckets[k]
+                assert (b.event_ms, b.errors, b.losses) == (o.event_ms, o.errors, o.losses)
+                assert list(map(type, b.event_ms + b.errors + b.losses)) == \
+                    list(map(type, o.event_ms + o.errors + o.losses))
                 assert b.unsaved == other.buckets[k].unsaved
                 assert orjson.dumps(b.to_state(), option=orjson.OPT_SERIALIZE_NUMPY) == \
                     orjson.dumps(other.buckets[k].to_state(),

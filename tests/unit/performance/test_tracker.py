@@ -18,6 +18,7 @@ import pytest
 from app.core.engine import Engine
 from app.demo.labelled import labelled_stream
 from app.errors import StateError
+from app.performance.tracker import chunk_columns
 from app.replay import run_replay
 from app.settings import MonitorSettings, settings_from_mapping
 
@@ -195,9 +196,23 @@ def test_label_coverage_alert_when_labels_stop(tmp_path):
     assert cov[0]["evidence"]["value"] == 0.0 and cov[0]["severity"] == "critical"
 
 
+def as_version_2(records: dict[str, Any]) -> dict[str, Any]:
+    """The records as version 2 wrote them: chunk records with their rows as rows."""
+    out = dict(records)
+    for key, rec in records.items():
+        if key.startswith("w/"):
+            out[key] = {**rec, "v": 2}
+        elif key.startswith("c/"):
+            rows = [list(r) for r in zip(*chunk_columns(rec), strict=True)]
+            out[key] = {"start": rec["start"], "version": rec["version"], "k": rec["k"],
+                        "rows": rows}
+    return out
+
+
 def as_version_1(records: dict[str, Any]) -> dict[str, Any]:
     """The records as version 1 wrote them: each bucket lists its chunk records."""
-    out = dict(records)
+    out = as_version_2(records)
+    records = dict(out)
     chunks = sorted((int(k[2:]), r) for k, r in records.items() if k.startswith("c/"))
     for key, rec in records.items():
         if key.startswith("w/"):
@@ -205,7 +220,7 @@ def as_version_1(records: dict[str, Any]) -> dict[str, Any]:
             del rec["upto"]
             for version, sl in rec["slices"].items():
                 for k, b in sl["buckets"].items():
-                    b["chunks"] = [[seq, len(r["rows"])] for seq, r in chunks
+                    b["chunks"] = [[seq, len(chunk_columns(r)[0])] for seq, r in chunks
                                    if r["start"] == rec["start"] and r["version"] == version
                                    and r["k"] == int(k)]
             out[key] = rec
@@ -221,13 +236,16 @@ def with_an_unfinished_save(records: dict[str, Any]) -> dict[str, Any]:
             for version, sl in rec["slices"].items():
                 for k in sl["buckets"]:
                     out["c/999999"] = {"start": rec["start"], "version": version, "k": int(k),
-                                       "rows": [[rec["start"], 1.0, 50.0]] * 500}
+                                       "event_ms": [rec["start"]] * 500,
+                                       "errors": [1.0] * 500, "losses": [50.0] * 500}
                     return out
     raise AssertionError("no open bucket to test with")
 
 
-@pytest.mark.parametrize("saved_as", [lambda r: r, as_version_1, with_an_unfinished_save],
-                         ids=["current", "version-1 records", "an unfinished save"])
+@pytest.mark.parametrize("saved_as", [lambda r: r, as_version_2, as_version_1,
+                                      with_an_unfinished_save],
+                         ids=["current", "version-2 records", "version-1 records",
+                              "an unfinished save"])
 def test_the_join_state_survives_a_restore_mid_stream(saved_as):
     cfg = settings()
     preds, outs = labelled_stream(seed=4, windows=6, per_window=300, window_ms=HOUR, t0=T0,
@@ -362,6 +380,39 @@ def test_a_corrupt_saved_performance_state_fails_clearly():
         t.load({**t.to_state(), "v": 7}, {})
     with pytest.raises(StateError, match="corrupt performance state"):
         t.load({**t.to_state(), "learned": 5}, {})
+
+
+def test_chunk_records_are_read_as_columns_or_rows_and_a_corrupt_one_fails_clearly():
+    from app.performance.tracker import (
+        Bucket,
+        PerformanceTracker,
+        PerfSlice,
+        PerfWindow,
+        _window_state,
+    )
+
+    cfg = settings()
+    t = PerformanceTracker("churn", cfg.models["churn"], window_ms=HOUR, lateness_ms=0)
+    w = PerfWindow(T0, T0 + HOUR)
+    w.slices["v1"] = PerfSlice(t._metrics(), buckets={0: Bucket(t._metrics())})
+    head = {"start": T0, "version": "v1", "k": 0}
+    as_columns = {"event_ms": [T0 + 2, T0 + 1], "errors": [1, 0.0], "losses": [0.5, 0.25]}
+    as_rows = {"rows": [[T0 + 2, 1.0, 0.5], [T0 + 1, 0.0, 0.25]]}
+    for chunk in (as_columns, as_rows):
+        t.load({**t.to_state(), "next_chunk": 1},
+               {f"w/{T0}": _window_state(w, 1), "c/0": {**head, **chunk}})
+        b = t.windows[T0].slices["v1"].buckets[0]
+        assert (b.event_ms, b.errors, b.losses, b.chunks, b.unsaved) == (
+            [T0 + 2, T0 + 1], [1.0, 0.0], [0.5, 0.25], [(0, 2)], 0)
+        assert type(b.errors[0]) is float
+        assert b.in_order() == ([T0 + 1, T0 + 2], [0.0, 1.0], [0.25, 0.5])
+        records = t.records()
+        assert records["c/0"] == {**head, **as_columns, "errors": [1.0, 0.0]}
+    with pytest.raises(StateError, match="corrupt performance state"):
+        t.load({**t.to_state(), "next_chunk": 1}, {
+            f"w/{T0}": _window_state(w, 1), "c/0": {**head, **as_columns, "errors": [1.0]}})
+    with pytest.raises(StateError, match="version 4 is not supported"):
+        t.load(t.to_state(), {f"w/{T0}": {**_window_state(w, 1), "v": 4}})
 
 
 def test_a_worse_new_version_recommends_rolling_back_to_the_previous_one(tmp_path):
