@@ -303,7 +303,7 @@ class ModelMonitor:
                     continue
                 if self.settings.quality.enabled:
                     self._count_quality(window, rows, columns, counted)
-                _count_serving(window, columns)
+                _count_serving(window, columns, counted)
                 if back == 0:
                     result.accepted += added
 
@@ -706,14 +706,27 @@ def saved_outputs(saved: Any, targets: frozenset[str]) -> list[tuple[str, dict[s
     return out
 
 
-def _count_serving(window: Window, columns: Columns) -> None:
-    """Latency and cost per version, for the events that carry them."""
+def _count_serving(window: Window, columns: Columns,
+                   counted: Mapping[str, Sequence[Counted]] | None = None) -> None:
+    """Latency and cost per version, for the events that carry them; ``counted``: per
+    version, the latencies' counts made by decode processes, added instead of the values
+    when they are of all the version's events here (:func:`_serving_counted`)."""
     rows = columns.events
+    versions = columns.versions()
+    if counted and all(_serving_counted(counted.get(version), len(idx))
+                       for version, idx in versions.items()):
+        for version, idx in versions.items():
+            stats = window.serving.get(version)
+            if stats is None:
+                stats = window.serving[version] = ServingStats()
+            stats.add_latency_counts([c.counts.latency for c in counted[version]
+                                      if c.counts.latency is not None], len(idx))
+        return
     latency, cost = field_values(rows, "latency_ms"), field_values(rows, "cost")
     n = len(rows)
     if latency.count(None) == n and cost.count(None) == n:
         return
-    for version, idx in columns.versions().items():
+    for version, idx in versions.items():
         stats = window.serving.get(version)
         if stats is None:
             stats = window.serving[version] = ServingStats()
@@ -721,3 +734,13 @@ def _count_serving(window: Window, columns: Columns) -> None:
             stats.add(latency, cost)
         else:
             stats.add([latency[i] for i in idx], [cost[i] for i in idx])
+
+
+def _serving_counted(counted: Sequence[Counted] | None, n: int) -> bool:
+    """Whether messages' counts hold the serving latency of the ``n`` events at hand:
+    of all of them (none late), each message's counted (every event with a latency and
+    none with a cost)."""
+    if not counted:
+        return False
+    return sum(c.counts.n for c in counted) == n and all(
+        c.counts.latency is not None for c in counted)

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.core.signals import Columns
+from app.events.fields import field_values
 from app.reference import CategoricalReference, NumericReference, Reference
 from app.sketches import BinnedHistogram, QuantileSketch
 from app.sketches.histogram import RowCounts
@@ -94,13 +95,16 @@ Tally = dict[Any, int]
 
 class Counts(NamedTuple):
     """The numeric sketches' counts of some events: each signal's histogram bins (a row
-    per signal), and its quantile buckets; and the tallies of the categorical signals
-    that could be tallied (:func:`tallies`)."""
+    per signal), and its quantile buckets; the tallies of the categorical signals that
+    could be tallied (:func:`tallies`); and the serving latency's quantile buckets
+    (:func:`latency_counts`: ``None`` where the worker counts the serving figures
+    itself)."""
 
     n: int
     bins: npt.NDArray[np.integer[Any]]
     quantiles: BucketCounts
     tallies: dict[str, Tally] | None = None
+    latency: BucketCounts | None = None
 
 
 class Counted(NamedTuple):
@@ -171,8 +175,29 @@ def message_counts(block: EventBlock, hop_ms: int, binnings: Mapping[str | None,
             return None
         if binning.categorical:
             counted = counted._replace(tallies=tallies(columns, binning.categorical))
-        out[key] = Counted(binning, counted)
+        out[key] = Counted(binning, counted._replace(latency=latency_counts(part)))
     return out
+
+
+def latency_counts(events: Sequence[Any]) -> BucketCounts | None:
+    """The serving latency of predictions, counted as a window's serving figures count it
+    (:class:`~app.core.serving.ServingStats`: a quantile sketch on the default grid),
+    when every one carries a latency as a float and none a cost (the usual batch; any
+    other is counted by the worker from the values).
+
+    >>> latency_counts([{"latency_ms": 2.0}, {"latency_ms": 0.0}]).zero
+    [1]
+    >>> latency_counts([{"latency_ms": 2.0}, {"latency_ms": 3.0, "cost": 1.0}]) is None
+    True
+    """
+    latency, cost = field_values(events, "latency_ms"), field_values(events, "cost")
+    if cost.count(None) != len(cost) or set(map(type, latency)) != {float}:
+        return None
+    counted = QuantileSketch.row_counts(np.array(latency, dtype=np.float64)[None, :], None,
+                                        _DEFAULT)
+    if counted is None:
+        return None
+    return counted._replace(counts=counted.counts.astype(np.min_scalar_type(len(latency))))
 
 
 #: The value types a tally is made of: within each set, no two values of different
@@ -245,7 +270,14 @@ def add_counts(histograms: Sequence[BinnedHistogram], quantiles: Sequence[Quanti
     bins = counted[0].bins if len(counted) == 1 else \
         np.sum(np.array([c.bins for c in counted], dtype=np.int64), axis=0)
     BinnedHistogram.add_row_counts(histograms, RowCounts(bins, *BinnedHistogram.row_sums(x)))
-    buckets = [c.quantiles for c in counted]
+    add_quantile_counts(quantiles, [c.quantiles for c in counted])
+
+
+def add_quantile_counts(quantiles: Sequence[QuantileSketch], buckets: Sequence[BucketCounts]
+                        ) -> None:
+    """Add messages' quantile-bucket counts of the same rows to the sketches (row ``i``
+    to ``quantiles[i]``): added up first where they lie close enough, else one message
+    at a time."""
     merged = _merged(buckets) if len(buckets) > 1 else None
     for b in buckets if merged is None else [merged]:
         QuantileSketch.add_row_counts(quantiles, b)

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from app.core.partials import add_quantile_counts
 from app.errors import MALFORMED_STATE, StateError
 from app.performance.exactsum import ExactSum
 from app.sketches import QuantileSketch
+from app.sketches.quantile import BucketCounts
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -71,6 +73,13 @@ class ServingStats:
         if no_latency and no_cost:
             n = sum(1 for a, b in zip(latency, cost, strict=True)
                     if a is not None or b is not None)
+        self.n += n
+
+    def add_latency_counts(self, counted: Sequence[BucketCounts], n: int) -> None:
+        """Count ``n`` predictions that each carry a latency and no cost, by their
+        latencies' quantile-bucket counts (:func:`~app.core.partials.latency_counts`, one
+        per message): what :meth:`add` of the values counts."""
+        add_quantile_counts([self.latency], counted)
         self.n += n
 
     @property

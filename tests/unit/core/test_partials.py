@@ -281,3 +281,55 @@ def test_categorical_tallies_leave_the_same_state_as_reading_the_values(
     assert used == {"windows": expected, "monitor": expected}
     assert partials.tallies(Columns(_block(messages[4], None)), ["c", "@prediction"]) == {
         "@prediction": Counter(e["prediction"] for e in messages[4])}
+
+
+def _with_serving(rng: np.random.Generator, events: list[dict[str, Any]], kind: str
+                  ) -> list[dict[str, Any]]:
+    """Serving fields: ``floats`` (every event a float latency, none a cost: counted
+    where decoded), or a mix the worker counts itself (ints, absent, costs, zeros)."""
+    for i, e in enumerate(events):
+        if kind == "floats":
+            e["latency_ms"] = round(float(rng.lognormal(3, 1)), 3) if i % 7 else 0.0
+        elif i % 3 == 0:
+            e["latency_ms"] = int(rng.integers(1, 500))
+        elif i % 3 == 1:
+            e["cost"] = round(float(rng.uniform(0, 0.01)), 6)
+    return events
+
+
+@pytest.mark.parametrize("kind", ["floats", "mixed"])
+def test_serving_latency_counted_where_decoded_leaves_the_same_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The windows' serving figures (latency quantiles, cost) are the same whether the
+    worker reads the latencies or adds a decode process's counts of them; counts are
+    added only for messages every event of which has a float latency and no cost."""
+    from app.core.serving import ServingStats
+
+    settings = _settings(tmp_path)
+    rng = np.random.default_rng(11)
+    messages = [_with_serving(rng, _events(rng, int(rng.integers(5, 60)), T0 + j * 20_000,
+                                           30_000 if j % 2 else 10_000,
+                                           versions=("v1", "v2")), kind)
+                for j in range(9)]
+    messages.append(_with_serving(rng, _events(rng, 30, T0 + MINUTE, 20_000), kind))  # late
+    used: list[int] = []
+    real = ServingStats.add_latency_counts
+
+    def add_latency_counts(self: ServingStats, counted: Any, n: int) -> None:
+        used.append(n)
+        real(self, counted, n)
+
+    monkeypatch.setattr(ServingStats, "add_latency_counts", add_latency_counts)
+    _same(settings, messages, monkeypatch)
+    refs = load_references(settings)
+    m = ModelMonitor("m", settings, refs["m"])
+    _feed(m, messages, counted=True)
+    figures = [st.figures() for w in m.windows.values() for st in w.serving.values()]
+    assert figures and all(f["latency_ms"] is not None for f in figures)
+    if kind == "floats":
+        assert len(used) >= 4 and sum(used) > 200
+        stats = [st for w in m.windows.values() for st in w.serving.values()]
+        assert all(st.n == st.latency.n > 0 for st in stats)
+    else:
+        assert not used
+        assert all(f["cost"] is not None for f in figures)
