@@ -62,7 +62,6 @@ def picker(idx: list[int]) -> Any:
     return lambda values: list(get(values))
 
 
-
 def _drain(calls: Iterable[Any]) -> None:
     """Run an iterator of calls to its end in C, keeping nothing (a per-item loop of
     stores or deletions without a Python-level loop)."""

@@ -865,16 +865,18 @@ class PerformanceTracker:
                 limit = upto[start]
                 for version, sl in w.slices.items():
                     for k, b in sl.buckets.items():
-                        if limit is not None:  # v2+: the chunk records name their bucket
-                            b.chunks = [(seq, 0) for seq in owned.get((start, version, k), ())
-                                        if seq < min(limit, self.next_chunk)]
-                        sizes = []
-                        for seq, _ in b.chunks:
+                        if limit is None:  # v1: the bucket lists its chunk records
+                            seqs = [seq for seq, _ in b.chunks]
+                        else:  # v2 on: the chunk records name their bucket
+                            seqs = [seq for seq in owned.get((start, version, k), ())
+                                    if seq < min(limit, self.next_chunk)]
+                        b.chunks = []
+                        for seq in seqs:
                             cols = chunk_columns(chunks[seq])
                             b.add_rows(*cols)
-                            sizes.append((seq, len(cols[0])))
+                            b.chunks.append((seq, len(cols[0])))
                             claimed.add(seq)
-                        b.chunks, b.unsaved = sizes, 0
+                        b.unsaved = 0
             # of an evaluated bucket, or of a save cut short: deleted with the next drain
             self.spent_chunks = set(chunks) - claimed
         except MALFORMED_STATE as exc:
