@@ -158,9 +158,6 @@ class BatchApp(faust.App):
 #: before the last, the pool ran dry behind long turns. Messages no one works on ahead
 #: (single events, too small for the pool) are taken before the turn's last batch only.
 READ_AHEAD = 3
-#: Seconds aiokafka's fetcher holds back a broker's next fetch while one of its
-#: partitions has records not yet taken (aiokafka's default 0.1; see FetchThread).
-PREFETCH_BACKOFF = 0.0
 
 
 class FetchThread(AIOKafkaConsumerThread):
@@ -175,25 +172,9 @@ class FetchThread(AIOKafkaConsumerThread):
     reading a backlog of 100 000 events in arrays waited 2.2 s of its 3.9 s for fetches;
     at 0.1 s, 0.09 s. A shorter wait costs an idle consumer a few small requests a
     second.
-
-    Its fetcher does not hold back either (``prefetch_backoff`` 0 instead of aiokafka's
-    0.1 s). aiokafka sends a broker no fetch while any partition it leads holds records,
-    fetched less than that long ago, that were not taken yet. faust pauses partitions in
-    its own bookkeeping only (a table's changelog partitions once recovered), not in
-    aiokafka, which fetches them once and buffers records that are never taken: each
-    time one of them got its first records (the worker's own checkpoints), the next
-    fetch of every partition on that broker waited out the 0.1 s. On the benchmark, a
-    worker resumed with such a fetch in flight read nothing for its first 0.1-0.2 s of
-    a 2.2 s backlog. Without the backoff, the partitions with nothing buffered are
-    fetched again at once; no partition ever holds more than one fetch's records.
     """
 
     app: BatchApp
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        assert self._consumer is not None  # (started)
-        self._consumer._fetcher._prefetch_backoff = PREFETCH_BACKOFF
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

@@ -351,29 +351,6 @@ def test_the_fetch_long_poll_is_the_apps_not_fausts():
         AIOKafkaConsumer.start)
 
 
-def test_the_fetcher_does_not_hold_back_a_broker_s_next_fetch(monkeypatch):
-    """aiokafka's fetcher holds a broker's next fetch back 0.1 s while one of its
-    partitions has records not taken yet, which faust leaves untaken on partitions it
-    pauses in its own bookkeeping only (see ``FetchThread``): the worker's fetcher does
-    not hold back."""
-    from types import SimpleNamespace
-
-    from aiokafka.consumer.fetcher import Fetcher
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    async def started(thread: Any) -> None:  # what faust's start leaves: a consumer
-        thread._consumer = SimpleNamespace(_fetcher=SimpleNamespace(_prefetch_backoff=0.1))
-
-    monkeypatch.setattr(AIOKafkaConsumerThread, "on_start", started)
-    thread = Harness().consumer._new_consumer_thread()
-    run(thread.on_start())
-    assert thread._consumer._fetcher._prefetch_backoff == 0
-    # ... which aiokafka's fetcher gives each partition's buffered records, whose
-    # backoff holds the broker's next fetch back
-    assert "backoff=self._prefetch_backoff" in inspect.getsource(Fetcher._proc_fetch_request)
-    assert "record.calculate_backoff()" in inspect.getsource(Fetcher._get_actions_per_node)
-
-
 def test_handled_partitions_count_as_processing_for_fausts_stall_check():
     """faust logs an error for a partition with unread records and no stream event in
     (its streams note one per event; the batch path notes one per batch): without the
