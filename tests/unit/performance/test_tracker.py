@@ -220,7 +220,7 @@ def as_version_1(records: dict[str, Any]) -> dict[str, Any]:
             del rec["upto"]
             for version, sl in rec["slices"].items():
                 for k, b in sl["buckets"].items():
-                    b["chunks"] = [[seq, len(chunk_columns(r)[0])] for seq, r in chunks
+                    b["chunks"] = [[seq, len(r["rows"])] for seq, r in chunks
                                    if r["start"] == rec["start"] and r["version"] == version
                                    and r["k"] == int(k)]
             out[key] = rec
