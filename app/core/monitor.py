@@ -716,24 +716,28 @@ def _count_serving(window: Window, columns: Columns,
     if counted and all(_serving_counted(counted.get(version), len(idx))
                        for version, idx in versions.items()):
         for version, idx in versions.items():
-            stats = window.serving.get(version)
-            if stats is None:
-                stats = window.serving[version] = ServingStats()
-            stats.add_latency_counts([c.counts.latency for c in counted[version]
-                                      if c.counts.latency is not None], len(idx))
+            _serving_stats(window, version).add_latency_counts(
+                [c.counts.latency for c in counted[version] if c.counts.latency is not None],
+                len(idx))
         return
     latency, cost = field_values(rows, "latency_ms"), field_values(rows, "cost")
     n = len(rows)
     if latency.count(None) == n and cost.count(None) == n:
         return
     for version, idx in versions.items():
-        stats = window.serving.get(version)
-        if stats is None:
-            stats = window.serving[version] = ServingStats()
+        stats = _serving_stats(window, version)
         if len(idx) == n:
             stats.add(latency, cost)
         else:
             stats.add([latency[i] for i in idx], [cost[i] for i in idx])
+
+
+def _serving_stats(window: Window, version: str) -> ServingStats:
+    """The window's serving figures of a version (new when it has none yet)."""
+    stats = window.serving.get(version)
+    if stats is None:
+        stats = window.serving[version] = ServingStats()
+    return stats
 
 
 def _serving_counted(counted: Sequence[Counted] | None, n: int) -> bool:
