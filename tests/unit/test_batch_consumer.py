@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP, Message
 
@@ -349,6 +349,45 @@ def test_the_fetch_long_poll_is_the_apps_not_fausts():
     # ... which aiokafka hands its fetcher when the consumer starts
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
         AIOKafkaConsumer.start)
+
+
+def test_paused_partitions_are_paused_in_the_client_too():
+    """faust pauses partitions in its own bookkeeping (a table's changelog partitions once
+    recovered); the aiokafka client, left to itself, still fetched them, and records it
+    fetched and no one took held every partition's next fetch back (``prefetch_backoff``).
+    The client now pauses exactly what faust holds paused, in the consumer thread's loop."""
+    h = Harness()
+    thread = h.consumer._thread
+    loop = thread.thread_loop
+    log, stream = TP(OTHER, 0), TP(ROUTED[0], 0)
+
+    async def client() -> AIOKafkaConsumer:
+        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started
+        c.assign([TopicPartition(*log), TopicPartition(*stream)])
+        return c
+
+    def in_thread() -> set[tuple[str, int]]:  # what the thread's loop was told, done
+        loop.run_until_complete(asyncio.sleep(0))
+        return {(tp.topic, tp.partition) for tp in thread._consumer.paused()}
+
+    try:
+        h.consumer.pause_partitions({log})  # no client yet (not started): nothing to do
+        loop.run_until_complete(asyncio.sleep(0))
+        thread._consumer = loop.run_until_complete(client())
+        h.consumer.pause_partitions({log})
+        assert in_thread() == {log}
+        h.consumer.pause_partitions({stream, TP("gone", 3)})  # not assigned: left alone
+        assert in_thread() == {log, stream}
+        h.consumer.resume_partitions({stream})
+        assert in_thread() == {log}
+        assert h.consumer._get_active_partitions() == {stream}  # faust's view, as ever
+        h.consumer.resume_partitions({log})
+        assert in_thread() == set()
+    finally:
+        if thread._consumer is not None:
+            loop.run_until_complete(thread._consumer.stop())
+        loop.close()
+    h.consumer.pause_partitions({log})  # the thread's loop closed (stopped): no error
 
 
 def test_handled_partitions_count_as_processing_for_fausts_stall_check():
