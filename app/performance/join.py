@@ -204,7 +204,8 @@ class LabelJoin:
             if keep is not None:
                 pids = list(itertools.compress(pids, keep))
                 cols = [list(itertools.compress(c, keep)) for c in cols]
-            self.pending.add_columns(pids, cols)
+            # distinct (a usual batch), and none pending (known: none was redelivered)
+            self.pending.add_columns(pids, cols, new=True)
             self._budget_pending(out)
             return out
         fresh: dict[str, Entry] = {}
@@ -407,7 +408,7 @@ class LabelJoin:
                 out.orphans += dropped
                 pids = list(itertools.compress(pids, keep))
                 cols = [list(itertools.compress(c, keep)) for c in cols]
-        self.orphans.add_columns(pids, cols)
+        self.orphans.add_columns(pids, cols, new=True)  # distinct, and neither map knows them
         self._budget_orphans(out)
 
     def _budget_orphans(self, out: JoinResult) -> None:

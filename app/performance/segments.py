@@ -275,16 +275,21 @@ class SegmentedMap:
             self._check_batch(batch)
         self._add_segments(keys, list(zip(*entries, strict=True)))
 
-    def add_columns(self, keys: list[str], cols: Sequence[Sequence[Any]]) -> None:
+    def add_columns(self, keys: list[str], cols: Sequence[Sequence[Any]], *,
+                    new: bool = False) -> None:
         """:meth:`add` of ``keys`` and their entries given as columns (``cols[j][i]`` is
-        field ``j`` of key ``i``'s entry): the segments' own layout, no entry tuples."""
+        field ``j`` of key ``i``'s entry): the segments' own layout, no entry tuples.
+
+        ``new``: the caller has found the keys distinct and absent already (with the set
+        operations of a batch it made anyway), which is then not checked again: another
+        pass over the batch, probing a map of hundreds of thousands of ids."""
         n = len(keys)
         if not n:
             return
         width = self.width if self.width is not None else len(cols)
         if not (width and len(cols) == width and all(len(c) == n for c in cols)
-                and set(map(type, keys)) == {str} and len(set(keys)) == n
-                and self._at.keys().isdisjoint(keys) and set(map(type, cols[0])) == {int}):
+                and set(map(type, keys)) == {str} and set(map(type, cols[0])) == {int}
+                and (new or (len(set(keys)) == n and self._at.keys().isdisjoint(keys)))):
             self.add(zip(keys, zip(*cols, strict=True), strict=True))  # says what is wrong
             return
         self._add_segments(keys, cols)

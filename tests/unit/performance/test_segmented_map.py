@@ -276,6 +276,13 @@ def test_add_columns_refuses_what_add_refuses():
         m.add_columns(["a"], [[2], ["v"]])
     with pytest.raises(ValueError, match="must be a tuple starting with an int"):
         m.add_columns(["b"], [["late"], ["v"]])
+    # new=True: the caller found the ids distinct and absent; types are still checked
+    with pytest.raises(ValueError, match="must be a tuple starting with an int"):
+        m.add_columns(["b"], [["late"], ["v"]], new=True)
+    with pytest.raises(TypeError, match="ids must be strings"):
+        m.add_columns([7], [[1], ["v"]], new=True)
+    m.add_columns(["b", "c"], [[2, 3], ["v", "w"]], new=True)
+    assert [m.get(k) for k in "abc"] == [(1, "v"), (2, "v"), (3, "w")]
 
 
 def test_pop_each_leaves_what_pop_one_by_one_leaves_with_the_latest_time():
