@@ -206,6 +206,18 @@ class FetchThread(AIOKafkaConsumerThread):
         if have - want:
             consumer.resume(*(have - want))
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """faust's periodic check that the client fetches, and the streams process,
+        every assigned partition; a partition paused in the client (:meth:`pause_exactly`:
+        faust paused it, a table's changelog once recovered) is not fetched by design,
+        and is left out (faust logged an error for each every few seconds from its
+        fifth minute: "Aiokafka has not sent fetch request ... since start")."""
+        consumer = self._consumer
+        if consumer is not None and \
+                TopicPartition(tp.topic, tp.partition) in consumer.paused():
+            return
+        super().verify_event_path(now, tp)
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """The partitions' end offsets, checked against their last record batch (see
         :func:`true_ends`): table recovery reads a changelog up to them."""

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -388,6 +389,38 @@ def test_paused_partitions_are_paused_in_the_client_too():
             loop.run_until_complete(thread._consumer.stop())
         loop.close()
     h.consumer.pause_partitions({log})  # the thread's loop closed (stopped): no error
+
+
+def test_partitions_paused_in_the_client_are_not_expected_to_be_fetched(caplog):
+    """faust's periodic check that the client fetches every assigned partition leaves
+    out those paused in the client: an error for each paused changelog partition every
+    few seconds, from the worker's fifth minute, otherwise."""
+    h = Harness()
+    thread = h.consumer._thread
+    loop = thread.thread_loop
+    log, stream = TP(OTHER, 0), TP(ROUTED[0], 0)
+
+    async def client() -> AIOKafkaConsumer:
+        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started
+        c.assign([TopicPartition(*log), TopicPartition(*stream)])
+        return c
+
+    thread._consumer = loop.run_until_complete(client())
+    # what faust's check reads of a started client's fetcher: the subscription state
+    thread._consumer._fetcher = SimpleNamespace(_subscriptions=thread._consumer._subscription)
+    try:
+        h.consumer.pause_partitions({log})
+        loop.run_until_complete(asyncio.sleep(0))
+        thread.time_started = time.monotonic() - 3600  # an hour, never a fetch
+        with caplog.at_level("ERROR"):
+            thread.verify_event_path(time.monotonic(), log)
+            assert caplog.records == []
+            thread.verify_event_path(time.monotonic(), stream)  # not paused: checked
+            assert "has not sent fetch request" in caplog.text
+    finally:
+        thread._consumer._fetcher = None
+        loop.run_until_complete(thread._consumer.stop())
+        loop.close()
 
 
 def test_handled_partitions_count_as_processing_for_fausts_stall_check():
