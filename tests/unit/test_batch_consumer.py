@@ -352,6 +352,16 @@ def test_the_fetch_long_poll_is_the_apps_not_fausts():
         AIOKafkaConsumer.start)
 
 
+def unstarted_client(loop: asyncio.AbstractEventLoop, *tps: TP) -> AIOKafkaConsumer:
+    """An aiokafka consumer assigned ``tps``, never started (no broker), made in ``loop``
+    (the consumer thread's): in place of the consumer thread's client."""
+    async def make() -> AIOKafkaConsumer:
+        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        c.assign([TopicPartition(*tp) for tp in tps])
+        return c
+    return loop.run_until_complete(make())
+
+
 def test_paused_partitions_are_paused_in_the_client_too():
     """faust pauses partitions in its own bookkeeping (a table's changelog partitions once
     recovered); the aiokafka client, left to itself, still fetched them, and records it
@@ -362,11 +372,6 @@ def test_paused_partitions_are_paused_in_the_client_too():
     loop = thread.thread_loop
     log, stream = TP(OTHER, 0), TP(ROUTED[0], 0)
 
-    async def client() -> AIOKafkaConsumer:
-        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started
-        c.assign([TopicPartition(*log), TopicPartition(*stream)])
-        return c
-
     def in_thread() -> set[tuple[str, int]]:  # what the thread's loop was told, done
         loop.run_until_complete(asyncio.sleep(0))
         return {(tp.topic, tp.partition) for tp in thread._consumer.paused()}
@@ -374,7 +379,7 @@ def test_paused_partitions_are_paused_in_the_client_too():
     try:
         h.consumer.pause_partitions({log})  # no client yet (not started): nothing to do
         loop.run_until_complete(asyncio.sleep(0))
-        thread._consumer = loop.run_until_complete(client())
+        thread._consumer = unstarted_client(loop, log, stream)
         h.consumer.pause_partitions({log})
         assert in_thread() == {log}
         h.consumer.pause_partitions({stream, TP("gone", 3)})  # not assigned: left alone
@@ -400,12 +405,7 @@ def test_partitions_paused_in_the_client_are_not_expected_to_be_fetched(caplog):
     loop = thread.thread_loop
     log, stream = TP(OTHER, 0), TP(ROUTED[0], 0)
 
-    async def client() -> AIOKafkaConsumer:
-        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started
-        c.assign([TopicPartition(*log), TopicPartition(*stream)])
-        return c
-
-    thread._consumer = loop.run_until_complete(client())
+    thread._consumer = unstarted_client(loop, log, stream)
     # what faust's check reads of a started client's fetcher: the subscription state
     thread._consumer._fetcher = SimpleNamespace(_subscriptions=thread._consumer._subscription)
     try:
