@@ -33,7 +33,6 @@ from aiokafka.record.memory_records import MemoryRecords
 # (uint32, CRC32C of everything from the attributes on).
 _HEADER = struct.Struct(">qiibI")
 LOG_OVERHEAD = 12  # base offset and length: a batch is LOG_OVERHEAD + length bytes
-MAGIC_OFFSET = 16
 ATTRIBUTES_OFFSET = _HEADER.size  # 21
 
 

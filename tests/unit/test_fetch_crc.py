@@ -33,7 +33,7 @@ def batch(offset: int, values: list[bytes]) -> bytes:
     return bytes(raw)
 
 
-def fetched(data: bytes, records: type | object) -> list[tuple[int, bytes]]:
+def fetched(data: bytes, records: type) -> list[tuple[int, bytes]]:
     """What aiokafka's fetcher hands on from a partition's fetched bytes (checking
     CRCs), its records made by ``records``."""
     part = fetcher.PartitionRecords(TP0, records(data), [], 0, None, None, True, 0)
